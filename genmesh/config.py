@@ -1,0 +1,65 @@
+"""Command-line flags with environment fallbacks, read once at start-up."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+
+class Flags:
+    """Adds flags whose default comes from ``{PREFIX}_{NAME}`` in the environment.
+
+    ``Flags(parser, "GENMESH_INFERENCE").add("--max-waiting", type=int, default=64)`` reads
+    ``GENMESH_INFERENCE_MAX_WAITING`` when the flag is not given. Precedence: flag, environment, default.
+    """
+
+    def __init__(self, parser: argparse.ArgumentParser, env_prefix: str) -> None:
+        self.parser = parser
+        self.env_prefix = env_prefix
+
+    def env_name(self, flag: str) -> str:
+        """The environment variable that backs ``flag``."""
+        return f"{self.env_prefix}_{flag.lstrip('-').replace('-', '_').upper()}"
+
+    def add(
+        self,
+        flag: str,
+        *,
+        default: Any,
+        help: str,
+        type: Callable[[str], Any] = str,
+        env: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """Add ``flag``; ``env`` overrides the derived variable name."""
+        name = env or self.env_name(flag)
+        raw = os.environ.get(name)
+        value = default
+        if raw is not None and raw != "":
+            try:
+                value = type(raw)
+            except (TypeError, ValueError) as error:
+                self.parser.error(f"environment variable {name}={raw!r} is invalid: {error}")
+        self.parser.add_argument(
+            flag, type=type, default=value, help=f"{help} [env {name}; default {default!r}]", **kwargs
+        )
+
+
+def add_server_flags(parser: argparse.ArgumentParser, service: str, default_port: int) -> Flags:
+    """The flags every service has: where to listen, shutdown grace, logging, fault injection."""
+    flags = Flags(parser, f"GENMESH_{service.upper()}")
+    flags.add("--host", default="127.0.0.1", help="address to listen on")
+    flags.add("--port", type=int, default=default_port, help="port to listen on (0 picks a free one)")
+    flags.add("--grace", type=float, default=10.0, help="seconds in-flight RPCs may finish after SIGTERM")
+    flags.add("--faults", default="", help="fault-injection rules, e.g. 'Query:delay=200ms' (see genmesh/faults.py)")
+    shared = Flags(parser, "GENMESH")
+    shared.add("--log-level", default="info", help="log level", choices=["debug", "info", "warning", "error"])
+    shared.add("--log-format", default="text", help="log line format", choices=["text", "json"])
+    return flags
+
+
+def parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """Parse ``argv`` (sys.argv when None)."""
+    return parser.parse_args(argv)

@@ -1,0 +1,36 @@
+"""Client side of grpc.health.v1: ask a service whether it is SERVING, or wait until it is."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from genmesh.channels import open_channel
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+
+
+async def check(channel: grpc.aio.Channel, service: str = "", timeout_s: float = 1.0) -> str:
+    """The service's status name (SERVING, NOT_SERVING, ...), or UNREACHABLE."""
+    stub = health_pb2_grpc.HealthStub(channel)
+    try:
+        response = await stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout_s)
+    except grpc.aio.AioRpcError:
+        return "UNREACHABLE"
+    return str(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))
+
+
+async def wait_until_serving(target: str, service: str = "", timeout_s: float = 60.0, poll_s: float = 0.1) -> None:
+    """Return once ``target`` reports SERVING; TimeoutError naming the last status otherwise."""
+    deadline = time.monotonic() + timeout_s
+    status = "UNREACHABLE"
+    async with open_channel(target) as channel:
+        while time.monotonic() < deadline:
+            status = await check(channel, service, timeout_s=min(1.0, max(0.05, deadline - time.monotonic())))
+            if status == "SERVING":
+                return
+            await asyncio.sleep(poll_s)
+    raise TimeoutError(f"{target} is {status} after {timeout_s:.0f} s")

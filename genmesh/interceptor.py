@@ -1,0 +1,155 @@
+"""The server interceptor of every service: request ids, one log line per RPC, error mapping, fault injection."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+
+from genmesh.errors import GenmeshError
+from genmesh.faults import FaultInjector
+from genmesh.logs import REQUEST_ID
+from genmesh.status import UpstreamError, status_code_of, to_rpc_status
+
+log = logging.getLogger("genmesh.rpc")
+
+REQUEST_ID_HEADER = "x-request-id"
+_QUIET_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
+
+
+def new_request_id() -> str:
+    """A fresh request id."""
+    return uuid.uuid4().hex
+
+
+def _request_id(request: Any, context: grpc.aio.ServicerContext) -> tuple[str, bool]:
+    """The request's id and whether it was generated here.
+
+    The id is the request's ``request_id`` field, else the x-request-id header, else a new one.
+    Requests are never modified; servicers read the effective id from ``genmesh.logs.REQUEST_ID``.
+    """
+    rid = getattr(request, "request_id", "") if request is not None else ""
+    if rid:
+        return str(rid), False
+    header = dict(context.invocation_metadata() or ()).get(REQUEST_ID_HEADER, "")
+    if isinstance(header, str) and header:
+        return header, False
+    return new_request_id(), True
+
+
+class _Call:
+    """Bookkeeping of one RPC: timing, the status it ended with, and the closing log line."""
+
+    def __init__(self, method: str, context: grpc.aio.ServicerContext, request: Any) -> None:
+        self.method = method
+        self.context = context
+        self.quiet = method.startswith(_QUIET_PREFIXES)
+        self.request_id, self.generated_id = ("", False) if self.quiet else _request_id(request, context)
+        self.code = grpc.StatusCode.OK
+        self.start = time.perf_counter()
+        self.token = REQUEST_ID.set(self.request_id)
+
+    async def begin(self, faults: FaultInjector) -> None:
+        if self.request_id:
+            # Trailing metadata costs nothing now; initial metadata is a write of its own, worth it
+            # only when the client cannot know the id because the server made it up.
+            self.context.set_trailing_metadata(((REQUEST_ID_HEADER, self.request_id),))
+            if self.generated_id:
+                await self.context.send_initial_metadata(((REQUEST_ID_HEADER, self.request_id),))
+        decision = faults.decide(self.method) if faults else None
+        if decision is not None:
+            if decision.delay_s:
+                await asyncio.sleep(decision.delay_s)
+            if decision.abort is not None:
+                raise UpstreamError(decision.abort, f"injected fault on {self.method}")
+
+    async def fail(self, error: BaseException) -> None:
+        """Turn an exception into the RPC's status; re-raises what grpc must see."""
+        if isinstance(error, GenmeshError):
+            status = to_rpc_status(error)
+            self.code = status_code_of(error)
+            await self.context.abort(status.code, status.details, status.trailing_metadata)
+        if isinstance(error, asyncio.CancelledError | GeneratorExit):
+            self.code = grpc.StatusCode.CANCELLED
+            raise error
+        if isinstance(error, grpc.aio.AbortError):
+            self.code = self.context.code() or grpc.StatusCode.UNKNOWN
+            raise error
+        if not isinstance(error, Exception):
+            raise error
+        self.code = grpc.StatusCode.INTERNAL
+        log.exception("unhandled error in %s", self.method)
+        await self.context.abort(grpc.StatusCode.INTERNAL, f"internal error (request_id={self.request_id})")
+
+    def end(self) -> None:
+        duration_ms = (time.perf_counter() - self.start) * 1000.0
+        level = logging.DEBUG if self.quiet else logging.INFO
+        log.log(level, "rpc", extra={"method": self.method, "status": self.code.name, "duration_ms": duration_ms})
+        try:
+            REQUEST_ID.reset(self.token)
+        except ValueError:  # a stream closed from another context (its task is gone)
+            REQUEST_ID.set("")
+
+
+Unary = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
+Streaming = Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]]
+
+
+class ServiceInterceptor(grpc.aio.ServerInterceptor):
+    """Wraps every handler so that errors map to specific status codes and each RPC logs one line."""
+
+    def __init__(self, faults: FaultInjector | None = None) -> None:
+        self._faults = faults or FaultInjector([])
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        method: str = handler_call_details.method
+        codec = {
+            "request_deserializer": handler.request_deserializer,
+            "response_serializer": handler.response_serializer,
+        }
+        if handler.unary_unary:
+            return grpc.unary_unary_rpc_method_handler(self._unary(method, handler.unary_unary, True), **codec)
+        if handler.unary_stream:
+            return grpc.unary_stream_rpc_method_handler(self._stream(method, handler.unary_stream, True), **codec)
+        if handler.stream_unary:
+            return grpc.stream_unary_rpc_method_handler(self._unary(method, handler.stream_unary, False), **codec)
+        return grpc.stream_stream_rpc_method_handler(self._stream(method, handler.stream_stream, False), **codec)
+
+    def _unary(self, method: str, inner: Unary, unary_request: bool) -> Unary:
+        async def handle(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            call = _Call(method, context, request if unary_request else None)
+            try:
+                await call.begin(self._faults)
+                return await inner(request, context)
+            except BaseException as error:
+                await call.fail(error)
+            finally:
+                call.end()
+
+        return handle
+
+    def _stream(self, method: str, inner: Streaming, unary_request: bool) -> Streaming:
+        async def handle(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            call = _Call(method, context, request if unary_request else None)
+            try:
+                await call.begin(self._faults)
+                async for response in inner(request, context):
+                    yield response
+            except BaseException as error:
+                await call.fail(error)
+            finally:
+                call.end()
+
+        return handle

@@ -1,0 +1,112 @@
+"""Server bootstrap shared by every service: interceptor, health, reflection, readiness, graceful shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass
+from typing import Protocol
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from genmesh.faults import FaultInjector, parse_faults
+from genmesh.interceptor import ServiceInterceptor
+
+log = logging.getLogger("genmesh.server")
+
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+
+SERVER_OPTIONS: list[tuple[str, int]] = [
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.so_reuseport", 0),
+]
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    """Where and how a service listens."""
+
+    host: str
+    port: int
+    grace_s: float = 10.0
+    faults: str = ""
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"port {self.port} is out of range 0..65535")
+        if self.grace_s < 0:
+            raise ValueError("grace must not be negative")
+        parse_faults(self.faults)  # fail at start-up, not on the first call
+
+
+class Service(Protocol):
+    """What a service plugs into the bootstrap."""
+
+    #: Full gRPC service name, e.g. ``genmesh.v1.InferenceService``; health reports under it.
+    service_name: str
+
+    def register(self, server: grpc.aio.Server) -> None:
+        """Add the servicer to the server."""
+
+    async def start(self) -> None:
+        """Get ready to serve (load a model, open an index); health is SERVING after it returns."""
+
+    async def stop(self) -> None:
+        """Release resources after the server stopped."""
+
+
+async def serve(service: Service, config: ServerConfig, stop: asyncio.Event | None = None) -> None:
+    """Run ``service`` until SIGTERM/SIGINT (or ``stop`` is set), then drain in-flight RPCs for the grace period."""
+    stop = stop or asyncio.Event()
+    server = grpc.aio.server(
+        interceptors=[ServiceInterceptor(FaultInjector(parse_faults(config.faults)))],
+        options=SERVER_OPTIONS,
+    )
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    service.register(server)
+    reflection.enable_server_reflection(
+        [service.service_name, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
+        server,
+    )
+    port = server.add_insecure_port(f"{config.host}:{config.port}")
+
+    async def set_health(status: health_pb2.HealthCheckResponse.ServingStatus.ValueType) -> None:
+        for name in ("", service.service_name):
+            await health_servicer.set(name, status)
+
+    await set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+    await server.start()
+    log.info("listening", extra={"service": service.service_name, "host": config.host, "port": port})
+
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        startup = asyncio.create_task(service.start())
+        stopping = asyncio.create_task(stop.wait())
+        await asyncio.wait({startup, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if startup.done():
+            startup.result()  # a failed start-up ends the process with its error
+            await set_health(health_pb2.HealthCheckResponse.SERVING)
+            log.info("ready", extra={"service": service.service_name})
+            await stopping
+        else:
+            startup.cancel()
+        log.info("stopping", extra={"service": service.service_name, "grace_s": config.grace_s})
+        await set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        await server.stop(config.grace_s)
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+        await server.stop(0)
+        await service.stop()
+        log.info("stopped", extra={"service": service.service_name})
