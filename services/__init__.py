@@ -1,0 +1,1 @@
+"""genmesh services: inference, retrieval and tools, each its own process."""
