@@ -1,0 +1,1 @@
+"""The inference service: a local Llama model behind a streaming engine."""

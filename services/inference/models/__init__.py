@@ -1,0 +1,1 @@
+"""Model architectures and the Hugging Face layout loader."""

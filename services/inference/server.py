@@ -1,0 +1,166 @@
+"""The inference service's gRPC server: a thin servicer over the engine, and its entry point."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+
+import grpc
+
+from genmesh import mesh
+from genmesh.config import add_server_flags, parse
+from genmesh.convert import sampling_from_proto
+from genmesh.errors import InvalidArgument, Unavailable
+from genmesh.logs import REQUEST_ID, configure_logging
+from genmesh.server import ServerConfig, serve
+from genmesh.v1 import common_pb2, inference_pb2, inference_pb2_grpc
+from services.inference.engine.sequential import SequentialEngine
+from services.inference.engine.types import Finished, FinishReason, GenerationRequest, TokenChunk
+from services.inference.models.loader import load_model
+
+log = logging.getLogger("genmesh.inference")
+
+DEFAULT_MODEL = Path(__file__).resolve().parents[2] / "models" / "genmesh-tiny-llama"
+
+_FINISH_REASONS = {
+    FinishReason.STOP: common_pb2.FINISH_REASON_STOP,
+    FinishReason.LENGTH: common_pb2.FINISH_REASON_LENGTH,
+    FinishReason.STOP_SEQUENCE: common_pb2.FINISH_REASON_STOP_SEQUENCE,
+    FinishReason.CANCELLED: common_pb2.FINISH_REASON_CANCELLED,
+}
+
+
+def _delta(chunk: TokenChunk) -> inference_pb2.GenerateResponse:
+    delta = common_pb2.TokenDelta(token_ids=chunk.token_ids, text=chunk.text)
+    for lp in chunk.logprobs:
+        delta.logprobs.add(
+            token_id=lp.token_id,
+            logprob=lp.logprob,
+            top=[common_pb2.TopLogprob(token_id=t, text=s, logprob=p) for t, s, p in lp.top],
+        )
+    return inference_pb2.GenerateResponse(delta=delta)
+
+
+def _completion(done: Finished) -> inference_pb2.GenerateResponse:
+    return inference_pb2.GenerateResponse(
+        complete=common_pb2.Completion(
+            finish_reason=_FINISH_REASONS[done.finish_reason],
+            usage=common_pb2.Usage(prompt_tokens=done.prompt_tokens, completion_tokens=done.completion_tokens),
+            timings=common_pb2.Timings(
+                queue_ms=done.queue_ms, time_to_first_token_ms=done.ttft_ms, total_ms=done.total_ms
+            ),
+        )
+    )
+
+
+class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
+    """Protobuf in, protobuf out; the engine does the generation."""
+
+    def __init__(self, service: InferenceService) -> None:
+        self._service = service
+
+    async def Generate(
+        self, request: inference_pb2.GenerateRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[inference_pb2.GenerateResponse]:
+        engine = self._service.engine()
+        if not request.prompt:
+            raise InvalidArgument.field("prompt", "must not be empty")
+        sampling = sampling_from_proto(request.sampling)
+        remaining = context.time_remaining()
+        deadline = None if remaining is None else time.monotonic() + remaining
+        generation = GenerationRequest(REQUEST_ID.get(), request.prompt, sampling, deadline, request.truncate_prompt)
+        async for item in engine.generate(generation):
+            yield _delta(item) if isinstance(item, TokenChunk) else _completion(item)
+
+    async def Abort(
+        self, request: inference_pb2.AbortRequest, context: grpc.aio.ServicerContext
+    ) -> inference_pb2.AbortResponse:
+        if not request.request_id:
+            raise InvalidArgument.field("request_id", "must not be empty")
+        return inference_pb2.AbortResponse(found=self._service.engine().abort(request.request_id))
+
+    async def GetModelInfo(
+        self, request: inference_pb2.GetModelInfoRequest, context: grpc.aio.ServicerContext
+    ) -> inference_pb2.GetModelInfoResponse:
+        info = self._service.engine().info()
+        return inference_pb2.GetModelInfoResponse(
+            model=info.name,
+            context_length=info.context_length,
+            vocab_size=info.vocab_size,
+            dtype=info.dtype,
+            device=info.device,
+        )
+
+    async def GetLoad(
+        self, request: inference_pb2.GetLoadRequest, context: grpc.aio.ServicerContext
+    ) -> inference_pb2.GetLoadResponse:
+        load = self._service.engine().load()
+        return inference_pb2.GetLoadResponse(
+            running=load.running,
+            waiting=load.waiting,
+            kv_used_tokens=load.kv_used_tokens,
+            kv_capacity_tokens=load.kv_capacity_tokens,
+        )
+
+
+class InferenceService:
+    """The inference service as the server bootstrap runs it: ready once the model is loaded."""
+
+    service_name = mesh.INFERENCE.grpc_service
+
+    def __init__(self, model_dir: Path, device: str | None, max_waiting: int, threads: int) -> None:
+        self._model_dir = model_dir
+        self._device = device
+        self._max_waiting = max_waiting
+        self._threads = threads
+        self._engine: SequentialEngine | None = None
+
+    def engine(self) -> SequentialEngine:
+        """The engine, once the model is loaded."""
+        if self._engine is None:
+            raise Unavailable("the model is still loading")
+        return self._engine
+
+    def register(self, server: grpc.aio.Server) -> None:
+        inference_pb2_grpc.add_InferenceServiceServicer_to_server(InferenceServicer(self), server)
+
+    async def start(self) -> None:
+        if self._threads > 0:
+            import torch
+
+            torch.set_num_threads(self._threads)
+        loaded = await asyncio.to_thread(load_model, self._model_dir, self._device)
+        log.info(
+            "model loaded",
+            extra={"model": loaded.name, "device": str(loaded.device), "dtype": str(loaded.dtype)},
+        )
+        self._engine = SequentialEngine(loaded, max_waiting=self._max_waiting)
+
+    async def stop(self) -> None:
+        if self._engine is not None:
+            await self._engine.close()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Run the inference service until SIGTERM/SIGINT."""
+    parser = argparse.ArgumentParser(prog="genmesh serve inference", description=__doc__)
+    flags = add_server_flags(parser, "inference", mesh.INFERENCE.default_port)
+    flags.add("--model", type=Path, default=DEFAULT_MODEL, help="model directory in Hugging Face layout")
+    flags.add("--device", default="auto", help="cpu, cuda, cuda:N or auto (CUDA when available)")
+    flags.add("--max-waiting", type=int, default=64, help="requests that may wait; past it RESOURCE_EXHAUSTED")
+    flags.add("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    args = parse(parser, argv)
+    configure_logging("inference", args.log_level, args.log_format)
+    if args.max_waiting < 0:
+        parser.error("--max-waiting must not be negative")
+    device = None if args.device == "auto" else args.device
+    service = InferenceService(args.model, device, args.max_waiting, args.threads)
+    asyncio.run(serve(service, ServerConfig(args.host, args.port, args.grace, args.faults)))
+
+
+if __name__ == "__main__":
+    main()
