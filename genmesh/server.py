@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import logging
 import signal
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -14,6 +16,7 @@ from grpc_reflection.v1alpha import reflection
 
 from genmesh.faults import FaultInjector, parse_faults
 from genmesh.interceptor import ServiceInterceptor
+from genmesh.logs import configure_logging
 
 log = logging.getLogger("genmesh.server")
 
@@ -110,3 +113,13 @@ async def serve(service: Service, config: ServerConfig, stop: asyncio.Event | No
         await server.stop(0)
         await service.stop()
         log.info("stopped", extra={"service": service.service_name})
+
+
+def run(name: str, args: argparse.Namespace, build: Callable[[], Service]) -> None:
+    """A service's ``main``: log as the flags say, build the service, serve until stopped.
+
+    ``args`` holds the flags of ``genmesh.config.add_server_flags``.
+    """
+    configure_logging(name, args.log_level, args.log_format)
+    config = ServerConfig(args.host, args.port, args.grace, args.faults)
+    asyncio.run(serve(build(), config))

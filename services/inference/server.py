@@ -15,8 +15,8 @@ from genmesh import mesh
 from genmesh.config import add_server_flags, parse
 from genmesh.convert import sampling_from_proto
 from genmesh.errors import InvalidArgument, Unavailable
-from genmesh.logs import REQUEST_ID, configure_logging
-from genmesh.server import ServerConfig, serve
+from genmesh.logs import REQUEST_ID
+from genmesh.server import run
 from genmesh.v1 import common_pb2, inference_pb2, inference_pb2_grpc
 from services.inference.engine.sequential import SequentialEngine
 from services.inference.engine.types import Finished, FinishReason, GenerationRequest, TokenChunk
@@ -154,12 +154,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     flags.add("--max-waiting", type=int, default=64, help="requests that may wait; past it RESOURCE_EXHAUSTED")
     flags.add("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     args = parse(parser, argv)
-    configure_logging("inference", args.log_level, args.log_format)
     if args.max_waiting < 0:
         parser.error("--max-waiting must not be negative")
     device = None if args.device == "auto" else args.device
-    service = InferenceService(args.model, device, args.max_waiting, args.threads)
-    asyncio.run(serve(service, ServerConfig(args.host, args.port, args.grace, args.faults)))
+    run("inference", args, lambda: InferenceService(args.model, device, args.max_waiting, args.threads))
 
 
 if __name__ == "__main__":

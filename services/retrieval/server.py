@@ -11,8 +11,7 @@ import grpc
 from genmesh import mesh
 from genmesh.config import add_server_flags, parse
 from genmesh.errors import Unavailable
-from genmesh.logs import configure_logging
-from genmesh.server import ServerConfig, serve
+from genmesh.server import run
 from genmesh.v1 import common_pb2, retrieval_pb2, retrieval_pb2_grpc
 from services.retrieval.corpus import DEFAULT_CHUNK_OVERLAP, DEFAULT_CHUNK_SIZE
 from services.retrieval.index import DEFAULT_COLLECTION, PassageIndex
@@ -93,9 +92,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     flags.add("--chunk-size", type=int, default=DEFAULT_CHUNK_SIZE, help="characters per passage")
     flags.add("--chunk-overlap", type=int, default=DEFAULT_CHUNK_OVERLAP, help="characters shared by neighbours")
     args = parse(parser, argv)
-    configure_logging("retrieval", args.log_level, args.log_format)
-    service = RetrievalService(args.chunk_size, args.chunk_overlap)
-    asyncio.run(serve(service, ServerConfig(args.host, args.port, args.grace, args.faults)))
+    run("retrieval", args, lambda: RetrievalService(args.chunk_size, args.chunk_overlap))
 
 
 if __name__ == "__main__":

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 from collections.abc import Sequence
 
@@ -12,8 +11,7 @@ import grpc
 from genmesh import mesh
 from genmesh.config import add_server_flags, parse
 from genmesh.errors import InvalidArgument
-from genmesh.logs import configure_logging
-from genmesh.server import ServerConfig, serve
+from genmesh.server import run
 from genmesh.v1 import common_pb2, tools_pb2, tools_pb2_grpc
 from services.tools.registry import DEFAULT_MAX_WORKERS, ToolRegistry, default_registry
 
@@ -86,9 +84,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     flags = add_server_flags(parser, "tools", mesh.TOOLS.default_port)
     flags.add("--max-workers", type=int, default=DEFAULT_MAX_WORKERS, help="threads for blocking tools")
     args = parse(parser, argv)
-    configure_logging("tools", args.log_level, args.log_format)
-    service = ToolsService(args.max_workers)
-    asyncio.run(serve(service, ServerConfig(args.host, args.port, args.grace, args.faults)))
+    run("tools", args, lambda: ToolsService(args.max_workers))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,60 @@
+# syntax=docker/dockerfile:1
+# One image per service: `docker build --target gateway .` (gateway, retrieval, tools, inference).
+# The gateway, retrieval and tools images carry no torch; only the inference image does.
+
+FROM python:3.11-slim AS base
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+WORKDIR /app
+
+# Generated stubs are built here from protos/, never copied from a developer's tree.
+FROM base AS stubs
+RUN pip install --no-cache-dir grpcio-tools==1.85.1
+COPY protos/ protos/
+RUN mkdir -p /out \
+    && python -m grpc_tools.protoc -Iprotos --python_out=/out --grpc_python_out=/out protos/genmesh/v1/*.proto \
+    && echo '"""Generated from protos/genmesh/v1; do not edit."""' > /out/genmesh/v1/__init__.py
+
+FROM base AS source
+COPY pyproject.toml README.md ./
+COPY genmesh/ genmesh/
+COPY services/ services/
+COPY gateway/ gateway/
+COPY --from=stubs /out/genmesh/v1/ genmesh/v1/
+
+# The shared image of the services that need no torch.
+FROM source AS light
+RUN pip install --no-cache-dir . \
+    && useradd --create-home --uid 10001 genmesh
+USER 10001
+
+FROM light AS gateway
+EXPOSE 50051
+HEALTHCHECK --interval=5s --timeout=3s --start-period=10s --retries=3 CMD ["genmesh", "health", "127.0.0.1:50051"]
+CMD ["genmesh", "serve", "gateway", "--host", "0.0.0.0", "--port", "50051"]
+
+FROM light AS retrieval
+EXPOSE 50052
+HEALTHCHECK --interval=5s --timeout=3s --start-period=10s --retries=3 CMD ["genmesh", "health", "127.0.0.1:50052"]
+CMD ["genmesh", "serve", "retrieval", "--host", "0.0.0.0", "--port", "50052"]
+
+FROM light AS tools
+EXPOSE 50053
+HEALTHCHECK --interval=5s --timeout=3s --start-period=10s --retries=3 CMD ["genmesh", "health", "127.0.0.1:50053"]
+CMD ["genmesh", "serve", "tools", "--host", "0.0.0.0", "--port", "50053"]
+
+# CPU build of torch by default; on a GPU host, pass --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cu128.
+FROM source AS inference
+ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
+# The extra's versions are pinned where they belong, in pyproject.toml.
+# hadolint ignore=DL3013
+RUN pip install --no-cache-dir --index-url "${TORCH_INDEX}" torch==2.13.0 \
+    && pip install --no-cache-dir ".[inference]" \
+    && useradd --create-home --uid 10001 genmesh
+COPY models/ models/
+ENV GENMESH_INFERENCE_MODEL=/app/models/genmesh-tiny-llama
+USER 10001
+EXPOSE 50054
+HEALTHCHECK --interval=5s --timeout=3s --start-period=30s --retries=3 CMD ["genmesh", "health", "127.0.0.1:50054"]
+CMD ["genmesh", "serve", "inference", "--host", "0.0.0.0", "--port", "50054"]

@@ -1,0 +1,121 @@
+"""Validation of a GatewayRequest into the plan the orchestrator runs."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from genmesh.convert import sampling_from_proto
+from genmesh.errors import FieldViolation, InvalidArgument
+from genmesh.logs import REQUEST_ID
+from genmesh.sampling import SamplingParams
+from genmesh.schema import validate_arguments
+from genmesh.v1 import gateway_pb2
+
+MAX_QUESTION_CHARS = 4096
+MAX_TOOL_CALLS = 16
+MAX_TOP_K = 100
+DEFAULT_TOP_K = 3
+DEFAULT_COLLECTION = "python-reference"
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCallPlan:
+    """One validated tool call."""
+
+    index: int
+    call_id: str
+    name: str
+    arguments_json: str
+    timeout_ms: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class AnswerPlan:
+    """A validated gateway request."""
+
+    request_id: str
+    question: str
+    tool_calls: tuple[ToolCallPlan, ...]
+    retrieval_enabled: bool
+    top_k: int
+    collection: str
+    sampling: SamplingParams
+
+
+def plan_request(request: gateway_pb2.GatewayRequest, tool_schemas: dict[str, dict[str, Any]] | None) -> AnswerPlan:
+    """Check every field of ``request``; raises InvalidArgument naming all bad fields.
+
+    ``tool_schemas`` maps tool names to their argument schemas; None when the tools service
+    could not be asked, in which case names and arguments are left for it to check.
+    """
+    bad: list[FieldViolation] = []
+    question = request.question.strip()
+    if not question:
+        bad.append(FieldViolation("question", "must not be empty"))
+    elif len(request.question) > MAX_QUESTION_CHARS:
+        bad.append(FieldViolation("question", f"must be at most {MAX_QUESTION_CHARS} characters"))
+
+    options = request.retrieval
+    top_k = options.top_k if options.HasField("top_k") else DEFAULT_TOP_K
+    if not 1 <= top_k <= MAX_TOP_K:
+        bad.append(FieldViolation("retrieval.top_k", f"must be between 1 and {MAX_TOP_K}"))
+
+    calls = _plan_tool_calls(request, tool_schemas, bad)
+    try:
+        sampling = sampling_from_proto(request.sampling)
+    except InvalidArgument as error:
+        bad.extend(error.violations)
+    if bad:
+        raise InvalidArgument(bad)
+    return AnswerPlan(
+        request_id=request.request_id or REQUEST_ID.get(),
+        question=question,
+        tool_calls=calls,
+        retrieval_enabled=not options.disabled,
+        top_k=top_k,
+        collection=options.collection or DEFAULT_COLLECTION,
+        sampling=sampling,
+    )
+
+
+def _plan_tool_calls(
+    request: gateway_pb2.GatewayRequest, tool_schemas: dict[str, dict[str, Any]] | None, bad: list[FieldViolation]
+) -> tuple[ToolCallPlan, ...]:
+    if len(request.tool_calls) > MAX_TOOL_CALLS:
+        bad.append(FieldViolation("tool_calls", f"at most {MAX_TOOL_CALLS} tool calls"))
+        return ()
+    calls: list[ToolCallPlan] = []
+    seen: set[str] = set()
+    for i, call in enumerate(request.tool_calls):
+        field = f"tool_calls[{i}]"
+        call_id = call.call_id or str(i)
+        if call_id in seen:
+            bad.append(FieldViolation(f"{field}.call_id", f"duplicate call id {call_id!r}"))
+        seen.add(call_id)
+        if not call.name:
+            bad.append(FieldViolation(f"{field}.name", "must not be empty"))
+        elif tool_schemas is not None and call.name not in tool_schemas:
+            known = ", ".join(sorted(tool_schemas)) or "none"
+            bad.append(FieldViolation(f"{field}.name", f"unknown tool {call.name!r} (known: {known})"))
+        arguments_json = call.arguments_json or "{}"
+        if tool_schemas is not None and call.name in tool_schemas:
+            try:
+                validate_arguments(tool_schemas[call.name], arguments_json, f"{field}.arguments_json")
+            except InvalidArgument as error:
+                bad.extend(error.violations)
+        elif not _is_json_object(arguments_json):
+            bad.append(FieldViolation(f"{field}.arguments_json", "must be a JSON object"))
+        if call.HasField("timeout_ms") and call.timeout_ms == 0:
+            bad.append(FieldViolation(f"{field}.timeout_ms", "must be positive"))
+        timeout_ms = call.timeout_ms if call.HasField("timeout_ms") else None
+        calls.append(ToolCallPlan(i, call_id, call.name, arguments_json, timeout_ms))
+    return tuple(calls)
+
+
+def _is_json_object(text: str) -> bool:
+    try:
+        return isinstance(json.loads(text), dict)
+    except ValueError:
+        return False

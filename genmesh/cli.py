@@ -1,0 +1,154 @@
+"""The `genmesh` command: serve one service, bring the whole mesh up, ask the gateway, check health."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import importlib
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import grpc
+
+from genmesh import mesh
+from genmesh.ask import AskOptions, ask, describe_rpc_error, parse_tool
+from genmesh.health import check
+from genmesh.launcher import start_mesh
+
+DEMO_QUESTION = "How does the with statement use a context manager?"
+DEMO_TOOLS = (("calculator", '{"expression": "2 ** 10 + 1"}'), ("clock", '{"timezone": "UTC"}'))
+
+
+def _add_ask_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--tool", action="append", default=[], type=parse_tool, help="NAME:JSON tool call (repeat)")
+    parser.add_argument("--max-tokens", type=int)
+    parser.add_argument("--temperature", type=float)
+    parser.add_argument("--top-p", type=float)
+    parser.add_argument("--top-k", type=int)
+    parser.add_argument("--repetition-penalty", type=float)
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--sources", type=int, dest="retrieval_top_k", help="passages to retrieve")
+    parser.add_argument("--no-retrieval", action="store_true")
+    parser.add_argument("--timeout", type=float, dest="timeout_s", help="deadline of the call in seconds")
+
+
+def _ask_options(question: str, args: argparse.Namespace) -> AskOptions:
+    return AskOptions(
+        question=question,
+        tools=tuple(args.tool),
+        max_tokens=args.max_tokens,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        top_k=args.top_k,
+        repetition_penalty=args.repetition_penalty,
+        seed=args.seed,
+        retrieval_top_k=args.retrieval_top_k,
+        no_retrieval=args.no_retrieval,
+        timeout_s=args.timeout_s,
+    )
+
+
+async def _up(args: argparse.Namespace) -> int:
+    ports = {s.name: getattr(args, f"{s.name}_port") for s in mesh.SERVICES}
+    log_dir = None if args.log_dir == "-" else Path(args.log_dir)
+    print(f"starting the mesh (logs: {log_dir or 'stderr'}) ...", flush=True)
+    running = await start_mesh(args.host, ports, log_dir, ready_timeout_s=args.ready_timeout)
+    try:
+        for name, service in running.services.items():
+            print(f"  {name:<10} {service.address:<22} pid {service.process.pid}", flush=True)
+        print(f"gateway ready at {running.address('gateway')}", flush=True)
+        if args.demo:
+            demo = AskOptions(
+                question=args.question or DEMO_QUESTION,
+                tools=DEMO_TOOLS,
+                max_tokens=args.max_tokens,
+                temperature=0.7,
+                top_p=0.9,
+                repetition_penalty=1.15,
+                seed=args.seed,
+            )
+            await ask(running.address("gateway"), demo)
+        if args.exit:
+            return 0
+        print("mesh is up; Ctrl-C stops it", flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        watchers = [asyncio.create_task(s.process.wait()) for s in running.services.values()]
+        stopper = asyncio.create_task(stop.wait())
+        done, _ = await asyncio.wait({stopper, *watchers}, return_when=asyncio.FIRST_COMPLETED)
+        if stopper not in done:
+            print("a service exited; stopping the mesh", file=sys.stderr)
+        for task in (stopper, *watchers):
+            task.cancel()
+        return 0 if stopper in done else 1
+    finally:
+        print("stopping the mesh ...", flush=True)
+        await running.stop(args.grace)
+        print("stopped", flush=True)
+
+
+async def _health(args: argparse.Namespace) -> int:
+    from genmesh.channels import open_channel
+
+    async with open_channel(args.target) as channel:
+        status = await check(channel, args.service, timeout_s=args.timeout)
+    print(status)
+    return 0 if status == "SERVING" else 1
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point of the `genmesh` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["serve"]:
+        if len(argv) < 2 or argv[1] not in mesh.BY_NAME:
+            sys.exit(f"usage: genmesh serve {{{','.join(mesh.BY_NAME)}}} [flags]")
+        importlib.import_module(mesh.BY_NAME[argv[1]].module).main(argv[2:])
+        return
+
+    parser = argparse.ArgumentParser(prog="genmesh", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("serve", help="run one service: genmesh serve NAME --help")
+
+    up = commands.add_parser("up", help="start the four services, wait until SERVING, stop them on Ctrl-C")
+    up.add_argument("--host", default="127.0.0.1")
+    for spec in mesh.SERVICES:
+        up.add_argument(f"--{spec.name}-port", type=int, default=spec.default_port)
+    up.add_argument("--log-dir", default=".genmesh/logs", help="where service logs go ('-' for stderr)")
+    up.add_argument("--ready-timeout", type=float, default=300.0)
+    up.add_argument("--grace", type=float, default=10.0, help="seconds services get to drain on stop")
+    up.add_argument("--demo", action="store_true", help="ask a demo question once the mesh is up")
+    up.add_argument("--question", help="the demo question")
+    up.add_argument("--max-tokens", type=int, default=96, help="length of the demo answer")
+    up.add_argument("--seed", type=int, default=7, help="seed of the demo answer")
+    up.add_argument("--exit", action="store_true", help="stop the mesh after the demo (for scripts)")
+
+    ask_cmd = commands.add_parser("ask", help="ask the gateway a question and stream the answer")
+    ask_cmd.add_argument("question")
+    ask_cmd.add_argument("--target", default=f"127.0.0.1:{mesh.GATEWAY.default_port}")
+    _add_ask_flags(ask_cmd)
+
+    health_cmd = commands.add_parser("health", help="exit 0 when a service reports SERVING")
+    health_cmd.add_argument("target", help="host:port")
+    health_cmd.add_argument("--service", default="")
+    health_cmd.add_argument("--timeout", type=float, default=2.0)
+
+    args = parser.parse_args(argv)
+    if args.command == "up":
+        with contextlib.suppress(KeyboardInterrupt):
+            sys.exit(asyncio.run(_up(args)))
+    elif args.command == "ask":
+        try:
+            asyncio.run(ask(args.target, _ask_options(args.question, args)))
+        except grpc.aio.AioRpcError as error:
+            sys.exit(describe_rpc_error(error))
+    elif args.command == "health":
+        sys.exit(asyncio.run(_health(args)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,143 @@
+"""Runs the mesh's services as child processes: what `genmesh up` does, and what the tests and benchmarks use."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+from genmesh import mesh
+from genmesh.health import wait_until_serving
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass(slots=True)
+class ServiceProcess:
+    """One running service."""
+
+    spec: mesh.ServiceSpec
+    address: str
+    process: asyncio.subprocess.Process
+    log_path: Path | None
+
+    def log_tail(self, lines: int = 30) -> str:
+        """The end of the service's log, for error messages."""
+        if self.log_path is None or not self.log_path.exists():
+            return ""
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+
+@dataclass(slots=True)
+class Mesh:
+    """The running services, by name."""
+
+    services: dict[str, ServiceProcess] = field(default_factory=dict)
+
+    def address(self, name: str) -> str:
+        """``host:port`` of a service."""
+        return self.services[name].address
+
+    async def stop(self, grace_s: float = 10.0) -> None:
+        """SIGTERM the gateway first so that it drains, then the rest; SIGKILL what outlives the grace."""
+        order = [s for s in (mesh.GATEWAY, mesh.INFERENCE, mesh.TOOLS, mesh.RETRIEVAL) if s.name in self.services]
+        for group in (order[:1], order[1:]):
+            procs = [self.services[s.name].process for s in group]
+            for proc in procs:
+                if proc.returncode is None:
+                    proc.send_signal(signal.SIGTERM)
+            for proc in procs:
+                try:
+                    await asyncio.wait_for(proc.wait(), grace_s + 5.0)
+                except TimeoutError:
+                    proc.kill()
+                    await proc.wait()
+
+
+async def start_service(
+    spec: mesh.ServiceSpec,
+    args: Sequence[str],
+    address: str,
+    log_dir: Path | None,
+    env: Mapping[str, str] | None = None,
+) -> ServiceProcess:
+    """Spawn ``genmesh serve`` for one service, in its own process group, logging to ``log_dir``."""
+    log_path = None
+    stream: IO[bytes] | None = None
+    if log_dir is not None:
+        log_dir.mkdir(parents=True, exist_ok=True)
+        log_path = log_dir / f"{spec.name}.log"
+        stream = log_path.open("ab")
+    try:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "genmesh.cli",
+            *args,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=stream,
+            stderr=stream,
+            env={**os.environ, **(env or {})},
+            start_new_session=True,
+        )
+    finally:
+        if stream is not None:
+            stream.close()
+    return ServiceProcess(spec, address, process, log_path)
+
+
+async def wait_ready(service: ServiceProcess, timeout_s: float) -> None:
+    """Wait until the service reports SERVING; fail early, with its log, if it exits."""
+    ready = asyncio.create_task(wait_until_serving(service.address, timeout_s=timeout_s))
+    exited = asyncio.create_task(service.process.wait())
+    try:
+        done, _ = await asyncio.wait({ready, exited}, return_when=asyncio.FIRST_COMPLETED)
+        if ready in done:
+            ready.result()
+            return
+        raise RuntimeError(
+            f"{service.spec.name} exited with {service.process.returncode} before it was ready:\n{service.log_tail()}"
+        )
+    except TimeoutError as error:
+        raise RuntimeError(f"{service.spec.name} not ready: {error}\n{service.log_tail()}") from None
+    finally:
+        for task in (ready, exited):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+async def start_mesh(
+    host: str = "127.0.0.1",
+    ports: Mapping[str, int] | None = None,
+    log_dir: Path | None = None,
+    extra_args: Mapping[str, Sequence[str]] | None = None,
+    env: Mapping[str, str] | None = None,
+    ready_timeout_s: float = 300.0,
+) -> Mesh:
+    """Start all four services (free ports unless given) and wait until every one is SERVING."""
+    chosen = {s.name: (ports or {}).get(s.name) or free_port(host) for s in mesh.SERVICES}
+    upstream_hosts = {s.name: host for s in mesh.SERVICES}
+    running = Mesh()
+    try:
+        for spec in mesh.SERVICES:
+            args = mesh.serve_args(spec, host, chosen, upstream_hosts) + list((extra_args or {}).get(spec.name, ()))
+            running.services[spec.name] = await start_service(spec, args, f"{host}:{chosen[spec.name]}", log_dir, env)
+        await asyncio.gather(*(wait_ready(s, ready_timeout_s) for s in running.services.values()))
+    except BaseException:
+        await running.stop(grace_s=1.0)
+        raise
+    return running

