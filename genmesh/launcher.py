@@ -17,12 +17,23 @@ from genmesh import mesh
 from genmesh.health import wait_until_serving
 
 
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """``count`` distinct TCP ports nobody listens on right now.
+
+    The sockets are held open together while the ports are chosen, so no port is handed out twice.
+    """
+    with contextlib.ExitStack() as stack:
+        ports = []
+        for _ in range(count):
+            sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+            sock.bind((host, 0))
+            ports.append(int(sock.getsockname()[1]))
+        return ports
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port nobody listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
+    return free_ports(1, host)[0]
 
 
 @dataclass(slots=True)
@@ -129,14 +140,21 @@ async def start_mesh(
     ready_timeout_s: float = 300.0,
 ) -> Mesh:
     """Start all four services (free ports unless given) and wait until every one is SERVING."""
-    chosen = {s.name: (ports or {}).get(s.name) or free_port(host) for s in mesh.SERVICES}
+    spare = iter(free_ports(len(mesh.SERVICES), host))
+    chosen = {s.name: (ports or {}).get(s.name) or next(spare) for s in mesh.SERVICES}
     upstream_hosts = {s.name: host for s in mesh.SERVICES}
     running = Mesh()
     try:
         for spec in mesh.SERVICES:
             args = mesh.serve_args(spec, host, chosen, upstream_hosts) + list((extra_args or {}).get(spec.name, ()))
             running.services[spec.name] = await start_service(spec, args, f"{host}:{chosen[spec.name]}", log_dir, env)
-        await asyncio.gather(*(wait_ready(s, ready_timeout_s) for s in running.services.values()))
+        waits = [asyncio.create_task(wait_ready(s, ready_timeout_s)) for s in running.services.values()]
+        try:
+            await asyncio.gather(*waits)
+        finally:
+            for wait in waits:
+                wait.cancel()
+            await asyncio.gather(*waits, return_exceptions=True)
     except BaseException:
         await running.stop(grace_s=1.0)
         raise

@@ -10,11 +10,12 @@ import sys
 from pathlib import Path
 
 from genmesh import mesh
-from genmesh.launcher import free_port
+from genmesh.launcher import free_ports
 
 
 async def test_up_demo_then_ctrl_c(tmp_path: Path) -> None:
-    ports = [arg for spec in mesh.SERVICES for arg in (f"--{spec.name}-port", str(free_port()))]
+    chosen = zip(mesh.SERVICES, free_ports(len(mesh.SERVICES)), strict=True)
+    ports = [arg for spec, port in chosen for arg in (f"--{spec.name}-port", str(port))]
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",

@@ -12,12 +12,12 @@ import pytest
 from genmesh import mesh as topology
 from genmesh.channels import open_channel
 from genmesh.health import check
-from genmesh.launcher import free_port, start_service, wait_ready
+from genmesh.launcher import free_port, free_ports, start_service, wait_ready
 from genmesh.v1 import common_pb2, inference_pb2, inference_pb2_grpc
 
 
 async def test_gateway_is_not_serving_until_its_upstreams_are(log_root: Path) -> None:
-    ports = {s.name: free_port() for s in topology.SERVICES}
+    ports = dict(zip((s.name for s in topology.SERVICES), free_ports(len(topology.SERVICES)), strict=True))
     hosts = {s.name: "127.0.0.1" for s in topology.SERVICES}
     log_dir = log_root / "readiness"
     gateway_address = f"127.0.0.1:{ports['gateway']}"
