@@ -53,9 +53,11 @@ lint: install  ## buf lint, ruff, mypy, hadolint
 
 bench: install  ## quick benchmarks (about a minute each), as CI runs them
 	$(PY) bench/gateway.py --quick
+	$(PY) bench/inference.py --quick
 
 bench-full: install  ## full benchmarks, the figures of docs/BENCHMARKS.md
 	$(PY) bench/gateway.py
+	$(PY) bench/inference.py
 
 clean:  ## remove the virtual environment and generated stubs
 	rm -rf $(VENV) genmesh/v1 *.egg-info .mypy_cache .ruff_cache .pytest_cache

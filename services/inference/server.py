@@ -18,7 +18,7 @@ from genmesh.errors import InvalidArgument, Unavailable
 from genmesh.logs import REQUEST_ID
 from genmesh.server import run
 from genmesh.v1 import common_pb2, inference_pb2, inference_pb2_grpc
-from services.inference.engine.sequential import SequentialEngine
+from services.inference.engine import Engine, EngineConfig
 from services.inference.engine.types import Finished, FinishReason, GenerationRequest, TokenChunk
 from services.inference.models.loader import load_model
 
@@ -112,14 +112,14 @@ class InferenceService:
 
     service_name = mesh.INFERENCE.grpc_service
 
-    def __init__(self, model_dir: Path, device: str | None, max_waiting: int, threads: int) -> None:
+    def __init__(self, model_dir: Path, device: str | None, config: EngineConfig, threads: int) -> None:
         self._model_dir = model_dir
         self._device = device
-        self._max_waiting = max_waiting
+        self._config = config
         self._threads = threads
-        self._engine: SequentialEngine | None = None
+        self._engine: Engine | None = None
 
-    def engine(self) -> SequentialEngine:
+    def engine(self) -> Engine:
         """The engine, once the model is loaded."""
         if self._engine is None:
             raise Unavailable("the model is still loading")
@@ -138,7 +138,7 @@ class InferenceService:
             "model loaded",
             extra={"model": loaded.name, "device": str(loaded.device), "dtype": str(loaded.dtype)},
         )
-        self._engine = SequentialEngine(loaded, max_waiting=self._max_waiting)
+        self._engine = Engine(loaded, self._config)
 
     async def stop(self) -> None:
         if self._engine is not None:
@@ -151,13 +151,26 @@ def main(argv: Sequence[str] | None = None) -> None:
     flags = add_server_flags(parser, "inference", mesh.INFERENCE.default_port)
     flags.add("--model", type=Path, default=DEFAULT_MODEL, help="model directory in Hugging Face layout")
     flags.add("--device", default="auto", help="cpu, cuda, cuda:N or auto (CUDA when available)")
-    flags.add("--max-waiting", type=int, default=64, help="requests that may wait; past it RESOURCE_EXHAUSTED")
+    defaults = EngineConfig()
+    flags.add("--max-running", type=int, default=defaults.max_running, help="sequences generating at once")
+    flags.add(
+        "--max-waiting",
+        type=int,
+        default=defaults.max_waiting,
+        help="requests that may wait; past it RESOURCE_EXHAUSTED",
+    )
+    flags.add("--max-batched-tokens", type=int, default=defaults.max_batched_tokens, help="tokens one step may feed")
+    flags.add(
+        "--prefill-chunk", type=int, default=defaults.prefill_chunk, help="prompt tokens fed per sequence per step"
+    )
     flags.add("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     args = parse(parser, argv)
-    if args.max_waiting < 0:
-        parser.error("--max-waiting must not be negative")
+    try:
+        config = EngineConfig(args.max_running, args.max_waiting, args.max_batched_tokens, args.prefill_chunk)
+    except ValueError as error:
+        parser.error(str(error))
     device = None if args.device == "auto" else args.device
-    run("inference", args, lambda: InferenceService(args.model, device, args.max_waiting, args.threads))
+    run("inference", args, lambda: InferenceService(args.model, device, config, args.threads))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """The inference engine: domain types and the engines that stream generations from a loaded model."""
 
-from services.inference.engine.sequential import SequentialEngine
+from services.inference.engine.engine import Engine
+from services.inference.engine.scheduler import EngineConfig
 from services.inference.engine.types import (
     Finished,
     FinishReason,
@@ -12,12 +13,13 @@ from services.inference.engine.types import (
 )
 
 __all__ = [
+    "Engine",
+    "EngineConfig",
     "FinishReason",
     "Finished",
     "GenerationRequest",
     "LoadStats",
     "ModelInfo",
-    "SequentialEngine",
     "TokenChunk",
     "TokenLogprob",
 ]

@@ -263,9 +263,17 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(self.heads * self.head_dim, config.hidden_size, bias=bias)
 
     def forward(
-        self, x: torch.Tensor, positions: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], cache: KVCache | None
+        self,
+        x: torch.Tensor,
+        positions: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor],
+        cache: KVCache | None,
+        first_row: int = 0,
     ) -> torch.Tensor:
-        """Attend each token to itself and every earlier position (from the cache when one is given)."""
+        """Attend each token to itself and every earlier position (from the cache when one is given).
+
+        Batch row i uses cache row ``first_row + i``.
+        """
         b, t, _ = x.shape
         q = self.q_proj(x).view(b, t, self.heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(b, t, self.kv_heads, self.head_dim).transpose(1, 2)
@@ -277,12 +285,12 @@ class Attention(nn.Module):
             keys, values = k, v.transpose(1, 2)
             mask = None
         else:
-            rows = torch.arange(b, device=x.device).unsqueeze(1)
+            rows = torch.arange(first_row, first_row + b, device=x.device).unsqueeze(1)
             cache.keys[self.layer][rows, positions] = k.transpose(1, 2).to(cache.keys[self.layer].dtype)
             cache.values[self.layer][rows, positions] = v.to(cache.values[self.layer].dtype)
             end = int(positions.max().item()) + 1
-            keys = cache.keys[self.layer][:, :end].transpose(1, 2)
-            values = cache.values[self.layer][:, :end].transpose(1, 2)
+            keys = cache.keys[self.layer][first_row : first_row + b, :end].transpose(1, 2)
+            values = cache.values[self.layer][first_row : first_row + b, :end].transpose(1, 2)
             span = torch.arange(end, device=x.device)
             mask = (span.view(1, 1, end) <= positions.unsqueeze(-1)).unsqueeze(1)
         out = F.scaled_dot_product_attention(
@@ -324,10 +332,15 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
     def forward(
-        self, x: torch.Tensor, positions: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], cache: KVCache | None
+        self,
+        x: torch.Tensor,
+        positions: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor],
+        cache: KVCache | None,
+        first_row: int = 0,
     ) -> torch.Tensor:
         """Apply the layer."""
-        x = x + self.self_attn(self.input_layernorm(x), positions, rope, cache)
+        x = x + self.self_attn(self.input_layernorm(x), positions, rope, cache, first_row)
         out: torch.Tensor = x + self.mlp(self.post_attention_layernorm(x))
         return out
 
@@ -342,12 +355,14 @@ class LlamaModel(nn.Module):
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.rotary_emb = RotaryEmbedding(config)
 
-    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, cache: KVCache | None) -> torch.Tensor:
+    def forward(
+        self, input_ids: torch.Tensor, positions: torch.Tensor, cache: KVCache | None, first_row: int = 0
+    ) -> torch.Tensor:
         """Final hidden states [B, T, hidden] of ``input_ids`` at ``positions``."""
         x = self.embed_tokens(input_ids)
         rope = self.rotary_emb(positions, x.dtype)
         for layer in self.layers:
-            x = layer(x, positions, rope, cache)
+            x = layer(x, positions, rope, cache, first_row)
         out: torch.Tensor = self.norm(x)
         return out
 
@@ -389,13 +404,19 @@ class LlamaForCausalLM(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     def forward(
-        self, input_ids: torch.Tensor, positions: torch.Tensor, cache: KVCache | None = None, last_only: bool = False
+        self,
+        input_ids: torch.Tensor,
+        positions: torch.Tensor,
+        cache: KVCache | None = None,
+        last_only: bool = False,
+        first_row: int = 0,
     ) -> torch.Tensor:
         """Logits [B, T, vocab] (or [B, 1, vocab] with ``last_only``) for ``input_ids`` at ``positions`` [B, T].
 
         Without a cache the T tokens of a row attend causally to each other (positions must increase along
         a row). With a cache their keys and values are written at ``positions`` and each token attends to
         every cached position up to its own, so a prompt can be fed once and then one token per step.
+        Batch row i reads and writes cache row ``first_row + i``, so a batch can be any block of cache rows.
         """
         if input_ids.shape != positions.shape or input_ids.dim() != 2:
             raise ValueError(
@@ -404,7 +425,9 @@ class LlamaForCausalLM(nn.Module):
             )
         if cache is not None and int(positions.max().item()) >= cache.max_len:
             raise ValueError(f"position {int(positions.max().item())} is beyond the cache length {cache.max_len}")
-        hidden = self.model(input_ids, positions, cache)
+        if cache is not None and not 0 <= first_row <= cache.batch - input_ids.shape[0]:
+            raise ValueError(f"rows {first_row}..{first_row + input_ids.shape[0] - 1} are outside the cache")
+        hidden = self.model(input_ids, positions, cache, first_row)
         if last_only:
             hidden = hidden[:, -1:]
         logits: torch.Tensor = self.lm_head(hidden)

@@ -1,4 +1,4 @@
-"""Tests of the SequentialEngine against the shipped tiny model: streaming, stops, limits, queueing, cancellation."""
+"""The continuous-batching engine on the shipped model: streaming, stops, limits, queueing, cancellation, batching."""
 
 from __future__ import annotations
 
@@ -15,13 +15,14 @@ import torch
 from genmesh.errors import DeadlineExceeded, InvalidArgument, ResourceExhausted
 from genmesh.sampling import SamplingParams
 from services.inference.engine import (
+    Engine,
+    EngineConfig,
     Finished,
     FinishReason,
     GenerationRequest,
-    SequentialEngine,
     TokenChunk,
 )
-from services.inference.engine.sequential import keep_prompt_tail
+from services.inference.engine.engine import keep_prompt_tail
 from services.inference.models.loader import LoadedModel, load_model
 
 MODEL_DIR = Path(__file__).resolve().parents[2] / "models" / "genmesh-tiny-llama"
@@ -35,9 +36,13 @@ def loaded() -> LoadedModel:
 
 
 @pytest_asyncio.fixture
-async def engine(loaded: LoadedModel) -> AsyncIterator[SequentialEngine]:
-    async with SequentialEngine(loaded, max_waiting=4) as eng:
+async def engine(loaded: LoadedModel) -> AsyncIterator[Engine]:
+    async with make_engine(loaded) as eng:
         yield eng
+
+
+def make_engine(loaded: LoadedModel, running: int = 4, waiting: int = 4) -> Engine:
+    return Engine(loaded, EngineConfig(max_running=running, max_waiting=waiting))
 
 
 def request(
@@ -46,7 +51,7 @@ def request(
     return GenerationRequest(request_id, prompt, sampling, deadline)
 
 
-async def collect(engine: SequentialEngine, req: GenerationRequest) -> tuple[list[TokenChunk], Finished]:
+async def collect(engine: Engine, req: GenerationRequest) -> tuple[list[TokenChunk], Finished]:
     items = [item async for item in engine.generate(req)]
     assert isinstance(items[-1], Finished)
     assert sum(isinstance(i, Finished) for i in items) == 1
@@ -69,9 +74,7 @@ async def wait_until(predicate: Callable[[], bool], within: float = 10.0) -> Non
         await asyncio.sleep(0.005)
 
 
-async def test_streamed_text_equals_the_decode_of_the_streamed_ids(
-    engine: SequentialEngine, loaded: LoadedModel
-) -> None:
+async def test_streamed_text_equals_the_decode_of_the_streamed_ids(engine: Engine, loaded: LoadedModel) -> None:
     chunks, done = await collect(engine, request("stream"))
     ids = ids_of(chunks)
     assert ids and done.finish_reason in (FinishReason.LENGTH, FinishReason.STOP)
@@ -82,7 +85,7 @@ async def test_streamed_text_equals_the_decode_of_the_streamed_ids(
     assert len(text_of(chunks).split()) >= 5, "the trained model should produce words"
 
 
-async def test_logprobs_align_with_token_ids(engine: SequentialEngine) -> None:
+async def test_logprobs_align_with_token_ids(engine: Engine) -> None:
     chunks, _ = await collect(engine, request("lp", sampling=SamplingParams(max_tokens=8, logprobs=3, seed=5)))
     for chunk in chunks:
         assert [lp.token_id for lp in chunk.logprobs] == chunk.token_ids
@@ -91,14 +94,14 @@ async def test_logprobs_align_with_token_ids(engine: SequentialEngine) -> None:
             assert all(isinstance(text, str) for _, text, _ in lp.top)
 
 
-async def test_same_seed_reproduces_the_completion(engine: SequentialEngine) -> None:
+async def test_same_seed_reproduces_the_completion(engine: Engine) -> None:
     sampling = SamplingParams(max_tokens=24, temperature=0.9, top_p=0.95, seed=42)
     first, _ = await collect(engine, request("seed-a", sampling=sampling))
     second, _ = await collect(engine, request("seed-b", sampling=sampling))
     assert ids_of(first) == ids_of(second)
 
 
-async def test_stop_sequence_stops_generation_and_is_excluded(engine: SequentialEngine) -> None:
+async def test_stop_sequence_stops_generation_and_is_excluded(engine: Engine) -> None:
     chunks, _ = await collect(engine, request("free", sampling=SamplingParams(temperature=0.0, max_tokens=60)))
     full = text_of(chunks)
     assert len(full) > 20
@@ -113,13 +116,13 @@ async def test_stop_sequence_stops_generation_and_is_excluded(engine: Sequential
     assert done.completion_tokens == len(ids_of(stopped)) < len(ids_of(chunks))
 
 
-async def test_max_tokens_finishes_with_length(engine: SequentialEngine) -> None:
+async def test_max_tokens_finishes_with_length(engine: Engine) -> None:
     chunks, done = await collect(engine, request("len", sampling=SamplingParams(temperature=0.0, max_tokens=5)))
     assert done.finish_reason == FinishReason.LENGTH
     assert done.completion_tokens == 5 == len(ids_of(chunks))
 
 
-async def test_max_tokens_is_clipped_to_the_context(engine: SequentialEngine, loaded: LoadedModel) -> None:
+async def test_max_tokens_is_clipped_to_the_context(engine: Engine, loaded: LoadedModel) -> None:
     from pydoc_data.topics import topics
 
     ids = loaded.tokenizer.encode(topics["specialnames"], add_special_tokens=False).ids
@@ -133,7 +136,7 @@ async def test_max_tokens_is_clipped_to_the_context(engine: SequentialEngine, lo
     assert done.completion_tokens == context - n_prompt
 
 
-async def test_prompt_longer_than_the_context_is_invalid(engine: SequentialEngine, loaded: LoadedModel) -> None:
+async def test_prompt_longer_than_the_context_is_invalid(engine: Engine, loaded: LoadedModel) -> None:
     with pytest.raises(InvalidArgument) as info:
         await collect(engine, request("long", "word " * (loaded.context_length + 10)))
     assert info.value.violations[0].field == "prompt"
@@ -141,7 +144,7 @@ async def test_prompt_longer_than_the_context_is_invalid(engine: SequentialEngin
     assert engine.load().running == 0
 
 
-async def test_duplicate_request_id_is_rejected(engine: SequentialEngine) -> None:
+async def test_duplicate_request_id_is_rejected(engine: Engine) -> None:
     gen = engine.generate(request("dup", sampling=SamplingParams(max_tokens=200, temperature=0.0)))
     await anext(gen)
     with pytest.raises(InvalidArgument) as info:
@@ -152,7 +155,7 @@ async def test_duplicate_request_id_is_rejected(engine: SequentialEngine) -> Non
 
 async def test_full_waiting_queue_raises_resource_exhausted_at_once(loaded: LoadedModel) -> None:
     long = SamplingParams(temperature=0.0, max_tokens=400)
-    async with SequentialEngine(loaded, max_waiting=1) as engine:
+    async with make_engine(loaded, running=1, waiting=1) as engine:
         running = asyncio.create_task(collect(engine, request("a", sampling=long)))
         waiting = asyncio.create_task(collect(engine, request("b", sampling=long)))
         await wait_until(lambda: engine.load().running == 1 and engine.load().waiting == 1)
@@ -168,7 +171,7 @@ async def test_full_waiting_queue_raises_resource_exhausted_at_once(loaded: Load
     assert engine.load().running == 0
 
 
-async def test_abort_cancels_a_running_request(engine: SequentialEngine) -> None:
+async def test_abort_cancels_a_running_request(engine: Engine) -> None:
     items: list[TokenChunk | Finished] = []
     first = asyncio.Event()
 
@@ -190,7 +193,7 @@ async def test_abort_cancels_a_running_request(engine: SequentialEngine) -> None
 
 @pytest.mark.parametrize("how", ["cancel-task", "aclose"])
 async def test_consumer_going_away_frees_the_engine(loaded: LoadedModel, how: str) -> None:
-    async with SequentialEngine(loaded, max_waiting=0) as engine:
+    async with make_engine(loaded, running=1, waiting=0) as engine:
         gen = engine.generate(request("gone", sampling=SamplingParams(max_tokens=450, temperature=0.0)))
         if how == "aclose":
             await anext(gen)
@@ -212,7 +215,7 @@ async def test_consumer_going_away_frees_the_engine(loaded: LoadedModel, how: st
         assert done.finish_reason == FinishReason.LENGTH
 
 
-async def test_deadline_expiry_raises_deadline_exceeded(engine: SequentialEngine) -> None:
+async def test_deadline_expiry_raises_deadline_exceeded(engine: Engine) -> None:
     deadline = time.monotonic() + 0.05
     with pytest.raises(DeadlineExceeded):
         await collect(
@@ -223,7 +226,7 @@ async def test_deadline_expiry_raises_deadline_exceeded(engine: SequentialEngine
         await collect(engine, request("dead", deadline=time.monotonic() - 1))
 
 
-async def test_slow_consumer_gets_coalesced_chunks(engine: SequentialEngine) -> None:
+async def test_slow_consumer_gets_coalesced_chunks(engine: Engine) -> None:
     gen = engine.generate(request("slow", sampling=SamplingParams(temperature=0.0, max_tokens=30)))
     first = await anext(gen)
     assert isinstance(first, TokenChunk)
@@ -233,7 +236,7 @@ async def test_slow_consumer_gets_coalesced_chunks(engine: SequentialEngine) -> 
     assert len(first.token_ids) + len(rest[0].token_ids) == 30
 
 
-async def test_model_runs_on_one_worker_thread_off_the_loop(engine: SequentialEngine, loaded: LoadedModel) -> None:
+async def test_model_runs_on_one_worker_thread_off_the_loop(engine: Engine, loaded: LoadedModel) -> None:
     threads: set[str] = set()
     hook = loaded.model.register_forward_pre_hook(lambda *_: threads.add(threading.current_thread().name))
     try:
@@ -245,14 +248,14 @@ async def test_model_runs_on_one_worker_thread_off_the_loop(engine: SequentialEn
     assert threads.pop().startswith("genmesh-engine")
 
 
-async def test_info_and_load(engine: SequentialEngine, loaded: LoadedModel) -> None:
+async def test_info_and_load(engine: Engine, loaded: LoadedModel) -> None:
     info = engine.info()
     assert info.name == "genmesh-tiny-llama" and info.context_length == loaded.context_length
     assert info.vocab_size == loaded.config.vocab_size and info.dtype == "float32" and info.device == "cpu"
     assert info.eos_token_ids == loaded.eos_token_ids and info.eos_token_ids
     load = engine.load()
     assert (load.running, load.waiting, load.kv_used_tokens) == (0, 0, 0)
-    assert load.kv_capacity_tokens == loaded.context_length
+    assert load.kv_capacity_tokens == engine.config.max_running * loaded.context_length
     assert torch.get_num_threads() >= 1
 
 
@@ -264,7 +267,7 @@ def test_keep_prompt_tail_leaves_room_to_generate() -> None:
     assert keep_prompt_tail(ids, context=512, max_tokens=4096, bos_token_id=None) == ids[-256:]
 
 
-async def test_truncate_prompt_accepts_an_overlong_prompt(engine: SequentialEngine) -> None:
+async def test_truncate_prompt_accepts_an_overlong_prompt(engine: Engine) -> None:
     long_prompt = "The import statement loads a module. " * 400
     with pytest.raises(InvalidArgument):
         await collect(engine, request("too-long", long_prompt))

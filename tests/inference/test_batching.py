@@ -1,0 +1,102 @@
+"""Continuous batching: requests join a running batch at the next step, and batching never changes an answer."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from pathlib import Path
+
+import pytest
+
+from genmesh.sampling import SamplingParams
+from services.inference.engine import Engine, EngineConfig, Finished, GenerationRequest, TokenChunk
+from services.inference.models.loader import LoadedModel, load_model
+
+MODEL_DIR = Path(__file__).resolve().parents[2] / "models" / "genmesh-tiny-llama"
+TOPICS = ["The with statement", "A generator function", "The import system", "Class definitions", "Exceptions"]
+
+
+@pytest.fixture(scope="module")
+def loaded() -> LoadedModel:
+    return load_model(MODEL_DIR, device="cpu")
+
+
+def _prompts(count: int) -> list[str]:
+    """Mixed lengths: from a few tokens to a few hundred (several prefill chunks)."""
+    rng = random.Random(3)
+    return [" ".join([TOPICS[i % len(TOPICS)]] * rng.choice([1, 3, 10, 40, 90])) for i in range(count)]
+
+
+async def _run(engine: Engine, request: GenerationRequest) -> tuple[list[int], Finished, float]:
+    ids: list[int] = []
+    first = 0.0
+    async for item in engine.generate(request):
+        if isinstance(item, TokenChunk):
+            ids.extend(item.token_ids)
+            first = first or time.monotonic()
+        else:
+            return ids, item, first
+    raise AssertionError("no Finished")
+
+
+async def test_greedy_output_is_the_same_alone_and_in_a_batch(loaded: LoadedModel) -> None:
+    prompts = _prompts(16)
+    greedy = [SamplingParams(temperature=0.0, max_tokens=24 + 8 * (i % 4)) for i in range(16)]
+    # prefill_chunk 64 makes the long prompts take several steps while others decode.
+    config = EngineConfig(max_running=16, max_waiting=16, max_batched_tokens=512, prefill_chunk=64)
+    async with Engine(loaded, config) as engine:
+        alone = [(await _run(engine, GenerationRequest(f"alone-{i}", p, greedy[i])))[0] for i, p in enumerate(prompts)]
+
+        async def later(i: int) -> list[int]:
+            await asyncio.sleep(0.01 * (i % 5))  # arrivals spread over the first steps
+            return (await _run(engine, GenerationRequest(f"batched-{i}", prompts[i], greedy[i])))[0]
+
+        batched = await asyncio.gather(*(later(i) for i in range(16)))
+    assert batched == alone
+
+
+async def test_seeded_sampling_is_the_same_alone_and_in_a_batch(loaded: LoadedModel) -> None:
+    sampled = SamplingParams(temperature=0.9, top_p=0.95, max_tokens=20, seed=1234)
+    async with Engine(loaded, EngineConfig(max_running=8)) as engine:
+        alone, _, _ = await _run(engine, GenerationRequest("alone", TOPICS[0], sampled))
+        others = [
+            _run(engine, GenerationRequest(f"other-{i}", TOPICS[i % 5], SamplingParams(temperature=1.0, max_tokens=20)))
+            for i in range(6)
+        ]
+        together = await asyncio.gather(_run(engine, GenerationRequest("seeded", TOPICS[0], sampled)), *others)
+    assert together[0][0] == alone
+
+
+async def test_a_new_request_joins_the_running_batch(loaded: LoadedModel) -> None:
+    async with Engine(loaded, EngineConfig(max_running=4)) as engine:
+        long_task = asyncio.create_task(
+            _run(engine, GenerationRequest("long", TOPICS[2], SamplingParams(temperature=0.0, max_tokens=300)))
+        )
+        while engine.load().running == 0:
+            await asyncio.sleep(0.005)
+        short_ids, short_done, short_first = await _run(
+            engine, GenerationRequest("short", TOPICS[1], SamplingParams(temperature=0.0, max_tokens=5))
+        )
+        assert engine.load().running == 1, "the long request is still generating"
+        _, long_done, _ = await long_task
+        long_end = time.monotonic()
+    assert len(short_ids) == short_done.completion_tokens
+    assert short_first < long_end, "the short request streamed while the long one was still running"
+    assert long_done.completion_tokens > 0
+
+
+async def test_load_counts_running_waiting_and_cache(loaded: LoadedModel) -> None:
+    config = EngineConfig(max_running=2, max_waiting=8)
+    async with Engine(loaded, config) as engine:
+        params = SamplingParams(temperature=0.0, max_tokens=200)
+        tasks = [asyncio.create_task(_run(engine, GenerationRequest(f"r{i}", TOPICS[i], params))) for i in range(4)]
+        while engine.load().running < 2 or engine.load().kv_used_tokens == 0:
+            await asyncio.sleep(0.005)
+        load = engine.load()
+        assert (load.running, load.waiting) == (2, 2)
+        assert 0 < load.kv_used_tokens <= load.kv_capacity_tokens == 2 * loaded.context_length
+        for i in range(4):
+            engine.abort(f"r{i}")
+        await asyncio.gather(*tasks)
+        assert engine.load() == type(load)(0, 0, 0, load.kv_capacity_tokens)
