@@ -6,8 +6,9 @@ difference against a baseline measured in the same run, because machines here ar
 - relay_ratio_cN: tokens/s received through the gateway over tokens/s received from inference
   directly, same prompt, greedy, N concurrent streams (trials interleaved A/B);
 - ttft_overhead_ms: median time to first token through the gateway minus directly (1 stream);
-- fanout_ratio: the gateway's pre-inference time over its slowest stage, with retrieval and two
-  tools each delayed 200 ms by fault injection (1.0 would be perfect overlap, 3.0 serial).
+- fanout_ratio: the gateway's pre-inference time over its slowest stage, with retrieval and the
+  two tool calls' InvokeMany stream each delayed 200 ms by fault injection (1.0 would be perfect
+  overlap, 3.0 serial).
 
     python bench/gateway.py --quick     # about a minute, as CI runs it
     python bench/gateway.py             # the figures of docs/BENCHMARKS.md
@@ -189,7 +190,7 @@ async def main_async(settings: Settings, quick: bool) -> dict[str, object]:
             await mesh.stop(grace_s=1.0)
         faults = {
             "retrieval": ["--faults", f"Query:delay={STAGE_DELAY_MS}ms"],
-            "tools": ["--faults", f"Invoke:delay={STAGE_DELAY_MS}ms"],
+            "tools": ["--faults", f"InvokeMany:delay={STAGE_DELAY_MS}ms"],
             "inference": inference_args,
         }
         mesh = await start_mesh(log_dir=Path(logs) / "fanout", extra_args=faults)

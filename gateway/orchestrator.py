@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 import grpc
@@ -19,7 +19,7 @@ from gateway.prompt import PromptPassage, PromptToolResult, build_prompt, prompt
 from gateway.relay import relay
 from gateway.request import AnswerPlan, ToolCallPlan, plan_request
 from gateway.upstreams import Upstreams
-from genmesh.errors import GenmeshError, InvalidArgument
+from genmesh.errors import FieldViolation, GenmeshError, InvalidArgument
 from genmesh.status import code_value, from_rpc_error
 from genmesh.v1 import (
     common_pb2,
@@ -74,7 +74,7 @@ class Orchestrator:
         deadline = None if time_remaining is None else time.monotonic() + time_remaining
         names = {call.name for call in request.tool_calls}
         schemas = await self._upstreams.tool_schemas(names) if names else {}
-        plan = plan_request(request, schemas)
+        plan = plan_request(request, schemas, self._upstreams.unverifiable_tool_prefixes)
 
         passages: list[common_pb2.Passage] = []
         tool_results: list[common_pb2.ToolResult] = []
@@ -114,43 +114,113 @@ class Orchestrator:
         tool_results: list[common_pb2.ToolResult],
         degraded: list[common_pb2.Degraded],
     ) -> AsyncIterator[gateway_pb2.GatewayEvent]:
-        """Start retrieval and every tool call at once; yield each one's event the moment it finishes."""
-        tasks: dict[asyncio.Task[object], ToolCallPlan | None] = {}
+        """Start retrieval and the tool calls (one InvokeMany stream) at once; yield each event the moment
+        it arrives: sources, every ToolResult as the tools service streams it, and a Degraded per failure."""
+        arrivals: asyncio.Queue[gateway_pb2.GatewayEvent | BaseException | None] = asyncio.Queue()
+        workers = []
         if plan.retrieval_enabled:
-            tasks[asyncio.create_task(clock.timed("retrieval", self._retrieve(plan, deadline)))] = None
-        for call in plan.tool_calls:
-            tasks[asyncio.create_task(clock.timed(f"tool:{call.call_id}", self._invoke(plan, call, deadline)))] = call
+            work = self._retrieval_stage(plan, clock, deadline, arrivals, passages, degraded)
+            workers.append(asyncio.create_task(_feed(work, arrivals)))
+        if plan.tool_calls:
+            work = self._tools_stage(plan, clock, deadline, arrivals, tool_results, degraded)
+            workers.append(asyncio.create_task(_feed(work, arrivals)))
         try:
-            pending = set(tasks)
-            while pending:
-                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-                for task in sorted(done, key=lambda t: clock.spans.get(_stage(tasks[t]), (0.0, 0.0))[1]):
-                    tool = tasks[task]
-                    try:
-                        outcome = task.result()
-                    except grpc.aio.AioRpcError as error:
-                        fault = _stage_failure(tool, error)
-                        degraded.append(fault)
-                        if tool is not None:
-                            result = _failed_tool_result(tool, error, clock)
-                            tool_results.append(result)
-                            yield gateway_pb2.GatewayEvent(tool_result=result)
-                        yield gateway_pb2.GatewayEvent(degraded=fault)
-                        continue
-                    if tool is None:
-                        assert isinstance(outcome, retrieval_pb2.QueryResponse)
-                        passages.extend(outcome.passages)
-                        yield gateway_pb2.GatewayEvent(sources=gateway_pb2.Sources(passages=outcome.passages))
-                    else:
-                        assert isinstance(outcome, tools_pb2.InvokeResponse)
-                        tool_results.append(outcome.result)
-                        yield gateway_pb2.GatewayEvent(tool_result=outcome.result)
+            running = len(workers)
+            while running:
+                item = await arrivals.get()
+                if item is None:
+                    running -= 1
+                elif isinstance(item, BaseException):
+                    raise item
+                else:
+                    yield item
         finally:
-            for task in tasks:
-                task.cancel()
-            for task in tasks:
-                with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError, GenmeshError):
-                    await task
+            for worker in workers:
+                worker.cancel()
+            for worker in workers:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await worker
+
+    async def _retrieval_stage(
+        self,
+        plan: AnswerPlan,
+        clock: StageClock,
+        deadline: float | None,
+        arrivals: asyncio.Queue[gateway_pb2.GatewayEvent | BaseException | None],
+        passages: list[common_pb2.Passage],
+        degraded: list[common_pb2.Degraded],
+    ) -> None:
+        try:
+            outcome = await clock.timed("retrieval", self._retrieve(plan, deadline))
+        except grpc.aio.AioRpcError as error:
+            fault = _stage_failure(None, error)
+            degraded.append(fault)
+            arrivals.put_nowait(gateway_pb2.GatewayEvent(degraded=fault))
+            return
+        assert isinstance(outcome, retrieval_pb2.QueryResponse)
+        passages.extend(outcome.passages)
+        arrivals.put_nowait(gateway_pb2.GatewayEvent(sources=gateway_pb2.Sources(passages=outcome.passages)))
+
+    async def _tools_stage(
+        self,
+        plan: AnswerPlan,
+        clock: StageClock,
+        deadline: float | None,
+        arrivals: asyncio.Queue[gateway_pb2.GatewayEvent | BaseException | None],
+        tool_results: list[common_pb2.ToolResult],
+        degraded: list[common_pb2.Degraded],
+    ) -> None:
+        """Run every tool call in one InvokeMany stream; relay each result as it arrives.
+
+        A call that is the client's mistake (unknown tool, bad arguments) fails the whole request with
+        INVALID_ARGUMENT naming ``tool_calls[i]...``; any other failure of a call, or of the stream, becomes
+        that call's ToolResult with an error plus a Degraded event. A call's span runs from when the tools
+        service started it (measured from when the gateway sent the stream) to when its result arrived.
+        """
+        request = tools_pb2.InvokeManyRequest(request_id=plan.request_id)
+        for call in plan.tool_calls:
+            tool_call = request.calls.add(call_id=call.call_id, name=call.name, arguments_json=call.arguments_json)
+            if call.timeout_ms is not None:
+                tool_call.timeout_ms = call.timeout_ms
+        pending: dict[str, ToolCallPlan] = {call.call_id: call for call in plan.tool_calls}
+        sent_ms = clock.now_ms()
+        stream = self._upstreams.tools.InvokeMany(request, timeout=_timeout(deadline))
+        try:
+            async for response in stream:
+                result = response.result
+                planned = pending.pop(result.call_id, None)
+                if planned is None:
+                    continue
+                end_ms = clock.now_ms()
+                clock.spans[_stage(planned)] = (min(end_ms, sent_ms + response.start_ms), end_ms)
+                if result.HasField("error"):
+                    _raise_tool_mistake(planned, result.error)
+                tool_results.append(result)
+                arrivals.put_nowait(gateway_pb2.GatewayEvent(tool_result=result))
+                if result.HasField("error"):
+                    fault = common_pb2.Degraded(
+                        stage=_stage(planned), code=result.error.code, message=result.error.message
+                    )
+                    degraded.append(fault)
+                    arrivals.put_nowait(gateway_pb2.GatewayEvent(degraded=fault))
+        except grpc.aio.AioRpcError as error:
+            _raise_client_mistake(error, {}, "tool_calls", rename=_tool_field)
+            end_ms = clock.now_ms()
+            for call in pending.values():
+                clock.spans[_stage(call)] = (sent_ms, end_ms)
+                fault = _stage_failure(call, error)
+                result = common_pb2.ToolResult(
+                    call_id=call.call_id,
+                    name=call.name,
+                    error=common_pb2.ToolError(code=fault.code, message=fault.message),
+                    duration_ms=end_ms - sent_ms,
+                )
+                tool_results.append(result)
+                degraded.append(fault)
+                arrivals.put_nowait(gateway_pb2.GatewayEvent(tool_result=result))
+                arrivals.put_nowait(gateway_pb2.GatewayEvent(degraded=fault))
+        finally:
+            stream.cancel()
 
     async def _retrieve(self, plan: AnswerPlan, deadline: float | None) -> retrieval_pb2.QueryResponse:
         query = retrieval_pb2.QueryRequest(
@@ -162,22 +232,6 @@ class Orchestrator:
             )
         except grpc.aio.AioRpcError as error:
             _raise_client_mistake(error, {"text": "question", "top_k": "retrieval.top_k"}, "retrieval")
-            raise
-        return response
-
-    async def _invoke(self, plan: AnswerPlan, call: ToolCallPlan, deadline: float | None) -> tools_pb2.InvokeResponse:
-        tool_call = common_pb2.ToolCall(call_id=call.call_id, name=call.name, arguments_json=call.arguments_json)
-        if call.timeout_ms is not None:
-            tool_call.timeout_ms = call.timeout_ms
-        invoke = tools_pb2.InvokeRequest(request_id=plan.request_id, call=tool_call)
-        try:
-            response: tools_pb2.InvokeResponse = await self._upstreams.tools.Invoke(invoke, timeout=_timeout(deadline))
-        except grpc.aio.AioRpcError as error:
-            if error.code() == grpc.StatusCode.NOT_FOUND:
-                raise InvalidArgument.field(
-                    f"tool_calls[{call.index}].name", error.details() or "unknown tool"
-                ) from None
-            _raise_client_mistake(error, {}, f"tool_calls[{call.index}]", strip="call.")
             raise
         return response
 
@@ -234,17 +288,42 @@ def _stage_failure(call: ToolCallPlan | None, error: grpc.aio.AioRpcError) -> co
     return common_pb2.Degraded(stage=_stage(call), code=code_value(error.code()), message=error.details() or "")
 
 
-def _failed_tool_result(call: ToolCallPlan, error: grpc.aio.AioRpcError, clock: StageClock) -> common_pb2.ToolResult:
-    start, end = clock.spans.get(_stage(call), (0.0, 0.0))
-    return common_pb2.ToolResult(
-        call_id=call.call_id,
-        name=call.name,
-        error=common_pb2.ToolError(code=code_value(error.code()), message=error.details() or ""),
-        duration_ms=end - start,
-    )
+async def _feed(
+    work: Awaitable[None], arrivals: asyncio.Queue[gateway_pb2.GatewayEvent | BaseException | None]
+) -> None:
+    """Run one fan-out stage; hand its failure (a client mistake) to the reader; then say it is done."""
+    try:
+        await work
+    except asyncio.CancelledError:
+        raise
+    except Exception as error:
+        arrivals.put_nowait(error)
+    finally:
+        arrivals.put_nowait(None)
 
 
-def _raise_client_mistake(error: grpc.aio.AioRpcError, renames: dict[str, str], prefix: str, strip: str = "") -> None:
+def _raise_tool_mistake(call: ToolCallPlan, error: common_pb2.ToolError) -> None:
+    """A call the tools service refused as the client's mistake fails the request, naming tool_calls[i]."""
+    field = f"tool_calls[{call.index}]"
+    if error.code == code_value(grpc.StatusCode.NOT_FOUND):
+        raise InvalidArgument.field(f"{field}.name", error.message or "unknown tool")
+    if error.code == code_value(grpc.StatusCode.INVALID_ARGUMENT):
+        violations = [FieldViolation(f"{field}.{v.field}", v.description) for v in error.field_violations]
+        raise InvalidArgument(violations or [FieldViolation(field, error.message)])
+
+
+def _tool_field(name: str) -> str:
+    """An InvokeMany request field (``calls[2].call_id``) as the gateway request's (``tool_calls[2].call_id``)."""
+    return "tool_calls" + name.removeprefix("calls") if name.startswith("calls") else f"tool_calls.{name}"
+
+
+def _raise_client_mistake(
+    error: grpc.aio.AioRpcError,
+    renames: dict[str, str],
+    prefix: str,
+    strip: str = "",
+    rename: Callable[[str], str] | None = None,
+) -> None:
     """Re-raise an upstream INVALID_ARGUMENT or NOT_FOUND as the client's own mistake, fields renamed."""
     if error.code() not in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND):
         return
@@ -253,7 +332,7 @@ def _raise_client_mistake(error: grpc.aio.AioRpcError, renames: dict[str, str], 
         violations = []
         for v in mistake.violations:
             name = v.field.removeprefix(strip)
-            name = renames.get(name) or f"{prefix}.{name}"
+            name = rename(name) if rename is not None else renames.get(name) or f"{prefix}.{name}"
             violations.append(type(v)(name, v.description))
         raise InvalidArgument(violations) from None
     raise mistake from None

@@ -44,11 +44,16 @@ class AnswerPlan:
     sampling: SamplingParams
 
 
-def plan_request(request: gateway_pb2.GatewayRequest, tool_schemas: dict[str, dict[str, Any]] | None) -> AnswerPlan:
+def plan_request(
+    request: gateway_pb2.GatewayRequest,
+    tool_schemas: dict[str, dict[str, Any]] | None,
+    unverifiable_prefixes: tuple[str, ...] = (),
+) -> AnswerPlan:
     """Check every field of ``request``; raises InvalidArgument naming all bad fields.
 
     ``tool_schemas`` maps tool names to their argument schemas; None when the tools service
-    could not be asked, in which case names and arguments are left for it to check.
+    could not be asked, in which case names and arguments are left for it to check. Names that
+    start with one of ``unverifiable_prefixes`` (a tool provider that is down) are left to it too.
     """
     bad: list[FieldViolation] = []
     question = request.question.strip()
@@ -62,7 +67,7 @@ def plan_request(request: gateway_pb2.GatewayRequest, tool_schemas: dict[str, di
     if not 1 <= top_k <= MAX_TOP_K:
         bad.append(FieldViolation("retrieval.top_k", f"must be between 1 and {MAX_TOP_K}"))
 
-    calls = _plan_tool_calls(request, tool_schemas, bad)
+    calls = _plan_tool_calls(request, tool_schemas, unverifiable_prefixes, bad)
     try:
         sampling = sampling_from_proto(request.sampling)
     except InvalidArgument as error:
@@ -81,7 +86,10 @@ def plan_request(request: gateway_pb2.GatewayRequest, tool_schemas: dict[str, di
 
 
 def _plan_tool_calls(
-    request: gateway_pb2.GatewayRequest, tool_schemas: dict[str, dict[str, Any]] | None, bad: list[FieldViolation]
+    request: gateway_pb2.GatewayRequest,
+    tool_schemas: dict[str, dict[str, Any]] | None,
+    unverifiable_prefixes: tuple[str, ...],
+    bad: list[FieldViolation],
 ) -> tuple[ToolCallPlan, ...]:
     if len(request.tool_calls) > MAX_TOOL_CALLS:
         bad.append(FieldViolation("tool_calls", f"at most {MAX_TOOL_CALLS} tool calls"))
@@ -96,7 +104,11 @@ def _plan_tool_calls(
         seen.add(call_id)
         if not call.name:
             bad.append(FieldViolation(f"{field}.name", "must not be empty"))
-        elif tool_schemas is not None and call.name not in tool_schemas:
+        elif (
+            tool_schemas is not None
+            and call.name not in tool_schemas
+            and not (unverifiable_prefixes and call.name.startswith(unverifiable_prefixes))
+        ):
             known = ", ".join(sorted(tool_schemas)) or "none"
             bad.append(FieldViolation(f"{field}.name", f"unknown tool {call.name!r} (known: {known})"))
         arguments_json = call.arguments_json or "{}"

@@ -43,6 +43,8 @@ class Upstreams:
         self.tools = tools_pb2_grpc.ToolsServiceStub(self._channels[1])
         self.inference = inference_pb2_grpc.InferenceServiceStub(self._channels[2])
         self._tool_schemas: dict[str, dict[str, Any]] = {}
+        self.unverifiable_tool_prefixes: tuple[str, ...] = ()
+        """Name prefixes of tool providers (MCP servers) that are down: their tools may be unlisted."""
         self._tools_fetched_at = float("-inf")
         self._context_length: int | None = None
 
@@ -59,6 +61,7 @@ class Upstreams:
                 log.warning("ListTools failed", extra={"code": error.code().name, "detail": error.details()})
                 return None
             self._tool_schemas = {t.name: json.loads(t.parameters_json_schema) for t in response.tools}
+            self.unverifiable_tool_prefixes = tuple(p.tool_prefix for p in response.providers if not p.available)
             self._tools_fetched_at = time.monotonic()
         return self._tool_schemas
 

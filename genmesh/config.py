@@ -46,6 +46,37 @@ class Flags:
             flag, type=type, default=value, help=f"{help} [env {name}; default {default!r}]", **kwargs
         )
 
+    def add_repeated(self, flag: str, *, help: str, separator: str = ";", metavar: str | None = None) -> None:
+        """Add a repeatable ``flag`` (a list of strings); the environment variable holds the items joined by
+        ``separator``. Given on the command line, the flag's items replace the environment's."""
+        name = self.env_name(flag)
+        raw = os.environ.get(name, "")
+        default = [item.strip() for item in raw.split(separator) if item.strip()]
+        self.parser.add_argument(
+            flag,
+            action=_ReplaceDefaultAppend,
+            default=default,
+            metavar=metavar,
+            help=f"{help} (repeatable) [env {name}, items separated by {separator!r}]",
+        )
+
+
+class _ReplaceDefaultAppend(argparse.Action):
+    """Like ``action="append"``, except that the first use replaces the default instead of extending it."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: str | Sequence[Any] | None,
+        option_string: str | None = None,
+    ) -> None:
+        seen = f"_{self.dest}_given"
+        items = list(getattr(namespace, self.dest)) if getattr(namespace, seen, False) else []
+        items.append(values)
+        setattr(namespace, self.dest, items)
+        setattr(namespace, seen, True)
+
 
 def add_server_flags(parser: argparse.ArgumentParser, service: str, default_port: int) -> Flags:
     """The flags every service has: where to listen, shutdown grace, logging, fault injection."""

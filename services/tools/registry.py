@@ -13,7 +13,7 @@ import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from genmesh.errors import DeadlineExceeded, GenmeshError, InvalidArgument, NotFound, Unavailable
 from genmesh.schema import check_schema, validate_arguments
@@ -27,6 +27,16 @@ MAX_RESULT_BYTES = 1024 * 1024
 """Largest JSON result a tool may return, in UTF-8 bytes."""
 MAX_ERROR_CHARS = 500
 _TOOL_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar("genmesh_tool_deadline", default=None)
+
+
+def time_remaining() -> float | None:
+    """Seconds left to the tool call running in this context (None outside one).
+
+    A handler that calls another service passes this on as that call's timeout.
+    """
+    deadline = _DEADLINE.get()
+    return None if deadline is None else max(0.0, deadline - time.monotonic())
 
 
 class ToolFailed(GenmeshError):
@@ -61,6 +71,8 @@ class Tool:
     timeout_s: float = DEFAULT_TOOL_TIMEOUT_S
     idempotent: bool = False
     blocking: bool = False
+    source: str = "builtin"
+    """Where the tool comes from: ``builtin``, ``plugin`` or ``mcp:<server>``."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _TOOL_NAME.fullmatch(self.name):
@@ -87,14 +99,51 @@ class InvocationResult:
         object.__setattr__(self, "duration_ms", (self.finished - self.started) * 1000.0)
 
 
+class ToolProvider(Protocol):
+    """A source of tools that come and go at run time (an MCP server): its tools share ``prefix``."""
+
+    @property
+    def name(self) -> str:
+        """``mcp:<server>``."""
+
+    @property
+    def prefix(self) -> str:
+        """What the names of its tools start with (``<server>__``)."""
+
+    @property
+    def available(self) -> bool:
+        """Whether its tools can be invoked now."""
+
+    @property
+    def restarts(self) -> int:
+        """How many times it was started again after it failed."""
+
+    @property
+    def last_error(self) -> str:
+        """Its last failure, empty when none."""
+
+    def tools(self) -> builtins.list[Tool]:
+        """Its tools as last listed (kept while it is down, so that their schemas stay known)."""
+
+    def lookup(self, name: str) -> Tool | None:
+        """Its tool called ``name`` (which starts with ``prefix``); None if unknown.
+
+        Raises Unavailable when the provider is down and has no tool list yet (it never came up).
+        """
+
+
 class ToolRegistry:
-    """Named tools and the bounded thread pool their blocking handlers run in; ``close()`` when done."""
+    """Named tools and the bounded thread pool their blocking handlers run in; ``close()`` when done.
+
+    Tools are registered once (built-ins, plugins) or come from providers whose tools change at run time.
+    """
 
     def __init__(self, max_workers: int = DEFAULT_MAX_WORKERS) -> None:
         if not isinstance(max_workers, int) or isinstance(max_workers, bool) or max_workers < 1:
             raise ValueError(f"max_workers must be an integer >= 1, got {max_workers!r}")
         self.max_workers = max_workers
         self._tools: dict[str, Tool] = {}
+        self._providers: builtins.list[ToolProvider] = []
         self._executor = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="genmesh-tool")
         self._closed = False
 
@@ -111,25 +160,54 @@ class ToolRegistry:
         return name in self._tools
 
     def register(self, tool: Tool) -> None:
-        """Add ``tool``; raises ValueError for a duplicate name or an invalid parameters schema."""
+        """Add ``tool``; raises ValueError for a duplicate name, a provider's prefix or an invalid schema."""
         if tool.name in self._tools:
             raise ValueError(f"tool {tool.name!r} is already registered")
+        owner = self._provider_of(tool.name)
+        if owner is not None:
+            raise ValueError(f"tool {tool.name!r} is in the namespace of {owner.name} ({owner.prefix}*)")
         try:
             check_schema(tool.parameters, field="parameters")
         except InvalidArgument as error:
             raise ValueError(f"tool {tool.name!r}: {error.message}") from None
         self._tools[tool.name] = tool
 
+    def add_provider(self, provider: ToolProvider) -> None:
+        """Serve the tools of ``provider`` too; raises ValueError if its prefix clashes with a known name."""
+        for other in self._providers:
+            if provider.prefix.startswith(other.prefix) or other.prefix.startswith(provider.prefix):
+                raise ValueError(f"{provider.name}: its prefix {provider.prefix!r} clashes with {other.name}")
+        clash = next((name for name in self._tools if name.startswith(provider.prefix)), None)
+        if clash is not None:
+            raise ValueError(f"{provider.name}: tool {clash!r} is already registered under {provider.prefix!r}")
+        self._providers.append(provider)
+
+    def providers(self) -> builtins.list[ToolProvider]:
+        """The providers, in the order they were added."""
+        return builtins.list(self._providers)
+
+    def _provider_of(self, name: str) -> ToolProvider | None:
+        return next((p for p in self._providers if name.startswith(p.prefix)), None)
+
     def get(self, name: str) -> Tool:
-        """The tool called ``name``; raises NotFound if there is none."""
+        """The tool called ``name``; raises NotFound if there is none, Unavailable if its provider is down."""
         tool = self._tools.get(name)
+        if tool is None:
+            provider = self._provider_of(name)
+            if provider is not None:
+                tool = provider.lookup(name)
         if tool is None:
             raise NotFound(f"tool {name!r} does not exist")
         return tool
 
     def list(self) -> builtins.list[Tool]:
-        """All tools in registration order."""
-        return builtins.list(self._tools.values())
+        """All tools: registered ones in registration order, then each provider's."""
+        return [*self._tools.values(), *(tool for provider in self._providers for tool in provider.tools())]
+
+    def is_available(self, tool: Tool) -> bool:
+        """Whether ``tool`` can run now (False while its provider is down)."""
+        provider = None if tool.name in self._tools else self._provider_of(tool.name)
+        return provider is None or provider.available
 
     def close(self, wait: bool = True) -> None:
         """Shut the thread pool down; later invocations of blocking tools raise Unavailable."""
@@ -155,8 +233,11 @@ class ToolRegistry:
         arguments = validate_arguments(tool.parameters, arguments_json, field_prefix)
         if tool.blocking and self._closed:
             raise Unavailable("the tool registry is closed")
+        if not self.is_available(tool):
+            raise Unavailable(f"tool {name!r} is unavailable: its provider is down")
         started = time.monotonic()
         timer = asyncio.timeout(budget)
+        token = _DEADLINE.set(started + budget)
         try:
             async with timer:
                 value = await self._run(tool, arguments)
@@ -170,6 +251,8 @@ class ToolRegistry:
             raise
         except Exception as error:
             raise self._failed(tool, error) from error
+        finally:
+            _DEADLINE.reset(token)
         finished = time.monotonic()
         return InvocationResult(tool.name, self._serialise(tool, value), started, finished)
 
@@ -205,12 +288,15 @@ class ToolRegistry:
 
 
 def default_registry(max_workers: int = DEFAULT_MAX_WORKERS) -> ToolRegistry:
-    """A registry holding the built-in tools: ``calculator`` and ``clock``."""
+    """A registry holding the self-contained built-in tools: ``calculator``, ``clock``, ``unit_convert``
+    and ``text_stats`` (``search_docs`` needs a retrieval client; the service adds it)."""
     # The built-ins import Tool from this module, so they are imported here rather than at the top.
     from services.tools.calculator import calculator_tool
     from services.tools.clock import clock_tool
+    from services.tools.text_stats import text_stats_tool
+    from services.tools.unit_convert import unit_convert_tool
 
     registry = ToolRegistry(max_workers=max_workers)
-    registry.register(calculator_tool())
-    registry.register(clock_tool())
+    for tool in (calculator_tool(), clock_tool(), unit_convert_tool(), text_stats_tool()):
+        registry.register(tool)
     return registry

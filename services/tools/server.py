@@ -3,24 +3,41 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import json
-from collections.abc import Sequence
+import logging
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 
 import grpc
 
 from genmesh import mesh
 from genmesh.config import add_server_flags, parse
-from genmesh.errors import InvalidArgument
+from genmesh.errors import FieldViolation, GenmeshError, InvalidArgument
 from genmesh.server import run
+from genmesh.status import code_value, status_code_of
 from genmesh.v1 import common_pb2, tools_pb2, tools_pb2_grpc
-from services.tools.registry import DEFAULT_MAX_WORKERS, ToolRegistry, default_registry
+from services.tools.fanout import DEFAULT_MAX_CONCURRENCY, MAX_CALLS, CallOutcome, CallSpec, invoke_many
+from services.tools.mcp_provider import McpProvider, McpServerConfig, parse_mcp_server
+from services.tools.plugins import load_entry_points, load_spec
+from services.tools.registry import DEFAULT_MAX_WORKERS, DEFAULT_TOOL_TIMEOUT_S, ToolRegistry, default_registry
+from services.tools.retrieval_client import RetrievalSearcher
+from services.tools.search_docs import search_docs_tool
+
+log = logging.getLogger("genmesh.tools")
+
+# An InvokeMany whose only budget is the RPC's deadline ends its calls this much earlier, so that their
+# DEADLINE_EXCEEDED results still reach the client before the stream itself runs out of time.
+DEADLINE_MARGIN_S = 0.05
 
 
 class ToolsServicer(tools_pb2_grpc.ToolsServiceServicer):
     """Protobuf in, protobuf out; the registry validates and runs the tools."""
 
-    def __init__(self, registry: ToolRegistry) -> None:
+    def __init__(self, registry: ToolRegistry, max_concurrency: int = DEFAULT_MAX_CONCURRENCY) -> None:
         self._registry = registry
+        self._max_concurrency = max_concurrency
 
     async def ListTools(
         self, request: tools_pb2.ListToolsRequest, context: grpc.aio.ServicerContext
@@ -33,9 +50,21 @@ class ToolsServicer(tools_pb2_grpc.ToolsServiceServicer):
                     parameters_json_schema=json.dumps(t.parameters),
                     timeout_ms=int(t.timeout_s * 1000),
                     idempotent=t.idempotent,
+                    source=t.source,
+                    available=self._registry.is_available(t),
                 )
                 for t in self._registry.list()
-            ]
+            ],
+            providers=[
+                tools_pb2.ToolProvider(
+                    name=p.name,
+                    tool_prefix=p.prefix,
+                    available=p.available,
+                    restarts=p.restarts,
+                    last_error=p.last_error,
+                )
+                for p in self._registry.providers()
+            ],
         )
 
     async def Invoke(
@@ -59,22 +88,150 @@ class ToolsServicer(tools_pb2_grpc.ToolsServiceServicer):
             )
         )
 
+    async def InvokeMany(
+        self, request: tools_pb2.InvokeManyRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[tools_pb2.InvokeManyResponse]:
+        calls, rejected = _plan_calls(request)
+        concurrency = self._max_concurrency
+        if request.HasField("max_concurrency"):
+            if not 1 <= request.max_concurrency <= MAX_CALLS:
+                raise InvalidArgument.field("max_concurrency", f"must be between 1 and {MAX_CALLS}")
+            concurrency = min(concurrency, request.max_concurrency)
+        budgets: list[float] = []
+        if request.HasField("timeout_ms"):
+            if request.timeout_ms == 0:
+                raise InvalidArgument.field("timeout_ms", "must be positive")
+            budgets.append(request.timeout_ms / 1000.0)
+        remaining = context.time_remaining()
+        if remaining is not None:
+            budgets.append(max(0.0, remaining - DEADLINE_MARGIN_S))
+        timeout_s = min(budgets) if budgets else None
+
+        for outcome in rejected:  # calls that cannot run at all are reported first
+            yield _response(outcome)
+        if not calls:
+            return
+        outcomes = invoke_many(self._registry, calls, concurrency, timeout_s)
+        async with contextlib.aclosing(outcomes):
+            async for outcome in outcomes:
+                yield _response(outcome)
+
+
+def _plan_calls(request: tools_pb2.InvokeManyRequest) -> tuple[list[CallSpec], list[CallOutcome]]:
+    """The calls to run, and the outcomes of those rejected up front (a zero timeout_ms).
+
+    Raises InvalidArgument for request-level mistakes: no calls, too many, duplicate call ids.
+    """
+    if not request.calls:
+        raise InvalidArgument.field("calls", "must hold at least one call")
+    if len(request.calls) > MAX_CALLS:
+        raise InvalidArgument.field("calls", f"must hold at most {MAX_CALLS} calls, got {len(request.calls)}")
+    specs: list[CallSpec] = []
+    seen: dict[str, int] = {}
+    duplicates: list[FieldViolation] = []
+    for i, call in enumerate(request.calls):
+        call_id = call.call_id or str(i)
+        if call_id in seen:
+            duplicates.append(
+                FieldViolation(f"calls[{i}].call_id", f"duplicate call id {call_id!r} (as calls[{seen[call_id]}])")
+            )
+        seen.setdefault(call_id, i)
+        timeout_s = call.timeout_ms / 1000.0 if call.HasField("timeout_ms") else None
+        specs.append(CallSpec(i, call_id, call.name, call.arguments_json, timeout_s))
+    if duplicates:
+        raise InvalidArgument(duplicates)
+    rejected = [
+        CallOutcome(spec, None, InvalidArgument.field("timeout_ms", "must be positive"), 0.0, 0.0, 0.0)
+        for spec in specs
+        if spec.timeout_s == 0
+    ]
+    return [spec for spec in specs if spec.timeout_s != 0], rejected
+
+
+def _response(outcome: CallOutcome) -> tools_pb2.InvokeManyResponse:
+    call = outcome.call
+    result = common_pb2.ToolResult(call_id=call.call_id, name=call.name, duration_ms=outcome.duration_ms)
+    if outcome.error is None:
+        result.result_json = outcome.result_json or "null"
+    else:
+        result.error.CopyFrom(_tool_error(outcome.error))
+    return tools_pb2.InvokeManyResponse(
+        result=result, index=call.index, start_ms=outcome.start_s * 1000.0, end_ms=outcome.end_s * 1000.0
+    )
+
+
+def _tool_error(error: BaseException) -> common_pb2.ToolError:
+    if not isinstance(error, GenmeshError):
+        return common_pb2.ToolError(
+            code=code_value(grpc.StatusCode.INTERNAL), message=f"internal error: {type(error).__name__}"
+        )
+    message = common_pb2.ToolError(code=code_value(status_code_of(error)), message=error.message)
+    if isinstance(error, InvalidArgument):
+        message.field_violations.extend(
+            common_pb2.FieldViolation(field=v.field, description=v.description) for v in error.violations
+        )
+    return message
+
+
+@dataclass(frozen=True, slots=True)
+class ToolsConfig:
+    """What the tools service serves besides the built-ins."""
+
+    max_workers: int = DEFAULT_MAX_WORKERS
+    max_concurrency: int = DEFAULT_MAX_CONCURRENCY
+    retrieval_target: str = ""
+    tools_modules: tuple[str, ...] = ()
+    entry_points: bool = True
+    mcp_servers: tuple[McpServerConfig, ...] = ()
+    mcp_timeout_s: float = DEFAULT_TOOL_TIMEOUT_S
+    mcp_start_timeout_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.max_concurrency <= MAX_CALLS:
+            raise ValueError(f"max concurrency must be between 1 and {MAX_CALLS}")
+
 
 class ToolsService:
     """The tools service as the server bootstrap runs it."""
 
     service_name = mesh.TOOLS.grpc_service
 
-    def __init__(self, max_workers: int) -> None:
-        self._registry = default_registry(max_workers)
+    def __init__(self, config: ToolsConfig) -> None:
+        self._config = config
+        self._registry = default_registry(config.max_workers)
+        self._searcher: RetrievalSearcher | None = None
+        self._providers = [McpProvider(server, tool_timeout_s=config.mcp_timeout_s) for server in config.mcp_servers]
+        plugins = load_entry_points() if config.entry_points else []
+        for spec in config.tools_modules:
+            plugins.extend(load_spec(spec))
+        for plugin in plugins:
+            self._registry.register(plugin)
+        for provider in self._providers:
+            self._registry.add_provider(provider)
 
     def register(self, server: grpc.aio.Server) -> None:
-        tools_pb2_grpc.add_ToolsServiceServicer_to_server(ToolsServicer(self._registry), server)
+        # The retrieval channel belongs to the running event loop, so it is opened here, not in __init__.
+        if self._config.retrieval_target:
+            self._searcher = RetrievalSearcher(self._config.retrieval_target)
+            self._registry.register(search_docs_tool(self._searcher))
+        servicer = ToolsServicer(self._registry, self._config.max_concurrency)
+        tools_pb2_grpc.add_ToolsServiceServicer_to_server(servicer, server)
 
     async def start(self) -> None:
-        """The built-in tools need no warm-up."""
+        """Start the MCP servers and wait for each one's first connection (up or failed, never forever)."""
+        for provider in self._providers:
+            await provider.start()
+        ready = await asyncio.gather(*(p.wait_first_attempt(self._config.mcp_start_timeout_s) for p in self._providers))
+        for provider, up in zip(self._providers, ready, strict=True):
+            if not up:
+                log.warning("MCP server not up yet", extra={"server": provider.name, "error": provider.last_error})
+        log.info("tools", extra={"tools": ",".join(t.name for t in self._registry.list())})
 
     async def stop(self) -> None:
+        for provider in self._providers:
+            await provider.stop()
+        if self._searcher is not None:
+            await self._searcher.close()
         self._registry.close(wait=False)
 
 
@@ -83,8 +240,56 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="genmesh serve tools", description=__doc__)
     flags = add_server_flags(parser, "tools", mesh.TOOLS.default_port)
     flags.add("--max-workers", type=int, default=DEFAULT_MAX_WORKERS, help="threads for blocking tools")
+    flags.add(
+        "--max-concurrency",
+        type=int,
+        default=DEFAULT_MAX_CONCURRENCY,
+        help="calls one InvokeMany runs at once (a request may ask for fewer)",
+    )
+    flags.add(
+        "--retrieval-target",
+        default=f"127.0.0.1:{mesh.RETRIEVAL.default_port}",
+        help="host:port of the retrieval service, for the search_docs tool ('' leaves the tool out)",
+    )
+    flags.add_repeated("--tools-module", metavar="MODULE[:ATTR]", help="load plugin tools from a module", separator=",")
+    flags.add(
+        "--plugin-entry-points",
+        type=_boolean,
+        default=True,
+        help="load the plugins of the 'genmesh.tools' entry-point group (true/false)",
+    )
+    flags.add_repeated("--mcp-server", metavar="NAME=COMMAND", help="run an MCP server over stdio as a tool provider")
+    flags.add("--mcp-timeout", type=float, default=DEFAULT_TOOL_TIMEOUT_S, help="default timeout of MCP tools, s")
+    flags.add(
+        "--mcp-start-timeout",
+        type=float,
+        default=30.0,
+        help="seconds start-up waits for each MCP server's first answer",
+    )
     args = parse(parser, argv)
-    run("tools", args, lambda: ToolsService(args.max_workers))
+    try:
+        config = ToolsConfig(
+            max_workers=args.max_workers,
+            max_concurrency=args.max_concurrency,
+            retrieval_target=args.retrieval_target,
+            tools_modules=tuple(args.tools_module),
+            entry_points=args.plugin_entry_points,
+            mcp_servers=tuple(parse_mcp_server(text) for text in args.mcp_server),
+            mcp_timeout_s=args.mcp_timeout,
+            mcp_start_timeout_s=args.mcp_start_timeout,
+        )
+    except ValueError as error:
+        parser.error(str(error))
+    run("tools", args, lambda: ToolsService(config))
+
+
+def _boolean(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{text!r} is not a boolean")
 
 
 if __name__ == "__main__":

@@ -17,12 +17,12 @@ DELAY_MS = 300
 
 @pytest_asyncio.fixture(scope="module")
 async def slow_mesh(log_root: Path) -> AsyncIterator[Mesh]:
-    """A mesh whose retrieval queries and tool calls each take an extra 300 ms (injected faults)."""
+    """A mesh whose retrieval queries and tool-call streams (InvokeMany) take an extra 300 ms (injected faults)."""
     running = await start_mesh(
         log_dir=log_root / "fanout",
         extra_args={
             "retrieval": ["--faults", f"Query:delay={DELAY_MS}ms"],
-            "tools": ["--faults", f"Invoke:delay={DELAY_MS}ms"],
+            "tools": ["--faults", f"InvokeMany:delay={DELAY_MS}ms"],
             "inference": ["--threads", "1"],
         },
     )
@@ -45,7 +45,9 @@ async def test_stages_overlap(slow_mesh: Mesh) -> None:
     assert min(durations) >= DELAY_MS * 0.95, "every stage carries its injected delay"
     # All three stages were in flight at one moment: the latest start precedes the earliest end.
     assert max(s.start_ms for s in spans.values()) < min(s.end_ms for s in spans.values())
-    # So the fan-out costs about the slowest stage, far from the 900 ms sum.
-    assert timings.pre_inference_ms < sum(durations) / 2
+    # So the fan-out costs about the slowest stage, far from the sum (900 ms when each takes its 300 ms):
+    # at most half of the other stages' time comes on top of the slowest one, even when a loaded machine
+    # makes one stage much slower than its injected delay.
+    assert timings.pre_inference_ms < max(durations) + (sum(durations) - max(durations)) / 2
     assert timings.pre_inference_ms < max(durations) + DELAY_MS
     assert max(timings.retrieval_ms, timings.tools_ms) <= timings.pre_inference_ms

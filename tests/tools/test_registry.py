@@ -34,8 +34,9 @@ def registry() -> Any:
 
 
 def test_default_registry_lists_builtins(registry: ToolRegistry) -> None:
-    assert [tool.name for tool in registry.list()] == ["calculator", "clock"]
-    assert "calculator" in registry and len(registry) == 2
+    assert [tool.name for tool in registry.list()] == ["calculator", "clock", "unit_convert", "text_stats"]
+    assert "calculator" in registry and len(registry) == 4
+    assert {tool.source for tool in registry.list()} == {"builtin"}
     assert registry.get("clock").parameters["properties"]["timezone"]["default"] == "UTC"
 
 
