@@ -1,1 +1,1 @@
-"""The retrieval service: a BM25 passage index over named document collections."""
+"""The retrieval service: durable document collections searched by embeddings, BM25, or both fused."""

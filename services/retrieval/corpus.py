@@ -1,9 +1,10 @@
-"""Documents, the demo corpus (Python's own language reference) and the overlapping chunker."""
+"""Documents, the demo corpus (Python's own language reference), folders of text files, and the overlapping chunker."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
 
 from genmesh.errors import FieldViolation, InvalidArgument
 
@@ -14,15 +15,20 @@ DEFAULT_CHUNK_OVERLAP = 160
 MIN_CHUNK_SIZE = 32
 MAX_CHUNK_SIZE = 100_000
 PYTHON_REFERENCE_SOURCE = "pydoc_data.topics"
+DEMO_COLLECTION = "python-reference"
+"""The collection the demo corpus (Python's language reference) is loaded into."""
+TEXT_SUFFIXES = (".txt", ".md")
+"""The files ``load_folder`` reads."""
 
 
 @dataclass(frozen=True, slots=True)
 class Document:
-    """One document of a collection: a stable id, a human title and its full text."""
+    """One document of a collection: a stable id, a human title, its full text and string metadata."""
 
     doc_id: str
     title: str
     text: str
+    metadata: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,7 +60,32 @@ def load_python_reference() -> list[Document]:
     """
     from pydoc_data.topics import topics
 
-    return [Document(doc_id=name, title=_title_of(name, text), text=text) for name, text in sorted(topics.items())]
+    return [
+        Document(doc_id=name, title=_title_of(name, text), text=text, metadata={"source": PYTHON_REFERENCE_SOURCE})
+        for name, text in sorted(topics.items())
+    ]
+
+
+def load_folder(root: Path) -> list[Document]:
+    """Every ``.txt`` and ``.md`` file under ``root`` (recursively, sorted), one document each.
+
+    The document id is the file's path relative to ``root`` (``guide/intro.md``); the title is the first
+    Markdown heading or non-empty line; metadata holds ``source`` (that path) and ``format`` (``md``/``txt``).
+    Files that are not UTF-8 are decoded with replacement characters. Raises FileNotFoundError or
+    NotADirectoryError for a bad ``root``.
+    """
+    if not root.exists():
+        raise FileNotFoundError(f"{root} does not exist")
+    if not root.is_dir():
+        raise NotADirectoryError(f"{root} is not a directory")
+    documents = []
+    for path in sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in TEXT_SUFFIXES):
+        relative = path.relative_to(root).as_posix()
+        text = path.read_text(encoding="utf-8", errors="replace")
+        title = _title_of(path.stem, text).lstrip("#").strip() or path.stem
+        metadata = {"source": relative, "format": path.suffix.lower().lstrip(".")}
+        documents.append(Document(doc_id=relative, title=title, text=text, metadata=metadata))
+    return documents
 
 
 def validate_chunking(size: int, overlap: int) -> None:
