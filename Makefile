@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[inference,dev]'
+	$(PY) -m pip install --quiet -e '.[inference,retrieval,dev]'
 	touch $(STAMP)
 
 install: $(STAMP) proto  ## create .venv, install genmesh with its dev tools, generate stubs
@@ -54,10 +54,14 @@ lint: install  ## buf lint, ruff, mypy, hadolint
 bench: install  ## quick benchmarks (about a minute each), as CI runs them
 	$(PY) bench/gateway.py --quick
 	$(PY) bench/inference.py --quick
+	$(PY) bench/tools.py --quick
+	$(PY) bench/retrieval.py --quick
 
 bench-full: install  ## full benchmarks, the figures of docs/BENCHMARKS.md
 	$(PY) bench/gateway.py
 	$(PY) bench/inference.py
+	$(PY) bench/tools.py
+	$(PY) bench/retrieval.py
 
 clean:  ## remove the virtual environment and generated stubs
 	rm -rf $(VENV) genmesh/v1 *.egg-info .mypy_cache .ruff_cache .pytest_cache

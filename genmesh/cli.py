@@ -1,4 +1,4 @@
-"""The `genmesh` command: serve one service, bring the whole mesh up, ask the gateway, check health."""
+"""The `genmesh` command: serve one service, bring the whole mesh up, ask the gateway, check health, ingest."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import importlib
+import re
 import signal
 import sys
 from collections.abc import Sequence
@@ -87,9 +88,12 @@ async def _up(args: argparse.Namespace) -> int:
             task.cancel()
         return 0 if stopper in done else 1
     finally:
-        print("stopping the mesh ...", flush=True)
+        # Stop the services even when our output is gone (a closed pipe must not orphan them).
+        with contextlib.suppress(OSError):
+            print("stopping the mesh ...", flush=True)
         await running.stop(args.grace)
-        print("stopped", flush=True)
+        with contextlib.suppress(OSError):
+            print("stopped", flush=True)
 
 
 async def _health(args: argparse.Namespace) -> int:
@@ -99,6 +103,39 @@ async def _health(args: argparse.Namespace) -> int:
         status = await check(channel, args.service, timeout_s=args.timeout)
     print(status)
     return 0 if status == "SERVING" else 1
+
+
+def _ingest(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int | str:
+    from genmesh.ingest import IngestOptions, default_ingest_id, demo_documents, folder_documents, ingest
+    from services.retrieval.corpus import DEMO_COLLECTION
+
+    if args.demo == (args.path is not None):
+        parser.error("give either --demo or a PATH")
+    if args.batch < 1:
+        parser.error("--batch must be at least 1")
+    if args.demo:
+        documents, source, collection = demo_documents(), "demo", args.collection or DEMO_COLLECTION
+    else:
+        try:
+            documents = folder_documents(args.path)
+        except OSError as error:
+            parser.error(str(error))
+        source = str(args.path.resolve())
+        collection = args.collection or re.sub(r"[^a-z0-9._-]+", "-", args.path.resolve().name.lower()).strip("-._")
+    options = IngestOptions(
+        target=args.target,
+        collection=collection,
+        ingest_id=args.ingest_id or default_ingest_id(collection, source),
+        batch=args.batch,
+        restart=args.restart,
+    )
+    print(f"loading {len(documents)} documents into {collection!r} at {args.target} ...", file=sys.stderr)
+    try:
+        committed = asyncio.run(ingest(options, documents))
+    except grpc.aio.AioRpcError as error:
+        return describe_rpc_error(error)
+    print(f"{committed} documents committed to {collection!r} (ingest id {options.ingest_id!r})")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -137,7 +174,20 @@ def main(argv: Sequence[str] | None = None) -> None:
     health_cmd.add_argument("--service", default="")
     health_cmd.add_argument("--timeout", type=float, default=2.0)
 
+    ingest_cmd = commands.add_parser(
+        "ingest", help="load documents into the retrieval service (resumable): --demo, or a folder of .txt/.md"
+    )
+    ingest_cmd.add_argument("path", nargs="?", type=Path, help="folder of .txt and .md files")
+    ingest_cmd.add_argument("--demo", action="store_true", help="the Python language reference (pydoc_data.topics)")
+    ingest_cmd.add_argument("--target", default=f"127.0.0.1:{mesh.RETRIEVAL.default_port}", help="retrieval service")
+    ingest_cmd.add_argument("--collection", help="default: python-reference for --demo, else the folder's name")
+    ingest_cmd.add_argument("--ingest-id", help="name of the load, for resuming (default: collection:source)")
+    ingest_cmd.add_argument("--batch", type=int, default=8, help="documents per stream message")
+    ingest_cmd.add_argument("--restart", action="store_true", help="load everything again, do not resume")
+
     args = parser.parse_args(argv)
+    if args.command == "ingest":
+        sys.exit(_ingest(ingest_cmd, args))
     if args.command == "up":
         with contextlib.suppress(KeyboardInterrupt):
             sys.exit(asyncio.run(_up(args)))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import grpc
@@ -17,6 +17,19 @@ from genmesh.v1 import gateway_pb2_grpc, inference_pb2_grpc, retrieval_pb2_grpc,
 @pytest.fixture(scope="session")
 def log_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("mesh-logs")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def retrieval_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """One retrieval data directory for every retrieval process the session starts (never the working tree's).
+
+    Processes share it safely (SQLite is the truth; each one's vector index follows its generation), so the
+    demo collection is embedded once per session, by the first retrieval service started with --seed-demo.
+    """
+    path = tmp_path_factory.mktemp("retrieval-data")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("GENMESH_RETRIEVAL_DATA_DIR", str(path))
+        yield path
 
 
 @pytest_asyncio.fixture(scope="session")

@@ -64,6 +64,12 @@ def test_gateway_waits_for_healthy_upstreams_and_is_the_only_public_port(compose
     assert all("ports" not in services[name] for name in ("retrieval", "tools", "inference"))
 
 
+def test_every_service_waits_for_the_upstreams_it_calls(compose: dict[str, Any]) -> None:
+    for name, upstreams in mesh.UPSTREAMS.items():
+        depends_on = compose["services"][name].get("depends_on", {})
+        assert depends_on == {u.name: {"condition": "service_healthy"} for u in upstreams}, name
+
+
 def test_dockerfile_has_one_target_per_service_with_matching_command_and_port() -> None:
     stages = _stages()
     for spec in mesh.SERVICES:
@@ -75,7 +81,7 @@ def test_dockerfile_has_one_target_per_service_with_matching_command_and_port() 
         assert any(line.startswith("HEALTHCHECK") and f"127.0.0.1:{spec.default_port}" in line for line in lines)
 
 
-def test_only_the_inference_image_carries_torch() -> None:
+def test_only_the_model_images_carry_torch() -> None:
     stages = _stages()
 
     def chain(name: str) -> list[str]:
@@ -83,9 +89,12 @@ def test_only_the_inference_image_carries_torch() -> None:
         parent = lines[0].removeprefix("FROM ")
         return lines + (chain(parent) if parent in stages else [])
 
-    for light in ("gateway", "retrieval", "tools"):
-        assert not any("torch" in line for line in chain(light)), light
+    for light in ("gateway", "tools"):
+        assert not any("torch" in line or "retrieval]" in line for line in chain(light)), light
     assert any("torch==2.13.0" in line for line in chain("inference"))
+    retrieval = chain("retrieval")
+    assert any("torch==2.13.0" in line and '".[retrieval]"' in line for line in retrieval)
+    assert "VOLUME" in " ".join(retrieval) and any("GENMESH_RETRIEVAL_DATA_DIR=" in line for line in retrieval)
 
 
 def test_hadolint_passes() -> None:
