@@ -4,17 +4,39 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import os
 import signal
 import socket
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
 from genmesh import mesh
 from genmesh.health import wait_until_serving
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: get SIGTERM when the launching process dies, however it dies (Linux)."""
+    if _PRCTL is not None:
+        _PRCTL(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def _load_prctl() -> Callable[..., int] | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl: Callable[..., int] = ctypes.CDLL(None, use_errno=True).prctl
+        return prctl
+    except (OSError, AttributeError):
+        return None
+
+
+# Bound once in the parent, so that the forked child only makes one C call before exec.
+_PR_SET_PDEATHSIG = 1
+_PRCTL = _load_prctl()
 
 
 def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
@@ -103,6 +125,7 @@ async def start_service(
             stderr=stream,
             env={**os.environ, **(env or {})},
             start_new_session=True,
+            preexec_fn=_die_with_parent,
         )
     finally:
         if stream is not None:
