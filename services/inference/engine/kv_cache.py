@@ -92,7 +92,7 @@ class SlotKVCache:
     def _move(self, owner: RowOwner, target: int) -> None:
         length = owner.cached_tokens
         for layer in (*self.cache.keys, *self.cache.values):
-            layer[target, :length] = layer[owner.row, :length]
+            layer[target, :, :length] = layer[owner.row, :, :length]
         if self._owners[owner.row] is owner:
             self._owners[owner.row] = None
         self._owners[target] = owner
@@ -102,6 +102,6 @@ class SlotKVCache:
         length = max(a.cached_tokens, b.cached_tokens)
         for layer in (*self.cache.keys, *self.cache.values):
             rows = torch.tensor([a.row, b.row], device=layer.device)
-            layer[rows.flip(0), :length] = layer[rows, :length].clone()
+            layer[rows.flip(0), :, :length] = layer[rows, :, :length].clone()
         self._owners[a.row], self._owners[b.row] = b, a
         a.row, b.row = b.row, a.row

@@ -225,7 +225,8 @@ class RotaryEmbedding(nn.Module):
 class KVCache:
     """Preallocated keys and values of every layer for ``batch`` sequences of up to ``max_len`` tokens.
 
-    Layout per layer: [batch, max_len, kv_heads, head_dim]; a token at position p of row b lives at [b, p].
+    Layout per layer: [batch, kv_heads, max_len, head_dim]; a token at position p of row b lives at [b, :, p].
+    Attention reads a row block's first positions as a view in the layout it multiplies in, with no copy.
     """
 
     def __init__(
@@ -235,7 +236,7 @@ class KVCache:
             raise ValueError(f"KVCache needs a positive batch and max_len, got {batch} and {max_len}")
         if max_len > config.max_position_embeddings:
             raise ValueError(f"KVCache max_len {max_len} exceeds the context length {config.max_position_embeddings}")
-        shape = (batch, max_len, config.kv_heads, config.dim_per_head)
+        shape = (batch, config.kv_heads, max_len, config.dim_per_head)
         self.keys = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.num_hidden_layers)]
         self.values = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.num_hidden_layers)]
         self.batch = batch
@@ -286,11 +287,11 @@ class Attention(nn.Module):
             mask = None
         else:
             rows = torch.arange(first_row, first_row + b, device=x.device).unsqueeze(1)
-            cache.keys[self.layer][rows, positions] = k.transpose(1, 2).to(cache.keys[self.layer].dtype)
-            cache.values[self.layer][rows, positions] = v.to(cache.values[self.layer].dtype)
+            cache.keys[self.layer][rows, :, positions] = k.transpose(1, 2).to(cache.keys[self.layer].dtype)
+            cache.values[self.layer][rows, :, positions] = v.to(cache.values[self.layer].dtype)
             end = int(positions.max().item()) + 1
-            keys = cache.keys[self.layer][first_row : first_row + b, :end].transpose(1, 2)
-            values = cache.values[self.layer][first_row : first_row + b, :end].transpose(1, 2)
+            keys = cache.keys[self.layer][first_row : first_row + b, :, :end]
+            values = cache.values[self.layer][first_row : first_row + b, :, :end]
             span = torch.arange(end, device=x.device)
             mask = (span.view(1, 1, end) <= positions.unsqueeze(-1)).unsqueeze(1)
         out = F.scaled_dot_product_attention(
