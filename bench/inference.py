@@ -11,7 +11,7 @@ process, greedy decoding, is served:
 - (d) by transformers' own continuous batching (``generate_batch``), when the installed version has it.
 
 Figures: output tokens/s of each, ratios of (a) to (b) and (c), the gRPC overhead (1 - a / a0) and the
-time to first token of (a) under that load (p50/p99, from each request's arrival).
+time to first token of (a) under that load (p50/p99, from when a stream sends the request).
 
     python bench/inference.py --quick     # about a minute, as CI runs it
     python bench/inference.py             # the figures of docs/BENCHMARKS.md
@@ -96,16 +96,17 @@ def make_workload(loaded: LoadedModel, count: int, mean_gap_s: float, seed: int 
 
 
 async def _arrivals(jobs: list[Job], serve: Callable[[Job, float], Awaitable[tuple[int, float]]]) -> Outcome:
-    """Start each job at its arrival time (at most STREAMS in flight); total tokens, makespan, TTFTs."""
+    """Start each job at its arrival time on one of STREAMS streams; total tokens, makespan, and each job's
+    time to first token from when its stream sent it (waiting for a free stream is not counted)."""
     gate = asyncio.Semaphore(STREAMS)
     origin = time.perf_counter()
 
     async def one(job: Job) -> tuple[int, float]:
         await asyncio.sleep(max(0.0, origin + job.arrival_s - time.perf_counter()))
-        arrived = time.perf_counter()
         async with gate:
-            tokens, first = await serve(job, arrived)
-        return tokens, (first - arrived) * 1000.0
+            sent = time.perf_counter()
+            tokens, first = await serve(job, sent)
+        return tokens, (first - sent) * 1000.0
 
     results = await asyncio.gather(*(one(job) for job in jobs))
     return Outcome(sum(t for t, _ in results), time.perf_counter() - origin, tuple(f for _, f in results))
