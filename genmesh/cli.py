@@ -17,7 +17,7 @@ import grpc
 from genmesh import mesh
 from genmesh.ask import AskOptions, ask, describe_rpc_error, parse_tool
 from genmesh.health import check
-from genmesh.launcher import start_mesh
+from genmesh.launcher import die_with_launcher, start_mesh
 
 DEMO_QUESTION = "How does the with statement use a context manager?"
 DEMO_TOOLS = (("calculator", '{"expression": "2 ** 10 + 1"}'), ("clock", '{"timezone": "UTC"}'))
@@ -144,6 +144,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if argv[:1] == ["serve"]:
         if len(argv) < 2 or argv[1] not in mesh.BY_NAME:
             sys.exit(f"usage: genmesh serve {{{','.join(mesh.BY_NAME)}}} [flags]")
+        die_with_launcher()
         importlib.import_module(mesh.BY_NAME[argv[1]].module).main(argv[2:])
         return
 

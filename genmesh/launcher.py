@@ -9,7 +9,7 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -17,26 +17,23 @@ from typing import IO
 from genmesh import mesh
 from genmesh.health import wait_until_serving
 
-
-def _die_with_parent() -> None:
-    """In the child, before exec: get SIGTERM when the launching process dies, however it dies (Linux)."""
-    if _PRCTL is not None:
-        _PRCTL(_PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
-def _load_prctl() -> Callable[..., int] | None:
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        prctl: Callable[..., int] = ctypes.CDLL(None, use_errno=True).prctl
-        return prctl
-    except (OSError, AttributeError):
-        return None
-
-
-# Bound once in the parent, so that the forked child only makes one C call before exec.
+LAUNCHER_PID_ENV = "GENMESH_LAUNCHER_PID"
 _PR_SET_PDEATHSIG = 1
-_PRCTL = _load_prctl()
+
+
+def die_with_launcher() -> None:
+    """In a service that the launcher started: get SIGTERM when the launcher dies, however it dies (Linux).
+
+    Called by the service itself after it started (never between fork and exec, which is unsafe in a
+    process with gRPC threads). A launcher that is already gone ends the service at once.
+    """
+    launcher = os.environ.get(LAUNCHER_PID_ENV)
+    if not launcher or not sys.platform.startswith("linux"):
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != int(launcher):
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
@@ -123,9 +120,8 @@ async def start_service(
             stdin=asyncio.subprocess.DEVNULL,
             stdout=stream,
             stderr=stream,
-            env={**os.environ, **(env or {})},
+            env={**os.environ, **(env or {}), LAUNCHER_PID_ENV: str(os.getpid())},
             start_new_session=True,
-            preexec_fn=_die_with_parent,
         )
     finally:
         if stream is not None:
