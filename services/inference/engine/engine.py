@@ -69,6 +69,39 @@ class _Stream:
         self.ready.set()
 
 
+class _Outbox:
+    """Items the engine thread produced, handed to the event loop in one call per flush.
+
+    One ``call_soon_threadsafe`` per step rather than one per token keeps the engine thread and the
+    event loop from trading the GIL for every token of a large batch.
+    """
+
+    def __init__(self) -> None:
+        self._items: list[tuple[_Stream, Item]] = []
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The loop the consumers run on (the engine serves one loop)."""
+        self._loop = loop
+
+    def put(self, stream: _Stream, item: Item) -> None:
+        with self._lock:
+            self._items.append((stream, item))
+
+    def flush(self) -> None:
+        with self._lock:
+            batch, self._items = self._items, []
+        if batch and self._loop is not None:
+            with contextlib.suppress(RuntimeError):  # a closed loop: nobody is listening
+                self._loop.call_soon_threadsafe(_deliver, batch)
+
+
+def _deliver(batch: list[tuple[_Stream, Item]]) -> None:
+    for stream, item in batch:
+        stream.push(item)
+
+
 class Engine:
     """Generates for many requests at once, batching them step by step on a dedicated engine thread.
 
@@ -84,6 +117,7 @@ class Engine:
         self._runner = ModelRunner(loaded.model, self._cache, loaded.device)
         self._eos = frozenset(loaded.eos_token_ids)
         self._active: dict[str, tuple[Sequence, _Stream]] = {}
+        self._outbox = _Outbox()
         self._service_s = 1.0
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="genmesh-engine", daemon=True)
@@ -152,6 +186,7 @@ class Engine:
         self._closed = True
         for seq in self._scheduler.close():
             seq.finish(FinishReason.CANCELLED)
+        self._outbox.flush()
         await asyncio.to_thread(self._thread.join)
 
     async def __aenter__(self) -> Engine:
@@ -181,11 +216,10 @@ class Engine:
                 f"(at most {context - 1} prompt tokens leave room to generate)",
             )
         stream = _Stream()
-        loop = asyncio.get_running_loop()
+        self._outbox.bind(asyncio.get_running_loop())
 
         def post(item: Item) -> None:
-            with contextlib.suppress(RuntimeError):  # a closed loop: nobody is listening
-                loop.call_soon_threadsafe(stream.push, item)
+            self._outbox.put(stream, item)
 
         max_new = min(request.sampling.max_tokens, context - len(ids))
         seq = Sequence(request, ids, max_new, loaded.tokenizer, self._eos, post, threading.Event())
@@ -217,8 +251,11 @@ class Engine:
                 except Exception as error:  # a bug or a device failure: fail the batch, keep serving
                     log.exception("engine step failed; failing the running requests")
                     self._fail_running(error)
+                finally:
+                    self._outbox.flush()
         for seq in [*self._scheduler.prefilling, *self._decoding()]:
             self._end(seq, FinishReason.CANCELLED)
+        self._outbox.flush()
 
     def _step(self) -> None:
         self._retire()
@@ -235,6 +272,7 @@ class Engine:
                 self._cache.promote(seq)
             else:
                 self._end(seq, reason)
+        self._outbox.flush()  # first tokens go out before the decode pass
         decoding = self._decoding()
         if not decoding:
             return
