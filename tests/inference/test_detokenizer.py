@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Tokenizer
+from tokenizers_for_tests import byte_level_tokenizer
 
 from services.inference.detokenizer import REPLACEMENT, IncrementalDetokenizer, StopSequenceFilter
 
@@ -14,17 +15,7 @@ MULTIBYTE = ["héllo — 日本語 🐍", "naïve café: 𝄞 한국어 ∑ ≠ 
 
 
 def small_byte_level_tokenizer() -> Tokenizer:
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=300,
-        special_tokens=["<|bos|>", "<|eos|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(["hello world, the with statement", "héllo 日本語 🐍 café"], trainer=trainer)
-    return tok
+    return byte_level_tokenizer(["hello world, the with statement", "héllo 日本語 🐍 café"], vocab_size=300)
 
 
 @pytest.fixture(scope="module", params=["shipped", "small"])

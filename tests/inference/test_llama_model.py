@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 import torch
 from safetensors.torch import save_file
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from tokenizers import Tokenizer
+from tokenizers_for_tests import byte_level_tokenizer
 
 from services.inference.models.llama import LlamaConfig, LlamaForCausalLM
 from services.inference.models.loader import LoadedModel, load_model
@@ -23,18 +24,7 @@ TEXT = [
 
 def tiny_tokenizer() -> Tokenizer:
     """A small byte-level BPE tokenizer with <|bos|> prepended, like the shipped model's."""
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=320,
-        special_tokens=["<|bos|>", "<|eos|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(TEXT, trainer=trainer)
-    tok.post_processor = processors.TemplateProcessing(single="<|bos|> $A", special_tokens=[("<|bos|>", 0)])
-    return tok
+    return byte_level_tokenizer(TEXT, vocab_size=320, prepend_bos=True)
 
 
 def tiny_config(**overrides: Any) -> LlamaConfig:
