@@ -161,10 +161,11 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Normalise the last dimension and scale it."""
-        dtype = x.dtype
+        if x.dtype == torch.float32:
+            return F.rms_norm(x, self.weight.shape, self.weight, self.eps)  # one fused kernel
         h = x.to(torch.float32)
         h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * h.to(dtype)
+        return self.weight * h.to(x.dtype)
 
 
 def rope_inverse_frequencies(config: LlamaConfig, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -241,11 +242,51 @@ class KVCache:
         self.values = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.num_hidden_layers)]
         self.batch = batch
         self.max_len = max_len
+        self.kv_heads = config.kv_heads
 
     @property
     def nbytes(self) -> int:
         """Memory held by the cache in bytes."""
         return sum(t.numel() * t.element_size() for t in self.keys + self.values)
+
+
+@dataclass(slots=True)
+class CacheStep:
+    """Where one forward pass reads and writes the cache, computed once and shared by every layer.
+
+    Batch row i uses cache row ``first_row + i``; its tokens are written at their positions and attend
+    to every cached position up to their own.
+    """
+
+    cache: KVCache
+    write_index: torch.Tensor
+    """Flat row indexes into a layer viewed as [rows * kv_heads * max_len, head_dim], one per (row, head, token)."""
+    first_row: int
+    end: int
+    """One past the last position any row reads."""
+    mask: torch.Tensor
+    """[batch, 1, tokens, end]: True where a token may attend."""
+
+    @classmethod
+    def build(cls, cache: KVCache, positions: torch.Tensor, first_row: int) -> CacheStep:
+        """The addressing of ``positions`` [B, T] in cache rows ``first_row ..``."""
+        b, _ = positions.shape
+        rows = torch.arange(first_row, first_row + b, device=positions.device)
+        heads = torch.arange(cache.kv_heads, device=positions.device)
+        base = (rows.view(b, 1, 1) * cache.kv_heads + heads.view(1, -1, 1)) * cache.max_len
+        end = int(positions.max().item()) + 1
+        span = torch.arange(end, device=positions.device)
+        mask = (span.view(1, 1, end) <= positions.unsqueeze(-1)).unsqueeze(1)
+        return cls(cache, (base + positions.unsqueeze(1)).reshape(-1), first_row, end, mask)
+
+    def store(self, layer: int, keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write ``keys``/``values`` [B, kv_heads, T, head_dim] of ``layer``; return the rows' cached prefixes."""
+        cached_keys, cached_values = self.cache.keys[layer], self.cache.values[layer]
+        dim = cached_keys.shape[-1]
+        cached_keys.view(-1, dim).index_copy_(0, self.write_index, keys.reshape(-1, dim).to(cached_keys.dtype))
+        cached_values.view(-1, dim).index_copy_(0, self.write_index, values.reshape(-1, dim).to(cached_values.dtype))
+        rows = slice(self.first_row, self.first_row + keys.shape[0])
+        return cached_keys[rows, :, : self.end], cached_values[rows, :, : self.end]
 
 
 class Attention(nn.Module):
@@ -257,53 +298,49 @@ class Attention(nn.Module):
         self.heads = config.num_attention_heads
         self.kv_heads = config.kv_heads
         self.head_dim = config.dim_per_head
+        self.scale = self.head_dim**-0.5
         bias = config.attention_bias
         self.q_proj = nn.Linear(config.hidden_size, self.heads * self.head_dim, bias=bias)
         self.k_proj = nn.Linear(config.hidden_size, self.kv_heads * self.head_dim, bias=bias)
         self.v_proj = nn.Linear(config.hidden_size, self.kv_heads * self.head_dim, bias=bias)
         self.o_proj = nn.Linear(self.heads * self.head_dim, config.hidden_size, bias=bias)
 
-    def forward(
-        self,
-        x: torch.Tensor,
-        positions: torch.Tensor,
-        rope: tuple[torch.Tensor, torch.Tensor],
-        cache: KVCache | None,
-        first_row: int = 0,
-    ) -> torch.Tensor:
-        """Attend each token to itself and every earlier position (from the cache when one is given).
-
-        Batch row i uses cache row ``first_row + i``.
-        """
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], step: CacheStep | None) -> torch.Tensor:
+        """Attend each token to itself and every earlier position (from the cache when ``step`` is given)."""
         b, t, _ = x.shape
-        q = self.q_proj(x).view(b, t, self.heads, self.head_dim).transpose(1, 2)
-        k = self.k_proj(x).view(b, t, self.kv_heads, self.head_dim).transpose(1, 2)
-        v = self.v_proj(x).view(b, t, self.kv_heads, self.head_dim)
+        q = self.q_proj(x).view(b, t, self.heads, self.head_dim)
+        k = self.k_proj(x).view(b, t, self.kv_heads, self.head_dim)
+        v = self.v_proj(x).view(b, t, self.kv_heads, self.head_dim).transpose(1, 2)
         cos, sin = rope
-        q = q * cos + _rotate_half(q) * sin
-        k = k * cos + _rotate_half(k) * sin
-        if cache is None:
-            keys, values = k, v.transpose(1, 2)
-            mask = None
+        qk = torch.cat((q, k), dim=2).transpose(1, 2)  # rotate queries and keys in one pass
+        qk = qk * cos + _rotate_half(qk) * sin
+        q, k = qk[:, : self.heads], qk[:, self.heads :]
+        if step is None:
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=t > 1, enable_gqa=self.kv_heads != self.heads)
         else:
-            rows = torch.arange(first_row, first_row + b, device=x.device).unsqueeze(1)
-            cache.keys[self.layer][rows, :, positions] = k.transpose(1, 2).to(cache.keys[self.layer].dtype)
-            cache.values[self.layer][rows, :, positions] = v.to(cache.values[self.layer].dtype)
-            end = int(positions.max().item()) + 1
-            keys = cache.keys[self.layer][first_row : first_row + b, :, :end]
-            values = cache.values[self.layer][first_row : first_row + b, :, :end]
-            span = torch.arange(end, device=x.device)
-            mask = (span.view(1, 1, end) <= positions.unsqueeze(-1)).unsqueeze(1)
-        out = F.scaled_dot_product_attention(
-            q,
-            keys,
-            values,
-            attn_mask=mask,
-            is_causal=cache is None and t > 1,
-            enable_gqa=self.kv_heads != self.heads,
-        )
+            keys, values = step.store(self.layer, k, v)
+            if t == 1:
+                out = self._decode_attention(q, keys, values, step.mask)
+            else:
+                out = F.scaled_dot_product_attention(
+                    q, keys, values, attn_mask=step.mask, enable_gqa=self.kv_heads != self.heads
+                )
         projected: torch.Tensor = self.o_proj(out.transpose(1, 2).reshape(b, t, self.heads * self.head_dim))
         return projected
+
+    def _decode_attention(
+        self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor
+    ) -> torch.Tensor:
+        """One query token per row: each kv head's group of query heads in one small matmul, no kv copies.
+
+        q [B, heads, 1, head_dim], keys/values [B, kv_heads, end, head_dim], mask [B, 1, 1, end].
+        """
+        b = q.shape[0]
+        grouped = q.reshape(b, self.kv_heads, self.heads // self.kv_heads, self.head_dim)
+        scores = torch.matmul(grouped, keys.transpose(-1, -2)).mul_(self.scale)
+        scores.masked_fill_(~mask, float("-inf"))
+        out = torch.matmul(torch.softmax(scores, dim=-1), values)
+        return out.reshape(b, self.heads, 1, self.head_dim)
 
 
 class MLP(nn.Module):
@@ -332,16 +369,9 @@ class DecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
-    def forward(
-        self,
-        x: torch.Tensor,
-        positions: torch.Tensor,
-        rope: tuple[torch.Tensor, torch.Tensor],
-        cache: KVCache | None,
-        first_row: int = 0,
-    ) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], step: CacheStep | None) -> torch.Tensor:
         """Apply the layer."""
-        x = x + self.self_attn(self.input_layernorm(x), positions, rope, cache, first_row)
+        x = x + self.self_attn(self.input_layernorm(x), rope, step)
         out: torch.Tensor = x + self.mlp(self.post_attention_layernorm(x))
         return out
 
@@ -362,8 +392,9 @@ class LlamaModel(nn.Module):
         """Final hidden states [B, T, hidden] of ``input_ids`` at ``positions``."""
         x = self.embed_tokens(input_ids)
         rope = self.rotary_emb(positions, x.dtype)
+        step = None if cache is None else CacheStep.build(cache, positions, first_row)
         for layer in self.layers:
-            x = layer(x, positions, rope, cache, first_row)
+            x = layer(x, rope, step)
         out: torch.Tensor = self.norm(x)
         return out
 
