@@ -38,8 +38,8 @@ from genmesh.channels import open_channel
 from genmesh.launcher import ServiceProcess, free_port, start_service, wait_ready
 from genmesh.v1 import retrieval_pb2, retrieval_pb2_grpc
 from services.retrieval.corpus import load_python_reference
-from services.retrieval.engine import DEMO_INGEST_ID
-from services.retrieval.store import DATABASE_FILE
+from services.retrieval.ingest import DEMO_INGEST_ID
+from services.retrieval.schema import DATABASE_FILE
 
 ROOT = Path(__file__).resolve().parents[1]
 QUESTIONS = json.loads((ROOT / "tests" / "retrieval" / "python_questions.json").read_text())["questions"]

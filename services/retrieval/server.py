@@ -16,10 +16,11 @@ from genmesh.config import add_server_flags, parse
 from genmesh.errors import FieldViolation, InvalidArgument, Unavailable
 from genmesh.server import run
 from genmesh.v1 import common_pb2, retrieval_pb2, retrieval_pb2_grpc
+from services.retrieval.catalog import IngestRecord
 from services.retrieval.corpus import DEFAULT_CHUNK_OVERLAP, DEFAULT_CHUNK_SIZE, DEMO_COLLECTION, Document
 from services.retrieval.embedder import PRECISIONS, SentenceTransformerEmbedder, default_model_path
-from services.retrieval.engine import Retriever, RetrieverConfig
-from services.retrieval.store import IngestRecord
+from services.retrieval.ingest import seed_demo
+from services.retrieval.retriever import Retriever, RetrieverConfig
 from services.retrieval.validation import DEFAULT_TOP_K, SearchMode, check_query
 from services.retrieval.vectors import IndexKind, IndexOptions
 
@@ -195,7 +196,7 @@ class RetrievalService:
             def report(record: IngestRecord) -> None:
                 log.info("seeding the demo collection", extra={"documents": record.documents, "chunks": record.chunks})
 
-            if await retriever.seed_demo(report):
+            if await seed_demo(retriever, report):
                 log.info(
                     "demo collection seeded",
                     extra={"collection": DEMO_COLLECTION, "duration_s": round(time.perf_counter() - started, 1)},

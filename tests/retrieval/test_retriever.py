@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from pathlib import Path
 
@@ -10,8 +11,8 @@ import pytest
 from genmesh.errors import InvalidArgument, NotFound
 from services.retrieval.corpus import Document
 from services.retrieval.embedder import SentenceTransformerEmbedder, default_model_path
-from services.retrieval.engine import Retriever, RetrieverConfig
-from services.retrieval.store import DATABASE_FILE
+from services.retrieval.retriever import Retriever, RetrieverConfig
+from services.retrieval.schema import DATABASE_FILE
 from services.retrieval.validation import SearchMode, check_query
 from services.retrieval.vectors import IndexKind, IndexOptions
 
@@ -85,6 +86,36 @@ async def test_modes_filters_replace_and_delete(tmp_path: Path, embedder: Senten
             await retriever.query(check_query("x", collection="nowhere"))
         with pytest.raises(NotFound):
             await retriever.stats("nowhere")
+    finally:
+        await retriever.close()
+
+
+async def test_a_micro_batch_answers_each_query_as_it_would_alone(
+    tmp_path: Path, embedder: SentenceTransformerEmbedder
+) -> None:
+    retriever = await _opened(_config(tmp_path, batch_window_ms=200.0), embedder)
+    try:
+        await retriever.upsert("garden", GARDEN)
+        await retriever.upsert("kitchen", [Document("bread", "Bread", "Knead the dough, then let it rise.")])
+        queries = [
+            check_query("which plant wants lots of sunshine", collection="garden"),
+            check_query("which plant wants lots of sunshine", collection="garden", mode="dense", top_k=2),
+            check_query("plants", collection="garden", filters={"kind": "herb"}),
+            check_query("cut back roses", collection="garden", top_k=1, min_score=0.0),
+            check_query("how do I bake", collection="kitchen"),
+            check_query("pruning", collection="garden", mode="bm25"),
+        ]
+        alone = [await retriever.query(q) for q in queries]  # one at a time: each is a batch of one
+        before = retriever.batch_stats.batches
+        together = await asyncio.gather(*(retriever.query(q) for q in queries))
+        # Two collections, filters and depths in one forward pass; the BM25 query needs no encoding.
+        assert retriever.batch_stats.batches == before + 1 and retriever.batch_stats.largest == 5
+        for one, many in zip(alone, together, strict=True):
+            assert [h.chunk_id for h in many] == [h.chunk_id for h in one]
+            assert [h.rank for h in many] == [h.rank for h in one]
+            assert [h.score for h in many] == pytest.approx([h.score for h in one], abs=1e-2)
+        assert together[2] and {h.document_id for h in together[2]} == {"basil"}
+        assert [h.document_id for h in together[4]] == ["bread"]
     finally:
         await retriever.close()
 
