@@ -18,23 +18,21 @@ def merge_deltas(target: common_pb2.TokenDelta, extra: common_pb2.TokenDelta) ->
     target.logprobs.extend(extra.logprobs)
 
 
-def coalesce(batch: list[inference_pb2.GenerateResponse]) -> list[inference_pb2.GenerateResponse]:
-    """Merge runs of consecutive deltas into one message each; other messages pass unchanged."""
-    out: list[inference_pb2.GenerateResponse] = []
-    for message in batch:
-        if out and message.HasField("delta") and out[-1].HasField("delta"):
-            merge_deltas(out[-1].delta, message.delta)
-        else:
-            out.append(message)
-    return out
+def push(pending: list[inference_pb2.GenerateResponse], message: inference_pb2.GenerateResponse) -> None:
+    """Append ``message`` to the unread ``pending`` messages, merged into the last one when both are deltas,
+    so that a reader who falls behind holds one message per run of deltas, not one per token."""
+    if pending and message.HasField("delta") and pending[-1].HasField("delta"):
+        merge_deltas(pending[-1].delta, message.delta)
+    else:
+        pending.append(message)
 
 
 async def relay(call: grpc.aio.UnaryStreamCall) -> AsyncIterator[inference_pb2.GenerateResponse]:
     """Yield ``call``'s messages, coalescing the deltas that pile up while the consumer is busy.
 
-    Reading never waits for the consumer, so upstream flow control is never the bottleneck; what
-    is held is at most one generation's tokens (bounded by max_tokens). Closing the iterator
-    cancels the upstream call.
+    Reading never waits for the consumer, so upstream flow control is never the bottleneck; what is held
+    for a slow consumer is one merged delta (at most the generation's max_tokens tokens) and the
+    completion. Closing the iterator cancels the upstream call.
     """
     pending: list[inference_pb2.GenerateResponse] = []
     wake = asyncio.Event()
@@ -45,7 +43,7 @@ async def relay(call: grpc.aio.UnaryStreamCall) -> AsyncIterator[inference_pb2.G
         nonlocal finished
         try:
             async for message in call:
-                pending.append(message)
+                push(pending, message)
                 wake.set()
         except grpc.aio.AioRpcError as error:
             failure.append(error)
@@ -60,7 +58,7 @@ async def relay(call: grpc.aio.UnaryStreamCall) -> AsyncIterator[inference_pb2.G
             wake.clear()
             batch = pending[:]
             pending.clear()
-            for message in coalesce(batch) if len(batch) > 1 else batch:
+            for message in batch:
                 yield message
             if finished and not pending:
                 if failure:

@@ -6,6 +6,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from gateway.deadlines import MAX_BUDGET_MS
 from genmesh.convert import sampling_from_proto
 from genmesh.errors import FieldViolation, InvalidArgument
 from genmesh.logs import REQUEST_ID
@@ -42,6 +43,9 @@ class AnswerPlan:
     top_k: int
     collection: str
     sampling: SamplingParams
+    retrieval_budget_s: float | None = None
+    """The request's own retrieval budget; None: the gateway's."""
+    require_all_stages: bool = False
 
 
 def plan_request(
@@ -66,6 +70,9 @@ def plan_request(
     top_k = options.top_k if options.HasField("top_k") else DEFAULT_TOP_K
     if not 1 <= top_k <= MAX_TOP_K:
         bad.append(FieldViolation("retrieval.top_k", f"must be between 1 and {MAX_TOP_K}"))
+    budget_ms = options.timeout_ms if options.HasField("timeout_ms") else None
+    if budget_ms is not None and not 1 <= budget_ms <= MAX_BUDGET_MS:
+        bad.append(FieldViolation("retrieval.timeout_ms", f"must be between 1 and {MAX_BUDGET_MS}"))
 
     calls = _plan_tool_calls(request, tool_schemas, unverifiable_prefixes, bad)
     try:
@@ -82,6 +89,8 @@ def plan_request(
         top_k=top_k,
         collection=options.collection or DEFAULT_COLLECTION,
         sampling=sampling,
+        retrieval_budget_s=None if budget_ms is None else budget_ms / 1000.0,
+        require_all_stages=request.require_all_stages,
     )
 
 

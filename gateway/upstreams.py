@@ -1,7 +1,9 @@
-"""The gateway's clients of the three upstream services, with the small caches it keeps of them."""
+"""The gateway's clients of the three upstream services: channels, circuit breakers fed by health checks, caches."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -10,7 +12,9 @@ from typing import Any
 
 import grpc
 
+from gateway.circuit import CircuitBreaker, CircuitConfig
 from genmesh.channels import open_channel
+from genmesh.health import watch
 from genmesh.v1 import (
     inference_pb2,
     inference_pb2_grpc,
@@ -35,18 +39,50 @@ class UpstreamTargets:
 
 
 class Upstreams:
-    """Channels and stubs to retrieval, tools and inference; owns their lifetimes."""
+    """Channels, stubs and circuit breakers of retrieval, tools and inference; owns their lifetimes."""
 
-    def __init__(self, targets: UpstreamTargets) -> None:
-        self._channels = [open_channel(t) for t in (targets.retrieval, targets.tools, targets.inference)]
-        self.retrieval = retrieval_pb2_grpc.RetrievalServiceStub(self._channels[0])
-        self.tools = tools_pb2_grpc.ToolsServiceStub(self._channels[1])
-        self.inference = inference_pb2_grpc.InferenceServiceStub(self._channels[2])
+    def __init__(self, targets: UpstreamTargets, circuit: CircuitConfig | None = None) -> None:
+        self._channels = {
+            "retrieval": open_channel(targets.retrieval),
+            "tools": open_channel(targets.tools),
+            "inference": open_channel(targets.inference),
+        }
+        self.retrieval = retrieval_pb2_grpc.RetrievalServiceStub(self._channels["retrieval"])
+        self.tools = tools_pb2_grpc.ToolsServiceStub(self._channels["tools"])
+        self.inference = inference_pb2_grpc.InferenceServiceStub(self._channels["inference"])
+        self.breakers = {name: CircuitBreaker(name, circuit) for name in self._channels}
+        self._watchers: list[asyncio.Task[None]] = []
         self._tool_schemas: dict[str, dict[str, Any]] = {}
+        self._idempotent_tools: frozenset[str] = frozenset()
         self.unverifiable_tool_prefixes: tuple[str, ...] = ()
         """Name prefixes of tool providers (MCP servers) that are down: their tools may be unlisted."""
         self._tools_fetched_at = float("-inf")
         self._context_length: int | None = None
+
+    def watch_health(self) -> None:
+        """Feed each upstream's health-check stream into its circuit breaker (until close)."""
+        for name, channel in self._channels.items():
+            breaker = self.breakers[name]
+
+            def on_status(serving: bool, status: str, breaker: CircuitBreaker = breaker) -> None:
+                if not serving:
+                    log.warning("upstream not serving", extra={"upstream": breaker.name, "status": status})
+                breaker.health(serving, status)
+
+            self._watchers.append(asyncio.create_task(watch(channel, on_status), name=f"health-{name}"))
+
+    async def ensure_connected(self, name: str, timeout_s: float) -> None:
+        """Wait up to ``timeout_s`` for the channel to ``name`` to connect (after a restart, say); a call made
+        on a channel still backing off after a failure would fail at once instead of reaching the service."""
+        channel = self._channels[name]
+        if channel.get_state(try_to_connect=True) == grpc.ChannelConnectivity.READY or timeout_s <= 0:
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(channel.channel_ready(), timeout_s)
+
+    def is_idempotent(self, tool: str) -> bool:
+        """Whether ``tool`` says running it twice is safe (as of the last ListTools)."""
+        return tool in self._idempotent_tools
 
     async def tool_schemas(self, wanted: set[str]) -> dict[str, dict[str, Any]] | None:
         """Argument schemas by tool name, refreshed when stale or when a wanted name is missing.
@@ -54,13 +90,19 @@ class Upstreams:
         None when the tools service cannot be asked; the calls then fail (or degrade) on their own.
         """
         stale = time.monotonic() - self._tools_fetched_at > TOOL_CACHE_TTL_S
-        if stale or not wanted <= self._tool_schemas.keys():
+        known = wanted <= self._tool_schemas.keys()
+        if stale or not known:
+            if not self.breakers["tools"].allow():
+                return self._tool_schemas if known else None
             try:
                 response = await self.tools.ListTools(tools_pb2.ListToolsRequest(), timeout=METADATA_TIMEOUT_S)
             except grpc.aio.AioRpcError as error:
                 log.warning("ListTools failed", extra={"code": error.code().name, "detail": error.details()})
+                self.breakers["tools"].record(error.code(), f"ListTools {error.code().name}")
                 return None
+            self.breakers["tools"].record_success()
             self._tool_schemas = {t.name: json.loads(t.parameters_json_schema) for t in response.tools}
+            self._idempotent_tools = frozenset(t.name for t in response.tools if t.idempotent)
             self.unverifiable_tool_prefixes = tuple(p.tool_prefix for p in response.providers if not p.available)
             self._tools_fetched_at = time.monotonic()
         return self._tool_schemas
@@ -73,6 +115,11 @@ class Upstreams:
         return self._context_length
 
     async def close(self) -> None:
-        """Close every channel."""
-        for channel in self._channels:
+        """Stop watching health; close every channel."""
+        for task in self._watchers:
+            task.cancel()
+        for task in self._watchers:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for channel in self._channels.values():
             await channel.close()

@@ -7,7 +7,8 @@ method name (``Query``) or a full one (``/genmesh.v1.RetrievalService/Query``) a
 - ``abort``: a status code name to fail with instead (``UNAVAILABLE``);
 - ``percent``: share of matching calls affected, 0..100 (default 100).
 
-Example: ``GENMESH_FAULTS="Query:delay=200ms;Invoke:abort=UNAVAILABLE,percent=30"``.
+Configured per service by its ``--faults`` flag or ``GENMESH_<SERVICE>_FAULTS`` (e.g. ``GENMESH_RETRIEVAL_FAULTS``);
+example: ``--faults "Query:delay=200ms;Invoke:abort=UNAVAILABLE,percent=30"``. See docs/RESILIENCE.md.
 """
 
 from __future__ import annotations

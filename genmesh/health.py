@@ -1,9 +1,10 @@
-"""Client side of grpc.health.v1: ask a service whether it is SERVING, or wait until it is."""
+"""Client side of grpc.health.v1: ask a service whether it is SERVING, wait until it is, or follow its status."""
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -34,3 +35,21 @@ async def wait_until_serving(target: str, service: str = "", timeout_s: float = 
                 return
             await asyncio.sleep(poll_s)
     raise TimeoutError(f"{target} is {status} after {timeout_s:.0f} s")
+
+
+async def watch(
+    channel: grpc.aio.Channel, on_status: Callable[[bool, str], None], service: str = "", retry_s: float = 0.2
+) -> None:
+    """Follow ``service``'s health (grpc.health.v1 Watch) until cancelled: ``on_status(serving, status)`` on
+    every change, and ``on_status(False, ...)`` when the stream breaks (the service died or restarts). The
+    stream is reopened with wait_for_ready, so a service that comes back is seen as soon as it is reachable."""
+    stub = health_pb2_grpc.HealthStub(channel)
+    while True:
+        try:
+            async for response in stub.Watch(health_pb2.HealthCheckRequest(service=service), wait_for_ready=True):
+                name = health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+                on_status(response.status == SERVING, name)
+            on_status(False, "health stream ended")
+        except grpc.aio.AioRpcError as error:
+            on_status(False, f"unreachable ({error.code().name})")
+        await asyncio.sleep(retry_s)

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
 import grpc
 
-from genmesh.errors import GenmeshError
+from genmesh.errors import GenmeshError, InvalidArgument
 from genmesh.faults import FaultInjector
 from genmesh.logs import REQUEST_ID
 from genmesh.status import UpstreamError, status_code_of, to_rpc_status
@@ -19,6 +21,9 @@ from genmesh.status import UpstreamError, status_code_of, to_rpc_status
 log = logging.getLogger("genmesh.rpc")
 
 REQUEST_ID_HEADER = "x-request-id"
+MAX_REQUEST_ID_CHARS = 128
+# A request id travels back in response metadata, so it must be a valid header value.
+_VALID_REQUEST_ID = re.compile(rf"[\x20-\x7e]{{1,{MAX_REQUEST_ID_CHARS}}}")
 _QUIET_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
 
 
@@ -55,6 +60,11 @@ class _Call:
         self.token = REQUEST_ID.set(self.request_id)
 
     async def begin(self, faults: FaultInjector) -> None:
+        if self.request_id and not _VALID_REQUEST_ID.fullmatch(self.request_id):
+            bad, self.request_id = self.request_id, new_request_id()  # log the call under an id that can be echoed
+            raise InvalidArgument.field(
+                "request_id", f"must be 1..{MAX_REQUEST_ID_CHARS} printable ASCII characters, got {len(bad)} characters"
+            )
         if self.request_id:
             # Trailing metadata costs nothing now; initial metadata is a write of its own, worth it
             # only when the client cannot know the id because the server made it up.
@@ -140,7 +150,12 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
 
         return handle
 
-    def _stream(self, method: str, inner: Streaming, unary_request: bool) -> Streaming:
+    def _stream(self, method: str, inner: Streaming, unary_request: bool) -> Streaming | Unary:
+        if not inspect.isasyncgenfunction(inner):
+            # A handler that streams with ``await context.write(...)`` (grpc's health Watch does) must stay a
+            # coroutine: grpc refuses a handler that mixes both styles.
+            return self._unary(method, cast(Unary, inner), unary_request)
+
         async def handle(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             call = _Call(method, context, request if unary_request else None)
             try:

@@ -102,10 +102,22 @@ def from_rpc_error(error: grpc.aio.AioRpcError, field_prefix: str = "") -> error
         return invalid.prefixed(field_prefix) if field_prefix else invalid
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
         return errors.ResourceExhausted(message, retry_delay_s(error) or 1.0)
+    return error_for_code(code, message)
+
+
+def error_for_code(code: grpc.StatusCode, message: str) -> errors.GenmeshError:
+    """The genmesh error that travels as ``code`` with ``message`` (an UpstreamError for codes without a class)."""
+    if code == grpc.StatusCode.INVALID_ARGUMENT:
+        return errors.InvalidArgument.field("request", message)
     for cls, mapped in _CODES.items():
         if mapped == code:
             return cls(message)
     return UpstreamError(code, message)
+
+
+def code_of_value(value: int) -> grpc.StatusCode:
+    """The grpc.StatusCode of a numeric google.rpc.Code (UNKNOWN for values outside the enum)."""
+    return next((code for code in grpc.StatusCode if code.value[0] == value), grpc.StatusCode.UNKNOWN)
 
 
 class UpstreamError(errors.GenmeshError):
@@ -118,7 +130,9 @@ class UpstreamError(errors.GenmeshError):
 
 __all__ = [
     "UpstreamError",
+    "code_of_value",
     "code_value",
+    "error_for_code",
     "field_violations",
     "from_rpc_error",
     "retry_delay_s",

@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
-from gateway.relay import coalesce
+from gateway.relay import push
 from genmesh.v1 import common_pb2, inference_pb2
+
+
+def coalesce(batch: list[inference_pb2.GenerateResponse]) -> list[inference_pb2.GenerateResponse]:
+    """What a reader that fell behind by ``batch`` finds pending."""
+    pending: list[inference_pb2.GenerateResponse] = []
+    for message in batch:
+        push(pending, message)
+    return pending
 
 
 def _delta(ids: list[int], text: str) -> inference_pb2.GenerateResponse:

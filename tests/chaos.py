@@ -1,0 +1,62 @@
+"""Helpers of the resilience tests: kill and restart one service of a mesh, read a process's memory and logs."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections.abc import Sequence
+from pathlib import Path
+
+from genmesh import mesh as topology
+from genmesh.launcher import Mesh, start_service, wait_ready
+
+
+def ports_of(running: Mesh) -> dict[str, int]:
+    return {name: int(service.address.rsplit(":", 1)[1]) for name, service in running.services.items()}
+
+
+async def kill9(running: Mesh, name: str) -> None:
+    """SIGKILL one service and reap it."""
+    process = running.services[name].process
+    os.kill(process.pid, signal.SIGKILL)
+    await process.wait()
+
+
+async def restart(running: Mesh, name: str, extra_args: Sequence[str] = (), ready_timeout_s: float = 180.0) -> None:
+    """Start a service that was stopped again, on the same port, and wait until it is SERVING."""
+    old = running.services[name]
+    spec = topology.BY_NAME[name]
+    host = old.address.rsplit(":", 1)[0]
+    hosts = {s.name: host for s in topology.SERVICES}
+    args = topology.serve_args(spec, host, ports_of(running), hosts) + list(extra_args)
+    log_dir = old.log_path.parent if old.log_path is not None else None
+    service = await start_service(spec, args, old.address, log_dir)
+    running.services[name] = service
+    await wait_ready(service, ready_timeout_s)
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of a process, from /proc (Linux)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024.0
+    raise RuntimeError(f"no VmRSS for process {pid}")
+
+
+def rpc_lines(running: Mesh, name: str, needle: str) -> list[str]:
+    """The per-RPC log lines of a service that contain ``needle`` (a request id, a method)."""
+    path = running.services[name].log_path
+    assert path is not None
+    return [line for line in path.read_text(errors="replace").splitlines() if "msg=rpc " in line and needle in line]
+
+
+async def wait_for_lines(running: Mesh, name: str, needle: str, timeout_s: float = 10.0) -> list[str]:
+    """``rpc_lines`` once there are any (log lines are written when an RPC ends)."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout_s
+    while True:
+        lines = rpc_lines(running, name, needle)
+        if lines or loop.time() > end:
+            return lines
+        await asyncio.sleep(0.05)
