@@ -29,7 +29,13 @@ RUN pip install --no-cache-dir . \
     && useradd --create-home --uid 10001 genmesh
 USER 10001
 
+# The job queue (SQLite) lives in a volume so that queued and finished jobs outlive the container.
 FROM light AS gateway
+USER 0
+RUN mkdir -p /var/lib/genmesh/gateway && chown 10001 /var/lib/genmesh/gateway
+ENV GENMESH_GATEWAY_JOBS_DB=/var/lib/genmesh/gateway/jobs.db
+VOLUME ["/var/lib/genmesh/gateway"]
+USER 10001
 EXPOSE 50051
 HEALTHCHECK --interval=5s --timeout=3s --start-period=10s --retries=3 CMD ["genmesh", "health", "127.0.0.1:50051"]
 CMD ["genmesh", "serve", "gateway", "--host", "0.0.0.0", "--port", "50051"]

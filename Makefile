@@ -56,12 +56,16 @@ bench: install  ## quick benchmarks (about a minute each), as CI runs them
 	$(PY) bench/inference.py --quick
 	$(PY) bench/tools.py --quick
 	$(PY) bench/retrieval.py --quick
+	$(PY) bench/jobs.py --quick
+	$(PY) bench/resilience.py --quick
 
-bench-full: install  ## full benchmarks, the figures of docs/BENCHMARKS.md
+bench-full: install  ## full benchmarks, the figures of docs/BENCHMARKS.md and docs/RESILIENCE.md
 	$(PY) bench/gateway.py
 	$(PY) bench/inference.py
 	$(PY) bench/tools.py
 	$(PY) bench/retrieval.py
+	$(PY) bench/jobs.py
+	$(PY) bench/resilience.py
 
 clean:  ## remove the virtual environment and generated stubs
 	rm -rf $(VENV) genmesh/v1 *.egg-info .mypy_cache .ruff_cache .pytest_cache

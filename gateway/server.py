@@ -9,13 +9,19 @@ from collections.abc import AsyncIterator, Sequence
 
 import grpc
 
+from gateway.admission import StreamLimiter
+from gateway.jobs.config import JobConfig, add_job_flags
+from gateway.jobs.runtime import JobRuntime
+from gateway.jobs.service import SERVICE_NAME as JOB_SERVICE_NAME
+from gateway.jobs.service import JobServicer
 from gateway.orchestrator import Orchestrator
+from gateway.policy import ResiliencePolicy, add_resilience_flags, policy_from_args
 from gateway.upstreams import Upstreams, UpstreamTargets
 from genmesh import mesh
 from genmesh.config import add_server_flags, parse
 from genmesh.health import wait_until_serving
 from genmesh.server import run
-from genmesh.v1 import gateway_pb2, gateway_pb2_grpc
+from genmesh.v1 import gateway_pb2, gateway_pb2_grpc, jobs_pb2_grpc
 
 log = logging.getLogger("genmesh.gateway")
 
@@ -23,36 +29,59 @@ log = logging.getLogger("genmesh.gateway")
 class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     """Protobuf in, protobuf out; the orchestrator does the work."""
 
-    def __init__(self, orchestrator: Orchestrator) -> None:
+    def __init__(self, orchestrator: Orchestrator, limiter: StreamLimiter) -> None:
         self._orchestrator = orchestrator
+        self._limiter = limiter
 
     async def Generate(
         self, request: gateway_pb2.GatewayRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[gateway_pb2.GatewayEvent]:
-        async for event in self._orchestrator.answer(request, context.time_remaining()):
-            yield event
+        with self._limiter.admit():
+            async for event in self._orchestrator.answer(request, context.time_remaining()):
+                yield event
 
 
 class GatewayService:
     """The gateway as the server bootstrap runs it: ready once its upstreams are."""
 
     service_name = mesh.GATEWAY.grpc_service
+    also_serves = (JOB_SERVICE_NAME,)
 
-    def __init__(self, targets: UpstreamTargets, upstream_wait_s: float) -> None:
+    def __init__(
+        self,
+        targets: UpstreamTargets,
+        upstream_wait_s: float,
+        jobs: JobConfig,
+        policy: ResiliencePolicy | None = None,
+    ) -> None:
         self._targets = targets
         self._upstream_wait_s = upstream_wait_s
+        self._policy = policy or ResiliencePolicy()
         self._upstreams: Upstreams | None = None
+        self._job_config = jobs
+        self._jobs: JobRuntime | None = None
 
     def register(self, server: grpc.aio.Server) -> None:
         # Channels belong to the running event loop, so they are opened here, not in __init__.
-        self._upstreams = Upstreams(self._targets)
-        gateway_pb2_grpc.add_GatewayServiceServicer_to_server(GatewayServicer(Orchestrator(self._upstreams)), server)
+        policy = self._policy
+        self._upstreams = Upstreams(self._targets, policy.circuit)
+        orchestrator = Orchestrator(self._upstreams, policy.budgets, policy.generate_attempts, policy.connect_wait_s)
+        servicer = GatewayServicer(orchestrator, StreamLimiter(policy.max_streams))
+        gateway_pb2_grpc.add_GatewayServiceServicer_to_server(servicer, server)
+        self._jobs = JobRuntime(self._job_config, orchestrator.answer)
+        jobs_pb2_grpc.add_JobServiceServicer_to_server(JobServicer(self._jobs), server)
 
     async def start(self) -> None:
         targets = (self._targets.retrieval, self._targets.tools, self._targets.inference)
         await asyncio.gather(*(wait_until_serving(t, timeout_s=self._upstream_wait_s) for t in targets))
+        if self._upstreams is not None:
+            self._upstreams.watch_health()
+        if self._jobs is not None:
+            await self._jobs.start()
 
     async def stop(self) -> None:
+        if self._jobs is not None:
+            await self._jobs.stop()
         if self._upstreams is not None:
             await self._upstreams.close()
 
@@ -68,9 +97,16 @@ def main(argv: Sequence[str] | None = None) -> None:
             help=f"host:port of the {upstream.name} service",
         )
     flags.add("--upstream-wait", type=float, default=300.0, help="seconds to wait for upstreams at start-up")
+    add_job_flags(flags)
+    add_resilience_flags(flags)
     args = parse(parser, argv)
     targets = UpstreamTargets(args.retrieval_target, args.tools_target, args.inference_target)
-    run("gateway", args, lambda: GatewayService(targets, args.upstream_wait))
+    try:
+        jobs = JobConfig.from_args(args)
+        policy = policy_from_args(args)
+    except ValueError as error:
+        parser.error(str(error))
+    run("gateway", args, lambda: GatewayService(targets, args.upstream_wait, jobs, policy))
 
 
 if __name__ == "__main__":

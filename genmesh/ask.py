@@ -101,23 +101,35 @@ def _print_completion(done: common_pb2.Completion, out: TextIO) -> None:
     )
 
 
+class EventPrinter:
+    """Prints the events of one answer as they arrive: sources, tool results, the answer, the completion."""
+
+    def __init__(self, out: TextIO = sys.stdout) -> None:
+        self.out = out
+        self.completion: common_pb2.Completion | None = None
+        self._answer_started = False
+
+    def show(self, event: gateway_pb2.GatewayEvent) -> None:
+        """Print one event."""
+        if event.HasField("complete"):
+            self.completion = event.complete
+            _print_completion(event.complete, self.out)
+            return
+        if event.HasField("delta") and not self._answer_started:
+            print("Answer: ", end="", file=self.out)
+            self._answer_started = True
+        _print_event(event, self.out)
+
+
 async def ask(target: str, options: AskOptions, out: TextIO = sys.stdout) -> common_pb2.Completion:
     """Stream an answer from the gateway at ``target``, printing each event as it arrives."""
     async with open_channel(target) as channel:
         stub = gateway_pb2_grpc.GatewayServiceStub(channel)
         print(f"Question: {options.question}", file=out)
         call = stub.Generate(build_request(options), timeout=options.timeout_s)
-        answer_started = False
-        done: common_pb2.Completion | None = None
+        printer = EventPrinter(out)
         async for event in call:  # read to the end so that the call closes with its status
-            if event.HasField("complete"):
-                done = event.complete
-                _print_completion(done, out)
-                continue
-            if event.HasField("delta") and not answer_started:
-                print("Answer: ", end="", file=out)
-                answer_started = True
-            _print_event(event, out)
-    if done is None:
+            printer.show(event)
+    if printer.completion is None:
         raise RuntimeError("the gateway closed the stream without a completion")
-    return done
+    return printer.completion

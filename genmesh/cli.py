@@ -1,4 +1,5 @@
-"""The `genmesh` command: serve one service, bring the whole mesh up, ask the gateway, check health, ingest."""
+"""The `genmesh` command: serve one service, bring the whole mesh up, ask the gateway, background jobs, check
+health, ingest."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import grpc
 from genmesh import mesh
 from genmesh.ask import AskOptions, ask, describe_rpc_error, parse_tool
 from genmesh.health import check
+from genmesh.jobs_cli import add_jobs_parser, run_jobs
 from genmesh.launcher import die_with_launcher, start_mesh
 
 DEMO_QUESTION = "How does the with statement use a context manager?"
@@ -186,7 +188,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     ingest_cmd.add_argument("--batch", type=int, default=8, help="documents per stream message")
     ingest_cmd.add_argument("--restart", action="store_true", help="load everything again, do not resume")
 
+    add_jobs_parser(commands, _add_ask_flags)
+
     args = parser.parse_args(argv)
+    if args.command == "jobs":
+        sys.exit(run_jobs(args, _ask_options))
     if args.command == "ingest":
         sys.exit(_ingest(ingest_cmd, args))
     if args.command == "up":

@@ -53,7 +53,9 @@ class ServerConfig:
 class Service(Protocol):
     """What a service plugs into the bootstrap."""
 
-    #: Full gRPC service name, e.g. ``genmesh.v1.InferenceService``; health reports under it.
+    #: Full gRPC service name, e.g. ``genmesh.v1.InferenceService``; health reports under it. A service that
+    #: serves more than one on its port names the others in an ``also_serves`` tuple (reflection lists them,
+    #: health reports under them too).
     service_name: str
 
     def register(self, server: grpc.aio.Server) -> None:
@@ -76,14 +78,14 @@ async def serve(service: Service, config: ServerConfig, stop: asyncio.Event | No
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     service.register(server)
+    names: tuple[str, ...] = (service.service_name, *getattr(service, "also_serves", ()))
     reflection.enable_server_reflection(
-        [service.service_name, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
-        server,
+        [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME], server
     )
     port = server.add_insecure_port(f"{config.host}:{config.port}")
 
     async def set_health(status: health_pb2.HealthCheckResponse.ServingStatus.ValueType) -> None:
-        for name in ("", service.service_name):
+        for name in ("", *names):
             await health_servicer.set(name, status)
 
     await set_health(health_pb2.HealthCheckResponse.NOT_SERVING)

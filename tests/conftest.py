@@ -32,6 +32,17 @@ def retrieval_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pat
         yield path
 
 
+@pytest.fixture(scope="session", autouse=True)
+def gateway_jobs_db(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The job queue file of every gateway the session starts without --jobs-db (never the working tree's).
+
+    The tests that use jobs start their own gateways, each with its own file."""
+    path = tmp_path_factory.mktemp("gateway-data") / "jobs.db"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("GENMESH_GATEWAY_JOBS_DB", str(path))
+        yield path
+
+
 @pytest_asyncio.fixture(scope="session")
 async def mesh(log_root: Path) -> AsyncIterator[Mesh]:
     """The whole mesh with default settings, shared by the tests that don't change its configuration."""

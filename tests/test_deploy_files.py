@@ -97,6 +97,14 @@ def test_only_the_model_images_carry_torch() -> None:
     assert "VOLUME" in " ".join(retrieval) and any("GENMESH_RETRIEVAL_DATA_DIR=" in line for line in retrieval)
 
 
+def test_the_gateway_keeps_its_job_queue_in_a_volume(compose: dict[str, Any]) -> None:
+    gateway = _stages()["gateway"]
+    env = next(line for line in gateway if line.startswith("ENV GENMESH_GATEWAY_JOBS_DB="))
+    db_dir = env.split("=", 1)[1].rsplit("/", 1)[0]
+    assert f'VOLUME ["{db_dir}"]' in gateway
+    assert any(volume.endswith(f":{db_dir}") for volume in compose["services"]["gateway"]["volumes"])
+
+
 def test_hadolint_passes() -> None:
     beside_python = Path(sys.executable).parent / "hadolint"
     hadolint = str(beside_python) if beside_python.exists() else shutil.which("hadolint")

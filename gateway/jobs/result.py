@@ -1,0 +1,34 @@
+"""Gathers a run's GatewayEvents into the job's result."""
+
+from __future__ import annotations
+
+from genmesh.v1 import gateway_pb2, jobs_pb2
+
+
+class ResultCollector:
+    """Adds each event of a run to one JobResult: answer text, sources, tool results, completion."""
+
+    def __init__(self) -> None:
+        self._result = jobs_pb2.JobResult()
+        self._answer: list[str] = []
+
+    def add(self, event: gateway_pb2.GatewayEvent) -> None:
+        kind = event.WhichOneof("event")
+        if kind == "delta":
+            self._answer.append(event.delta.text)
+        elif kind == "sources":
+            self._result.sources.extend(event.sources.passages)
+        elif kind == "tool_result":
+            self._result.tool_results.append(event.tool_result)
+        elif kind == "complete":
+            self._result.completion.CopyFrom(event.complete)
+
+    @property
+    def completed(self) -> bool:
+        """Whether the run's final event arrived."""
+        return self._result.HasField("completion")
+
+    def result(self) -> jobs_pb2.JobResult:
+        """The result so far."""
+        self._result.answer = "".join(self._answer)
+        return self._result

@@ -1,0 +1,171 @@
+"""The worker pool: N asyncio workers that take jobs by priority then age and run Generate's pipeline."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+
+import grpc
+
+from gateway.jobs.model import JobRecord, JobState, Outcome
+from gateway.jobs.result import ResultCollector
+from gateway.jobs.store import CANCELLED_CODE, JobStore
+from gateway.jobs.watch import JobFeed
+from genmesh.errors import GenmeshError
+from genmesh.logs import REQUEST_ID
+from genmesh.status import code_value, status_code_of
+from genmesh.v1 import gateway_pb2
+
+log = logging.getLogger("genmesh.gateway.jobs")
+
+#: The pipeline: ``Orchestrator.answer(request, time_remaining)``.
+Answer = Callable[[gateway_pb2.GatewayRequest, float | None], AsyncIterator[gateway_pb2.GatewayEvent]]
+
+
+class WorkerPool:
+    """Runs queued jobs, ``workers`` at a time, and cancels a running one on request."""
+
+    def __init__(self, store: JobStore, feed: JobFeed, answer: Answer, workers: int, timeout_s: float) -> None:
+        self._store = store
+        self._feed = feed
+        self._answer = answer
+        self._workers = workers
+        self._timeout_s = timeout_s
+        # One permit per job queued and not yet claimed: a worker sleeps until there is work.
+        self._queued = asyncio.Semaphore(0)
+        self._tasks: list[asyncio.Task[None]] = []
+        self._running: dict[str, asyncio.Task[object]] = {}
+        self._cancelling: set[str] = set()
+        self._mean_run_s = 0.0
+
+    def start(self, queued: int) -> None:
+        """Start the workers; ``queued`` jobs are waiting in the store."""
+        for _ in range(queued):
+            self._queued.release()
+        self._tasks = [asyncio.create_task(self._work(), name=f"job-worker-{i}") for i in range(self._workers)]
+
+    def queued(self) -> None:
+        """A job was added to the queue."""
+        self._queued.release()
+
+    def retry_after_s(self) -> float:
+        """About how long until a queue slot frees: the mean run time over the number of workers."""
+        if not self._mean_run_s:
+            return 1.0
+        return min(30.0, max(0.1, self._mean_run_s / self._workers))
+
+    async def cancel(self, job_id: str, wait_s: float = 5.0) -> None:
+        """Cancel the job's run if it is running here, and wait (a while) until the run recorded it."""
+        first = job_id not in self._cancelling
+        self._cancelling.add(job_id)  # also seen by a worker that claimed the job but has not started it yet
+        task = self._running.get(job_id)
+        if task is None:
+            return
+        if first:  # once: a second cancel must not interrupt the run while it records its end
+            task.cancel()
+        with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+            await asyncio.wait_for(asyncio.shield(task), wait_s)
+
+    async def stop(self) -> None:
+        """Stop the workers; runs in progress are cancelled and their jobs go back to the queue."""
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+
+    async def _work(self) -> None:
+        while True:
+            await self._queued.acquire()
+            job = await self._claim()
+            if job is None:  # the job this permit stood for was cancelled while queued
+                continue
+            self._feed.notify(job.id)
+            run = asyncio.create_task(self._run(job), name=f"job-{job.id}")
+            try:
+                await run
+            except asyncio.CancelledError:
+                if _stopping():
+                    raise
+                # Only the job's own run was cancelled: this worker goes on.
+            except Exception:
+                log.exception("job worker error", extra={"job": job.id})
+            finally:
+                self._running.pop(job.id, None)
+                self._cancelling.discard(job.id)
+
+    async def _claim(self) -> JobRecord | None:
+        """The next job, marked running; when the pool stops meanwhile, the job goes back to the queue."""
+        claim = asyncio.ensure_future(self._store.claim_next(time.time()))
+        try:
+            return await asyncio.shield(claim)
+        except asyncio.CancelledError:
+            job = await claim  # the transaction runs to its end on the store's thread anyway
+            if job is not None:
+                await self._store.requeue(job.id)
+            raise
+
+    async def _run(self, job: JobRecord) -> None:
+        request = gateway_pb2.GatewayRequest.FromString(job.request)
+        if not request.request_id:
+            request.request_id = job.id
+        token = REQUEST_ID.set(request.request_id)
+        started = time.perf_counter()
+        collector = ResultCollector()
+        seq = job.seq_base
+        log.info("job started", extra={"job": job.id, "attempt": job.attempts})
+        # Registered from inside the task, so that a cancel always finds it started (a task cancelled
+        # before its first step would never record its end).
+        task = asyncio.current_task()
+        assert task is not None
+        self._running[job.id] = task
+        try:
+            if job.id in self._cancelling:  # cancelled between the claim and now
+                raise asyncio.CancelledError
+            outcome = Outcome(
+                JobState.FAILED,
+                code_value(grpc.StatusCode.DEADLINE_EXCEEDED),
+                f"the job ran longer than {self._timeout_s} s",
+            )
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._timeout_s):
+                    async for event in self._answer(request, self._timeout_s):
+                        seq += 1
+                        await self._store.append_event(job.id, job.attempts, seq, event.SerializeToString())
+                        collector.add(event)
+                        self._feed.notify(job.id)
+                    outcome = _succeeded(collector)
+        except asyncio.CancelledError:
+            if job.id not in self._cancelling:  # the gateway is stopping: run it again next time
+                await self._store.requeue(job.id)
+                log.info("job requeued", extra={"job": job.id})
+                raise
+            outcome = Outcome(JobState.CANCELLED, CANCELLED_CODE, "cancelled while running")
+        except GenmeshError as error:
+            outcome = Outcome(JobState.FAILED, code_value(status_code_of(error)), error.message)
+        except Exception as error:
+            log.exception("job failed", extra={"job": job.id})
+            outcome = Outcome(JobState.FAILED, code_value(grpc.StatusCode.INTERNAL), f"internal error: {error}")
+        finally:
+            REQUEST_ID.reset(token)
+        await self._store.finish(job.id, outcome, time.time())
+        self._feed.notify(job.id)
+        elapsed = time.perf_counter() - started
+        self._mean_run_s = elapsed if not self._mean_run_s else 0.8 * self._mean_run_s + 0.2 * elapsed
+        log.info("job finished", extra={"job": job.id, "state": outcome.state.name, "duration_s": round(elapsed, 3)})
+
+
+def _stopping() -> bool:
+    """Whether the current task itself is being cancelled (the pool stops), not just a task it awaited."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
+def _succeeded(collector: ResultCollector) -> Outcome:
+    if not collector.completed:
+        return Outcome(JobState.FAILED, code_value(grpc.StatusCode.INTERNAL), "the pipeline ended without a completion")
+    return Outcome(JobState.SUCCEEDED, result=collector.result().SerializeToString())
