@@ -10,6 +10,7 @@ and restarting services with fault injection where a scenario needs it, and stop
 - retrieval past its budget (a 5 ms per-request budget): Degraded DEADLINE_EXCEEDED, the answer proceeds;
 - a tool past its budget: the other tool's result arrives, the slow one is DEADLINE_EXCEEDED;
 - a deadline shorter than the generation: DEADLINE_EXCEEDED on time, inference's load back to 0;
+- a client's cancel: how long until inference drops the sequence (GetLoad) and the tools service ends a call;
 - a flood of 4x the stream cap: the excess get RESOURCE_EXHAUSTED with RetryInfo at once;
 - slow readers: many streams read slowly through a second, uncapped gateway; its RSS is sampled from /proc;
 - kill -9 of inference mid-stream: every client gets UNAVAILABLE within 1 s; the restarted service (with
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import math
 import os
@@ -312,6 +314,50 @@ class Bench:
             lambda o: o.status == "DEADLINE_EXCEEDED" and o.latency_ms < 1500 and running == 0,
         )
 
+    async def client_cancel(self) -> None:
+        """Streams cancelled by their client: time from the cancel until inference dropped the sequence
+        (GetLoad running back to 0) and until the tools service ended a sleeping tool call (its log line)."""
+        async with open_channel(self.mesh.address("inference")) as channel:
+            inference = inference_pb2_grpc.InferenceServiceStub(channel)
+
+            async def running() -> bool:
+                load = await inference.GetLoad(inference_pb2.GetLoadRequest(), timeout=5)
+                return bool(load.running > 0)
+
+            outcomes = []
+            for _ in range(self.settings.kill_clients):
+                call = self.stub.Generate(long_answer(), timeout=120)
+                stream = call.__aiter__()
+                while not (await anext(stream)).HasField("delta"):
+                    pass
+                call.cancel()
+                outcomes.append(await _until_stopped(running))
+        self.figures["cancel_to_inference_max_ms"] = round(max(o.latency_ms for o in outcomes), 1)
+        self.add(
+            "client cancels mid-stream (latency: cancel to inference's batch)",
+            "CANCELLED at inference within 100 ms",
+            outcomes,
+            lambda o: o.status == "CANCELLED" and o.latency_ms < 100,
+        )
+        tools = self.mesh.services["tools"]
+        method = "genmesh.v1.ToolsService/InvokeMany"
+        request = ask(retrieval=False)
+        request.tool_calls.add(call_id="slow", name="sleep_ms", arguments_json='{"ms": 10000}')
+        outcomes = []
+        for _ in range(self.settings.kill_clients):
+            ended = rpc_count(tools, method, "CANCELLED")
+            call = self.stub.Generate(request, timeout=60)
+            await asyncio.sleep(0.3)  # the tool call is in flight
+            call.cancel()
+            outcomes.append(await _until_stopped(functools.partial(_still, tools, method, ended)))
+        self.figures["cancel_to_tools_max_ms"] = round(max(o.latency_ms for o in outcomes), 1)
+        self.add(
+            "client cancels during a tool call (latency: cancel to tools)",
+            "CANCELLED at tools within 100 ms",
+            outcomes,
+            lambda o: o.status == "CANCELLED" and o.latency_ms < 100,
+        )
+
     async def flood(self) -> None:
         outcomes = await asyncio.gather(
             *(run(self.stub, ask(max_tokens=64, retrieval=False), 120) for _ in range(4 * CAP))
@@ -441,6 +487,22 @@ class Bench:
         )
 
 
+async def _until_stopped(busy: Callable[[], Awaitable[bool]]) -> Outcome:
+    """Poll ``busy`` every 2 ms from now until it is False: CANCELLED with the time it took, or HANG after 5 s."""
+    started = time.perf_counter()
+    deadline = started + 5
+    while await busy():
+        if time.perf_counter() > deadline:
+            return Outcome("HANG", (time.perf_counter() - started) * 1000.0)
+        await asyncio.sleep(0.002)
+    return Outcome("CANCELLED", (time.perf_counter() - started) * 1000.0)
+
+
+async def _still(service: ServiceProcess, method: str, ended_before: int) -> bool:
+    """Whether ``method`` has not yet logged a CANCELLED end beyond the ``ended_before`` ones."""
+    return rpc_count(service, method, "CANCELLED") <= ended_before
+
+
 def _rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -480,6 +542,7 @@ async def main_async(settings: Settings, quick: bool) -> dict[str, object]:
                 await bench.retrieval_budget()
                 await bench.tool_budget()
                 await bench.deadline()
+                await bench.client_cancel()
                 await bench.flood()
                 await bench.slow_readers(logs)
                 await bench.retrieval_killed()
