@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator
 
 import grpc
 
+from genmesh.tasks import cancel_and_wait
 from genmesh.v1 import common_pb2, inference_pb2
 
 
@@ -66,6 +66,4 @@ async def relay(call: grpc.aio.UnaryStreamCall) -> AsyncIterator[inference_pb2.G
                 return
     finally:
         call.cancel()
-        reader.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await reader
+        await cancel_and_wait(reader)

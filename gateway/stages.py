@@ -9,7 +9,6 @@ always fail the request, naming the gateway request's field.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -23,6 +22,7 @@ from gateway.request import AnswerPlan, ToolCallPlan
 from gateway.upstreams import Upstreams
 from genmesh.errors import FieldViolation, InvalidArgument
 from genmesh.status import code_of_value, code_value, error_for_code, from_rpc_error
+from genmesh.tasks import cancel_and_wait
 from genmesh.v1 import common_pb2, gateway_pb2, retrieval_pb2, tools_pb2
 
 Arrival = gateway_pb2.GatewayEvent | BaseException | None
@@ -102,11 +102,7 @@ class FanOut:
                         raise error_for_code(code_of_value(fault.code), f"{fault.stage} failed: {fault.message}")
                     yield item
         finally:
-            for worker in workers:
-                worker.cancel()
-            for worker in workers:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await worker
+            await cancel_and_wait(*workers)
 
 
 @dataclass(slots=True)

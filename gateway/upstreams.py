@@ -15,6 +15,7 @@ import grpc
 from gateway.circuit import CircuitBreaker, CircuitConfig
 from genmesh.channels import open_channel
 from genmesh.health import watch
+from genmesh.tasks import cancel_and_wait
 from genmesh.v1 import (
     inference_pb2,
     inference_pb2_grpc,
@@ -116,10 +117,6 @@ class Upstreams:
 
     async def close(self) -> None:
         """Stop watching health; close every channel."""
-        for task in self._watchers:
-            task.cancel()
-        for task in self._watchers:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(*self._watchers)
         for channel in self._channels.values():
             await channel.close()

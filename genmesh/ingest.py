@@ -9,7 +9,6 @@ shows committed documents, as GetIngestProgress reports them, not merely sent on
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import sys
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ import grpc
 from tqdm import tqdm
 
 from genmesh.channels import open_channel
+from genmesh.tasks import cancel_and_wait
 from genmesh.v1 import retrieval_pb2, retrieval_pb2_grpc
 from services.retrieval.corpus import Document, load_folder, load_python_reference
 
@@ -117,9 +117,7 @@ async def ingest(options: IngestOptions, documents: Sequence[Document], out: Tex
                     bar.write(f"stream broke ({error.code().name}); resuming after {start} documents", file=out)
                     continue
                 finally:
-                    watcher.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await watcher
+                    await cancel_and_wait(watcher)
                 bar.update(int(response.progress.documents) - bar.n)
                 return int(response.progress.documents)
         finally:

@@ -16,6 +16,7 @@ from typing import IO
 
 from genmesh import mesh
 from genmesh.health import wait_until_serving
+from genmesh.tasks import cancel_and_wait
 
 LAUNCHER_PID_ENV = "GENMESH_LAUNCHER_PID"
 _PR_SET_PDEATHSIG = 1
@@ -144,10 +145,7 @@ async def wait_ready(service: ServiceProcess, timeout_s: float) -> None:
     except TimeoutError as error:
         raise RuntimeError(f"{service.spec.name} not ready: {error}\n{service.log_tail()}") from None
     finally:
-        for task in (ready, exited):
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(ready, exited)
 
 
 async def start_mesh(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 import uuid
@@ -15,6 +14,7 @@ from gateway.jobs.store import JobStore, QueueFull, SqliteJobStore
 from gateway.jobs.watch import JobFeed, watch
 from gateway.jobs.workers import Answer, WorkerPool
 from genmesh.errors import NotFound, Unavailable
+from genmesh.tasks import cancel_and_wait
 
 log = logging.getLogger("genmesh.gateway.jobs")
 
@@ -57,10 +57,7 @@ class JobRuntime:
         if not self._started:
             return
         self._started = False
-        if self._purger is not None:
-            self._purger.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._purger
+        await cancel_and_wait(self._purger)
         await self._pool.stop()
         await self._store.close()
 

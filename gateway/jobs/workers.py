@@ -17,6 +17,7 @@ from gateway.jobs.watch import JobFeed
 from genmesh.errors import GenmeshError
 from genmesh.logs import REQUEST_ID
 from genmesh.status import code_value, status_code_of
+from genmesh.tasks import cancel_and_wait
 from genmesh.v1 import gateway_pb2
 
 log = logging.getLogger("genmesh.gateway.jobs")
@@ -71,11 +72,7 @@ class WorkerPool:
 
     async def stop(self) -> None:
         """Stop the workers; runs in progress are cancelled and their jobs go back to the queue."""
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(*self._tasks)
         self._tasks = []
 
     async def _work(self) -> None:

@@ -11,6 +11,8 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+from genmesh.tasks import cancel_and_wait
+
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -84,10 +86,7 @@ class MicroBatcher(Generic[T, R]):
     async def close(self) -> None:
         """Stop the worker; waiting callers get CancelledError."""
         self._closed = True
-        if self._worker is not None:
-            self._worker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._worker
+        await cancel_and_wait(self._worker)
         while self._queue:
             self._queue.popleft().future.cancel()
 

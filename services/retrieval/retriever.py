@@ -25,6 +25,7 @@ from typing import TypeVar
 import numpy as np
 
 from genmesh.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
+from genmesh.tasks import cancel_and_wait
 from services.retrieval import catalog, documents
 from services.retrieval.batcher import BatchStats, MicroBatcher
 from services.retrieval.catalog import CollectionRow, IngestRecord
@@ -157,10 +158,7 @@ class Retriever:
 
     async def close(self) -> None:
         """Save the indexes that changed, stop the threads, close the store."""
-        if self._checkpointer is not None:
-            self._checkpointer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._checkpointer
+        await cancel_and_wait(self._checkpointer)
         if self._batcher is not None:
             await self._batcher.close()
         with contextlib.suppress(Exception):

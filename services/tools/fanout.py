@@ -7,7 +7,6 @@ Closing or cancelling the stream of outcomes cancels the calls still running.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import time
@@ -15,6 +14,7 @@ from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 
 from genmesh.errors import DeadlineExceeded, FieldViolation, GenmeshError, InvalidArgument
+from genmesh.tasks import cancel_and_wait
 from services.tools.registry import ToolRegistry
 
 log = logging.getLogger("genmesh.tools")
@@ -126,11 +126,7 @@ async def invoke_many(
         for _ in calls:
             yield await finished.get()
     finally:
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(*tasks)
 
 
 async def _invoke(registry: ToolRegistry, call: CallSpec, deadline: float | None) -> str:

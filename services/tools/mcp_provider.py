@@ -25,6 +25,7 @@ from mcp_types.jsonrpc import CONNECTION_CLOSED
 
 from genmesh.errors import InvalidArgument, Unavailable
 from genmesh.schema import check_schema
+from genmesh.tasks import cancel_and_wait
 from services.tools.registry import DEFAULT_TOOL_TIMEOUT_S, MAX_ERROR_CHARS, Tool, ToolFailed
 
 log = logging.getLogger("genmesh.tools")
@@ -141,11 +142,8 @@ class McpProvider:
 
     async def stop(self) -> None:
         """Stop supervising and end the server process."""
-        if self._supervisor is not None:
-            self._supervisor.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._supervisor
-            self._supervisor = None
+        await cancel_and_wait(self._supervisor)
+        self._supervisor = None
 
     async def _supervise(self) -> None:
         failures = 0
