@@ -45,7 +45,7 @@ class GatewayService:
     """The gateway as the server bootstrap runs it: ready once its upstreams are."""
 
     service_name = mesh.GATEWAY.grpc_service
-    also_serves = (JOB_SERVICE_NAME,)
+    also_serves: tuple[str, ...] = (JOB_SERVICE_NAME,)
 
     def __init__(
         self,

@@ -53,10 +53,11 @@ class ServerConfig:
 class Service(Protocol):
     """What a service plugs into the bootstrap."""
 
-    #: Full gRPC service name, e.g. ``genmesh.v1.InferenceService``; health reports under it. A service that
-    #: serves more than one on its port names the others in an ``also_serves`` tuple (reflection lists them,
-    #: health reports under them too).
+    #: Full gRPC service name, e.g. ``genmesh.v1.InferenceService``; health reports under it.
     service_name: str
+    #: Further gRPC services served on the same port (the gateway's JobService); reflection lists them and
+    #: health reports under them too.
+    also_serves: tuple[str, ...]
 
     def register(self, server: grpc.aio.Server) -> None:
         """Add the servicer to the server."""
@@ -78,7 +79,7 @@ async def serve(service: Service, config: ServerConfig, stop: asyncio.Event | No
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     service.register(server)
-    names: tuple[str, ...] = (service.service_name, *getattr(service, "also_serves", ()))
+    names = (service.service_name, *service.also_serves)
     reflection.enable_server_reflection(
         [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME], server
     )

@@ -111,6 +111,7 @@ class InferenceService:
     """The inference service as the server bootstrap runs it: ready once the model is loaded."""
 
     service_name = mesh.INFERENCE.grpc_service
+    also_serves: tuple[str, ...] = ()
 
     def __init__(self, model_dir: Path, device: str | None, config: EngineConfig, threads: int) -> None:
         self._model_dir = model_dir

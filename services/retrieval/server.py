@@ -153,6 +153,7 @@ class RetrievalService:
     and its indexes current, and (with ``seed_demo``) the demo collection loaded."""
 
     service_name = mesh.RETRIEVAL.grpc_service
+    also_serves: tuple[str, ...] = ()
 
     def __init__(self, args: argparse.Namespace) -> None:
         self._args = args

@@ -195,6 +195,7 @@ class ToolsService:
     """The tools service as the server bootstrap runs it."""
 
     service_name = mesh.TOOLS.grpc_service
+    also_serves: tuple[str, ...] = ()
 
     def __init__(self, config: ToolsConfig) -> None:
         self._config = config
