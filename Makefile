@@ -5,8 +5,12 @@ PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 PROTOS := $(wildcard protos/genmesh/v1/*.proto)
 STAMP := $(VENV)/.installed
+# The last published contract: `make lint` fails on a change that would break its clients.
+CONTRACT_IMAGE := protos/published/genmesh-v1.binpb
+# Pinned code generators (npm) the contract tests compile the protos with; `make codegen-tools`.
+NODE_TOOLS := .genmesh/node
 
-.PHONY: help install proto run demo up test lint bench bench-full clean
+.PHONY: help install proto run demo up test lint contract-publish codegen-tools bench bench-full clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -44,28 +48,41 @@ up: install  ## start the four services and keep them up until Ctrl-C
 test: install  ## run the test suite
 	$(PY) -m pytest
 
-lint: install  ## buf lint, ruff, mypy, hadolint
+lint: install  ## buf lint, buf breaking (against the published contract), ruff, mypy, hadolint
 	$(BIN)/buf lint
+	$(BIN)/buf breaking --against $(CONTRACT_IMAGE)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy .
 	$(BIN)/hadolint Dockerfile
 
+contract-publish: install  ## make the current protos the published contract that `make lint` checks against
+	mkdir -p $(dir $(CONTRACT_IMAGE))
+	$(BIN)/buf build --exclude-source-info -o $(CONTRACT_IMAGE)
+
+codegen-tools: $(NODE_TOOLS)/.installed  ## install the pinned TypeScript generators the contract tests use (npm)
+
+$(NODE_TOOLS)/.installed: tests/contracts/node/package.json tests/contracts/node/package-lock.json
+	mkdir -p $(NODE_TOOLS)
+	cp tests/contracts/node/package.json tests/contracts/node/package-lock.json $(NODE_TOOLS)/
+	npm ci --prefix $(NODE_TOOLS) --no-audit --no-fund --loglevel=error
+	touch $@
+
 bench: install  ## quick benchmarks (about a minute each), as CI runs them
-	$(PY) bench/gateway.py --quick
-	$(PY) bench/inference.py --quick
-	$(PY) bench/tools.py --quick
-	$(PY) bench/retrieval.py --quick
-	$(PY) bench/jobs.py --quick
-	$(PY) bench/resilience.py --quick
+	$(PY) -m bench.gateway --quick
+	$(PY) -m bench.inference --quick
+	$(PY) -m bench.tools --quick
+	$(PY) -m bench.retrieval --quick
+	$(PY) -m bench.jobs --quick
+	$(PY) -m bench.resilience --quick
 
 bench-full: install  ## full benchmarks, the figures of docs/BENCHMARKS.md and docs/RESILIENCE.md
-	$(PY) bench/gateway.py
-	$(PY) bench/inference.py
-	$(PY) bench/tools.py
-	$(PY) bench/retrieval.py
-	$(PY) bench/jobs.py
-	$(PY) bench/resilience.py
+	$(PY) -m bench.gateway
+	$(PY) -m bench.inference
+	$(PY) -m bench.tools
+	$(PY) -m bench.retrieval
+	$(PY) -m bench.jobs
+	$(PY) -m bench.resilience
 
 clean:  ## remove the virtual environment and generated stubs
 	rm -rf $(VENV) genmesh/v1 *.egg-info .mypy_cache .ruff_cache .pytest_cache

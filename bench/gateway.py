@@ -10,8 +10,8 @@ difference against a baseline measured in the same run, because machines here ar
   two tool calls' InvokeMany stream each delayed 200 ms by fault injection (1.0 would be perfect
   overlap, 3.0 serial).
 
-    python bench/gateway.py --quick     # about a minute, as CI runs it
-    python bench/gateway.py             # the figures of docs/BENCHMARKS.md
+    python -m bench.gateway --quick     # about a minute, as CI runs it
+    python -m bench.gateway             # the figures of docs/BENCHMARKS.md
 
 The last line printed is one JSON object of the figures.
 """
@@ -20,19 +20,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import platform
 import statistics
-import tempfile
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import grpc
 
+from bench import harness
 from genmesh.channels import open_channel
-from genmesh.launcher import Mesh, start_mesh
+from genmesh.cli.launcher import Mesh
 from genmesh.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc, inference_pb2, inference_pb2_grpc
 
 QUESTION = "What happens when a class defines __enter__ and __exit__?"
@@ -122,7 +119,7 @@ async def measure_relay(mesh: Mesh, settings: Settings) -> dict[str, float]:
         for concurrency in settings.concurrency:
             rates: dict[str, list[float]] = {"gateway": [], "direct": []}
             for trial in range(settings.trials):
-                for path in _alternate(trial):
+                for path in harness.alternate(trial, "gateway", "direct"):
                     elapsed, results = await clients.run(path, concurrency)
                     rates[path].append(sum(r.tokens for r in results) / elapsed)
             gateway_rate = statistics.median(rates["gateway"])
@@ -139,15 +136,11 @@ async def measure_relay(mesh: Mesh, settings: Settings) -> dict[str, float]:
     return figures
 
 
-def _alternate(trial: int) -> tuple[str, str]:
-    return ("gateway", "direct") if trial % 2 == 0 else ("direct", "gateway")
-
-
 async def _measure_ttft(clients: Clients, samples: int) -> dict[str, float]:
     """Median time to first token of one stream at a time, the two paths interleaved."""
     ttfts: dict[str, list[float]] = {"gateway": [], "direct": []}
     for trial in range(samples):
-        for path in _alternate(trial):
+        for path in harness.alternate(trial, "gateway", "direct"):
             _, (result,) = await clients.run(path, 1)
             ttfts[path].append(result.ttft_s * 1000)
     gateway, direct = statistics.median(ttfts["gateway"]), statistics.median(ttfts["direct"])
@@ -180,41 +173,20 @@ async def measure_fanout(mesh: Mesh, settings: Settings) -> dict[str, float]:
     return {"fanout_ratio": round(ratio, 3), "fanout_ratio_max": round(max(ratios), 3)}
 
 
-async def main_async(settings: Settings, quick: bool) -> dict[str, object]:
-    with tempfile.TemporaryDirectory(prefix="genmesh-bench-") as logs:
+async def main_async(settings: Settings, _: argparse.Namespace) -> harness.Figures:
+    with harness.scratch() as logs:
         inference_args = ["--threads", "1"]
-        mesh = await start_mesh(log_dir=Path(logs) / "relay", extra_args={"inference": inference_args})
-        try:
+        async with harness.running_mesh(logs / "relay", {"inference": inference_args}) as mesh:
             relay = await measure_relay(mesh, settings)
-        finally:
-            await mesh.stop(grace_s=1.0)
         faults = {
             "retrieval": ["--faults", f"Query:delay={STAGE_DELAY_MS}ms"],
             "tools": ["--faults", f"InvokeMany:delay={STAGE_DELAY_MS}ms"],
             "inference": inference_args,
         }
-        mesh = await start_mesh(log_dir=Path(logs) / "fanout", extra_args=faults)
-        try:
+        async with harness.running_mesh(logs / "fanout", faults) as mesh:
             fanout = await measure_fanout(mesh, settings)
-        finally:
-            await mesh.stop(grace_s=1.0)
-    return {
-        "benchmark": "gateway",
-        "mode": "quick" if quick else "full",
-        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
-        "max_tokens": settings.max_tokens,
-        **relay,
-        **fanout,
-    }
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="about a minute, as CI runs it")
-    args = parser.parse_args()
-    figures = asyncio.run(main_async(QUICK if args.quick else FULL, args.quick))
-    print(json.dumps(figures))
+    return {"max_tokens": settings.max_tokens, **relay, **fanout}
 
 
 if __name__ == "__main__":
-    main()
+    harness.main("gateway", __doc__, main_async, QUICK, FULL)

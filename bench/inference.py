@@ -13,8 +13,8 @@ process, greedy decoding, is served:
 Figures: output tokens/s of each, ratios of (a) to (b) and (c), the gRPC overhead (1 - a / a0) and the
 time to first token of (a) under that load (p50/p99, from when a stream sends the request).
 
-    python bench/inference.py --quick     # about a minute, as CI runs it
-    python bench/inference.py             # the figures of docs/BENCHMARKS.md
+    python -m bench.inference --quick     # about a minute, as CI runs it
+    python -m bench.inference             # the figures of docs/BENCHMARKS.md
 
 The last line printed is one JSON object of the figures.
 """
@@ -23,11 +23,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import platform
 import random
 import statistics
-import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -35,8 +32,9 @@ from pathlib import Path
 
 import torch
 
+from bench import harness
 from genmesh.channels import open_channel
-from genmesh.launcher import start_service, wait_ready
+from genmesh.cli.launcher import free_port
 from genmesh.mesh import INFERENCE
 from genmesh.sampling import SamplingParams
 from genmesh.v1 import common_pb2, inference_pb2, inference_pb2_grpc
@@ -133,31 +131,23 @@ async def run_in_process(loaded: LoadedModel, jobs: list[Job]) -> Outcome:
 
 
 async def run_grpc(jobs: list[Job], logs: Path) -> Outcome:
-    from genmesh.launcher import free_port
-
     port = free_port()
     address = f"127.0.0.1:{port}"
     args = ["serve", "inference", "--port", str(port), "--max-running", str(STREAMS), "--max-waiting", str(len(jobs))]
-    service = await start_service(INFERENCE, args, address, logs)
-    try:
-        await wait_ready(service, timeout_s=120)
-        async with open_channel(address) as channel:
-            stub = inference_pb2_grpc.InferenceServiceStub(channel)
+    async with harness.serving(INFERENCE, args, address, logs, 120), open_channel(address) as channel:
+        stub = inference_pb2_grpc.InferenceServiceStub(channel)
 
-            async def serve(job: Job, arrived: float) -> tuple[int, float]:
-                sampling = common_pb2.SamplingParams(temperature=0.0, max_tokens=job.max_tokens)
-                tokens, first = 0, 0.0
-                async for message in stub.Generate(inference_pb2.GenerateRequest(prompt=job.prompt, sampling=sampling)):
-                    if message.HasField("delta") and message.delta.token_ids:
-                        first = first or time.perf_counter()
-                        tokens += len(message.delta.token_ids)
-                return tokens, first or time.perf_counter()
+        async def serve(job: Job, arrived: float) -> tuple[int, float]:
+            sampling = common_pb2.SamplingParams(temperature=0.0, max_tokens=job.max_tokens)
+            tokens, first = 0, 0.0
+            async for message in stub.Generate(inference_pb2.GenerateRequest(prompt=job.prompt, sampling=sampling)):
+                if message.HasField("delta") and message.delta.token_ids:
+                    first = first or time.perf_counter()
+                    tokens += len(message.delta.token_ids)
+            return tokens, first or time.perf_counter()
 
-            await serve(jobs[0], time.perf_counter())  # warm up the channel and the model
-            return await _arrivals(jobs, serve)
-    finally:
-        service.process.terminate()
-        await service.process.wait()
+        await serve(jobs[0], time.perf_counter())  # warm up the channel and the model
+        return await _arrivals(jobs, serve)
 
 
 def _generated(sequences: torch.Tensor, start: int, limit: int, eos: set[int]) -> int:
@@ -212,12 +202,7 @@ def run_hf_continuous(model: torch.nn.Module, jobs: list[Job]) -> Outcome | str:
     return Outcome(tokens, time.perf_counter() - start)
 
 
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
-
-
-async def main_async(settings: Settings, quick: bool) -> dict[str, object]:
+async def main_async(settings: Settings, _: argparse.Namespace) -> harness.Figures:
     from transformers import LlamaForCausalLM
 
     loaded = load_model(DEFAULT_MODEL, device="cpu")
@@ -233,8 +218,8 @@ async def main_async(settings: Settings, quick: bool) -> dict[str, object]:
         flush=True,
     )
 
-    with tempfile.TemporaryDirectory(prefix="genmesh-bench-") as logs:
-        grpc_run = await run_grpc(jobs, Path(logs))
+    with harness.scratch() as logs:
+        grpc_run = await run_grpc(jobs, logs)
     print(f"(a)  genmesh over gRPC        {grpc_run.tokens_per_s:8.1f} tok/s", flush=True)
     in_process = await run_in_process(loaded, jobs)
     print(f"(a0) genmesh engine in-process {in_process.tokens_per_s:8.1f} tok/s", flush=True)
@@ -250,10 +235,7 @@ async def main_async(settings: Settings, quick: bool) -> dict[str, object]:
         print(f"(d)  HF generate_batch: {continuous}", flush=True)
 
     ttfts = list(grpc_run.ttfts_ms)
-    figures: dict[str, object] = {
-        "benchmark": "inference",
-        "mode": "quick" if quick else "full",
-        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+    return {
         "device": "cpu",
         "requests": len(jobs),
         "tokens_per_s": round(grpc_run.tokens_per_s, 1),
@@ -268,18 +250,9 @@ async def main_async(settings: Settings, quick: bool) -> dict[str, object]:
         ),
         "grpc_overhead": round(1.0 - grpc_run.tokens_per_s / in_process.tokens_per_s, 3),
         "ttft_p50_ms": round(statistics.median(ttfts), 1),
-        "ttft_p99_ms": round(percentile(ttfts, 0.99), 1),
+        "ttft_p99_ms": round(harness.percentile(ttfts, 0.99), 1),
     }
-    return figures
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="about a minute, as CI runs it")
-    args = parser.parse_args()
-    figures = asyncio.run(main_async(QUICK if args.quick else FULL, args.quick))
-    print(json.dumps(figures))
 
 
 if __name__ == "__main__":
-    main()
+    harness.main("inference", __doc__, main_async, QUICK, FULL)

@@ -11,8 +11,8 @@ measures, stops it. Figures, each beside a baseline measured in the same run:
   time on an idle queue, beside generate_first_event_ms, Generate's first event for the same request;
 - jobs_lost: accepted jobs that are missing afterwards or did not succeed (must be 0).
 
-    python bench/jobs.py --quick     # about a minute, as CI runs it
-    python bench/jobs.py             # the figures of docs/BENCHMARKS.md
+    python -m bench.jobs --quick     # about a minute, as CI runs it
+    python -m bench.jobs             # the figures of docs/BENCHMARKS.md
 
 The last line printed is one JSON object of the figures.
 """
@@ -21,18 +21,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import platform
 import statistics
-import tempfile
 import time
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, replace
 
 import grpc
 
+from bench import harness
 from genmesh.channels import open_channel
-from genmesh.launcher import start_mesh
 from genmesh.v1 import gateway_pb2, gateway_pb2_grpc, jobs_pb2, jobs_pb2_grpc
 
 QUESTION = "What happens when a class defines __enter__ and __exit__?"
@@ -152,35 +148,31 @@ async def _wait_all(stub: jobs_pb2_grpc.JobServiceStub, ids: set[str], timeout_s
         await asyncio.sleep(0.1)
 
 
-async def main_async(settings: Settings, quick: bool) -> dict[str, object]:
-    with tempfile.TemporaryDirectory(prefix="genmesh-bench-") as scratch:
+async def main_async(settings: Settings, args: argparse.Namespace) -> harness.Figures:
+    settings = replace(settings, jobs=args.jobs or settings.jobs, workers=args.workers or settings.workers)
+    with harness.scratch() as scratch:
         gateway_args = [
             "--jobs-db",
-            str(Path(scratch) / "jobs.db"),
+            str(scratch / "jobs.db"),
             "--job-workers",
             str(settings.workers),
             "--job-queue-max",
             str(settings.jobs * 2),
         ]
-        mesh = await start_mesh(
-            log_dir=Path(scratch) / "logs", extra_args={"inference": ["--threads", "1"], "gateway": gateway_args}
-        )
-        try:
-            async with open_channel(mesh.address("gateway")) as channel:
-                jobs = jobs_pb2_grpc.JobServiceStub(channel)
-                gateway = gateway_pb2_grpc.GatewayServiceStub(channel)
-                async for _ in gateway.Generate(_request(-1, settings.max_tokens), timeout=120):
-                    pass  # warm the channels and the model's first step
-                latency = await measure_first_event(jobs, gateway, settings)
-                throughput = await measure_throughput(jobs, gateway, settings)
-        except grpc.aio.AioRpcError as error:
-            raise SystemExit(f"benchmark failed: {error.code().name}: {error.details()}") from None
-        finally:
-            await mesh.stop(grace_s=1.0)
+        async with harness.running_mesh(
+            scratch / "logs", {"inference": ["--threads", "1"], "gateway": gateway_args}
+        ) as mesh:
+            try:
+                async with open_channel(mesh.address("gateway")) as channel:
+                    jobs = jobs_pb2_grpc.JobServiceStub(channel)
+                    gateway = gateway_pb2_grpc.GatewayServiceStub(channel)
+                    async for _ in gateway.Generate(_request(-1, settings.max_tokens), timeout=120):
+                        pass  # warm the channels and the model's first step
+                    latency = await measure_first_event(jobs, gateway, settings)
+                    throughput = await measure_throughput(jobs, gateway, settings)
+            except grpc.aio.AioRpcError as error:
+                raise SystemExit(f"benchmark failed: {error.code().name}: {error.details()}") from None
     return {
-        "benchmark": "jobs",
-        "mode": "quick" if quick else "full",
-        "machine": platform.machine(),
         "jobs": settings.jobs,
         "workers": settings.workers,
         "max_tokens": settings.max_tokens,
@@ -189,23 +181,10 @@ async def main_async(settings: Settings, quick: bool) -> dict[str, object]:
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="about a minute (CI)")
+def options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, help="job workers (default 8)")
     parser.add_argument("--jobs", type=int, help="jobs in the throughput run")
-    args = parser.parse_args()
-    settings = QUICK if args.quick else FULL
-    if args.workers or args.jobs:
-        settings = Settings(
-            jobs=args.jobs or settings.jobs,
-            workers=args.workers or settings.workers,
-            max_tokens=settings.max_tokens,
-            latency_samples=settings.latency_samples,
-        )
-    figures = asyncio.run(main_async(settings, args.quick))
-    print(json.dumps(figures))
 
 
 if __name__ == "__main__":
-    main()
+    harness.main("jobs", __doc__, main_async, QUICK, FULL, options)

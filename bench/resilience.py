@@ -21,8 +21,8 @@ A request is *lost* when it hangs or ends in anything but the scenario's expecte
 (A request whose every attempt met an injected fault ends UNAVAILABLE: the expected end of bounded retries,
 not a loss; it lowers the retry success rate.) Attempt counts come from the services' own per-RPC log lines.
 
-    python bench/resilience.py --quick    # about a minute, as CI runs it
-    python bench/resilience.py            # the figures of docs/RESILIENCE.md
+    python -m bench.resilience --quick    # about a minute, as CI runs it
+    python -m bench.resilience            # the figures of docs/RESILIENCE.md
 
 Prints a table (fault, expected, observed, requests, lost, p99 latency); the last line is one JSON object.
 """
@@ -32,12 +32,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import functools
-import json
 import math
 import os
-import platform
 import signal
-import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -45,9 +42,10 @@ from pathlib import Path
 
 import grpc
 
+from bench import harness
 from genmesh import mesh as topology
 from genmesh.channels import open_channel
-from genmesh.launcher import Mesh, ServiceProcess, free_port, start_mesh, start_service, wait_ready
+from genmesh.cli.launcher import Mesh, ServiceProcess, free_port, start_service, wait_ready
 from genmesh.status import code_value, retry_delay_s
 from genmesh.v1 import gateway_pb2, gateway_pb2_grpc, inference_pb2, inference_pb2_grpc
 
@@ -381,36 +379,33 @@ class Bench:
         ports = {n: int(s.address.rsplit(":", 1)[1]) for n, s in self.mesh.services.items()} | {"gateway": free_port()}
         args = topology.serve_args(topology.GATEWAY, host, ports, {s.name: host for s in topology.SERVICES})
         address = f"{host}:{ports['gateway']}"
-        wide = await start_service(topology.GATEWAY, [*args, "--max-streams", "1024"], address, logs / "wide")
-        try:
-            await wait_ready(wide, 120)
-            async with open_channel(address) as channel:
-                stub = gateway_pb2_grpc.GatewayServiceStub(channel)
-                await run(stub, ask(retrieval=False), 60)
-                baseline = peak = _rss_mb(wide.process.pid)
+        async with (
+            harness.serving(topology.GATEWAY, [*args, "--max-streams", "1024"], address, logs / "wide", 120) as wide,
+            open_channel(address) as channel,
+        ):
+            stub = gateway_pb2_grpc.GatewayServiceStub(channel)
+            await run(stub, ask(retrieval=False), 60)
+            baseline = peak = _rss_mb(wide.process.pid)
 
-                async def slow() -> Outcome:
-                    started = time.perf_counter()
-                    outcome = Outcome("NO_COMPLETION", 0.0)
-                    try:
-                        async for event in stub.Generate(ask(max_tokens=16, retrieval=False), timeout=300):
-                            outcome.tokens += len(event.delta.token_ids)
-                            if event.HasField("complete"):
-                                outcome.status = "OK"
-                            await asyncio.sleep(0.05)
-                    except grpc.aio.AioRpcError as error:
-                        outcome.status = error.code().name
-                    outcome.latency_ms = (time.perf_counter() - started) * 1000.0
-                    return outcome
+            async def slow() -> Outcome:
+                started = time.perf_counter()
+                outcome = Outcome("NO_COMPLETION", 0.0)
+                try:
+                    async for event in stub.Generate(ask(max_tokens=16, retrieval=False), timeout=300):
+                        outcome.tokens += len(event.delta.token_ids)
+                        if event.HasField("complete"):
+                            outcome.status = "OK"
+                        await asyncio.sleep(0.05)
+                except grpc.aio.AioRpcError as error:
+                    outcome.status = error.code().name
+                outcome.latency_ms = (time.perf_counter() - started) * 1000.0
+                return outcome
 
-                readers = asyncio.gather(*(slow() for _ in range(self.settings.slow_readers)))
-                while not readers.done():
-                    peak = max(peak, _rss_mb(wide.process.pid))
-                    await asyncio.sleep(0.1)
-                outcomes = list(await readers)
-        finally:
-            wide.process.terminate()
-            await wide.process.wait()
+            readers = asyncio.gather(*(slow() for _ in range(self.settings.slow_readers)))
+            while not readers.done():
+                peak = max(peak, _rss_mb(wide.process.pid))
+                await asyncio.sleep(0.1)
+            outcomes = list(await readers)
         growth = peak - baseline
         self.figures["slow_readers"] = self.settings.slow_readers
         self.figures["gateway_rss_idle_mb"] = round(baseline, 1)
@@ -520,43 +515,36 @@ def table(rows: Sequence[Row]) -> str:
     return "\n".join(lines)
 
 
-async def main_async(settings: Settings, quick: bool) -> dict[str, object]:
-    with tempfile.TemporaryDirectory(prefix="genmesh-bench-") as tmp:
-        logs = Path(tmp)
-        mesh = await start_mesh(
-            log_dir=logs / "mesh",
-            extra_args={
-                "tools": TOOLS_ARGS,
-                "inference": INFERENCE_ARGS,
-                "gateway": [
-                    *("--max-streams", str(CAP), "--circuit-cooldown", "1"),
-                    *("--generate-attempts", str(GENERATE_ATTEMPTS)),
-                ],
-            },
-        )
-        try:
-            async with open_channel(mesh.address("gateway")) as channel:
-                bench = Bench(mesh, gateway_pb2_grpc.GatewayServiceStub(channel), settings)
-                await run(bench.stub, ask(), 60)  # warm up: channels, caches, the model's first step
-                await bench.baseline()
-                await bench.retrieval_budget()
-                await bench.tool_budget()
-                await bench.deadline()
-                await bench.client_cancel()
-                await bench.flood()
-                await bench.slow_readers(logs)
-                await bench.retrieval_killed()
-                await bench.retrieval_flaky()
-                await bench.kill_inference()
-        finally:
-            await mesh.stop(grace_s=1.0)
+async def main_async(settings: Settings, _: argparse.Namespace) -> harness.Figures:
+    extra_args = {
+        "tools": TOOLS_ARGS,
+        "inference": INFERENCE_ARGS,
+        "gateway": [
+            *("--max-streams", str(CAP), "--circuit-cooldown", "1"),
+            *("--generate-attempts", str(GENERATE_ATTEMPTS)),
+        ],
+    }
+    with harness.scratch() as logs:
+        async with (
+            harness.running_mesh(logs / "mesh", extra_args) as mesh,
+            open_channel(mesh.address("gateway")) as channel,
+        ):
+            bench = Bench(mesh, gateway_pb2_grpc.GatewayServiceStub(channel), settings)
+            await run(bench.stub, ask(), 60)  # warm up: channels, caches, the model's first step
+            await bench.baseline()
+            await bench.retrieval_budget()
+            await bench.tool_budget()
+            await bench.deadline()
+            await bench.client_cancel()
+            await bench.flood()
+            await bench.slow_readers(logs)
+            await bench.retrieval_killed()
+            await bench.retrieval_flaky()
+            await bench.kill_inference()
     print()
     print(table(bench.rows))
     print()
     return {
-        "benchmark": "resilience",
-        "mode": "quick" if quick else "full",
-        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
         "cpus": os.cpu_count(),
         "scenarios": len(bench.rows),
         "scenarios_passed": sum(row.passed for row in bench.rows),
@@ -566,13 +554,5 @@ async def main_async(settings: Settings, quick: bool) -> dict[str, object]:
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="about a minute, as CI runs it")
-    args = parser.parse_args()
-    figures = asyncio.run(main_async(QUICK if args.quick else FULL, args.quick))
-    print(json.dumps(figures))
-
-
 if __name__ == "__main__":
-    main()
+    harness.main("resilience", __doc__, main_async, QUICK, FULL)

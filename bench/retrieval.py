@@ -13,8 +13,8 @@ not (``--batch-window-ms 0``). Trials alternate between them, so both see the sa
 The demo collection is copied (SQLite backup) from ``--seed-from`` when that holds a complete one (what
 `make run` builds in .genmesh/data/retrieval), else embedded from scratch, which takes about a minute here.
 
-    python bench/retrieval.py --quick     # about a minute, as CI runs it
-    python bench/retrieval.py             # the figures of docs/BENCHMARKS.md
+    python -m bench.retrieval --quick     # about a minute, as CI runs it
+    python -m bench.retrieval             # the figures of docs/BENCHMARKS.md
 
 The last line printed is one JSON object of the figures.
 """
@@ -23,19 +23,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
-import platform
 import sqlite3
 import statistics
-import tempfile
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench import harness
 from genmesh import mesh
 from genmesh.channels import open_channel
-from genmesh.launcher import ServiceProcess, free_port, start_service, wait_ready
+from genmesh.cli.launcher import ServiceProcess, free_port
 from genmesh.v1 import retrieval_pb2, retrieval_pb2_grpc
 from services.retrieval.corpus import load_python_reference
 from services.retrieval.ingest import DEMO_INGEST_ID
@@ -75,7 +75,9 @@ def snapshot_demo(source: Path, target: Path) -> bool:
     return True
 
 
-async def start(data_dir: Path, log_dir: Path, window_ms: float, name: str) -> ServiceProcess:
+@contextlib.asynccontextmanager
+async def serving(data_dir: Path, log_dir: Path, window_ms: float) -> AsyncIterator[ServiceProcess]:
+    """A retrieval service over ``data_dir`` with a batch window of ``window_ms``, for the block."""
     port = free_port()
     args = [
         "serve",
@@ -88,9 +90,8 @@ async def start(data_dir: Path, log_dir: Path, window_ms: float, name: str) -> S
         str(window_ms),
         "--seed-demo",
     ]
-    service = await start_service(mesh.RETRIEVAL, args, f"127.0.0.1:{port}", log_dir / name)
-    await wait_ready(service, timeout_s=600)
-    return service
+    async with harness.serving(mesh.RETRIEVAL, args, f"127.0.0.1:{port}", log_dir, 600) as service:
+        yield service
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,11 +123,6 @@ async def run_queries(stub: retrieval_pb2_grpc.RetrievalServiceStub, total: int,
     return Run(time.perf_counter() - started, latencies)
 
 
-def percentile(values: Sequence[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
-
-
 async def measure_queries(addresses: dict[str, str], settings: Settings) -> dict[str, float]:
     figures: dict[str, float] = {}
     async with open_channel(addresses["on"]) as on, open_channel(addresses["off"]) as off:
@@ -136,12 +132,12 @@ async def measure_queries(addresses: dict[str, str], settings: Settings) -> dict
         for concurrency, total in ((1, settings.queries_c1), (32, settings.queries_c32)):
             runs: dict[str, list[Run]] = {"on": [], "off": []}
             for trial in range(settings.trials):
-                for which in ("on", "off") if trial % 2 == 0 else ("off", "on"):
+                for which in harness.alternate(trial, "on", "off"):
                     runs[which].append(await run_queries(stubs[which], total, concurrency))
             for which in ("on", "off"):
                 latencies = [ms for run in runs[which] for ms in run.latencies_ms]
                 qps = statistics.median(run.qps for run in runs[which])
-                p50, p99 = percentile(latencies, 50), percentile(latencies, 99)
+                p50, p99 = harness.percentile(latencies, 0.50), harness.percentile(latencies, 0.99)
                 figures[f"qps_c{concurrency}_batching_{which}"] = round(qps, 1)
                 figures[f"p50_ms_c{concurrency}_batching_{which}"] = round(p50, 2)
                 figures[f"p99_ms_c{concurrency}_batching_{which}"] = round(p99, 2)
@@ -205,48 +201,30 @@ async def measure_ingest(address: str, documents: int) -> dict[str, float]:
     return {"ingest_documents": len(docs), "ingest_chunks": chunks, "ingest_chunks_per_s": round(chunks / elapsed, 1)}
 
 
-async def main_async(settings: Settings, quick: bool, seed_from: Path) -> dict[str, object]:
-    with tempfile.TemporaryDirectory(prefix="genmesh-bench-retrieval-") as scratch:
-        data_dir, logs = Path(scratch) / "data", Path(scratch) / "logs"
-        copied = snapshot_demo(seed_from, data_dir)
-        print(f"demo collection: {'copied from ' + str(seed_from) if copied else 'embedding it now'}", flush=True)
+async def main_async(settings: Settings, args: argparse.Namespace) -> harness.Figures:
+    with harness.scratch() as scratch:
+        data_dir, logs = scratch / "data", scratch / "logs"
+        copied = snapshot_demo(args.seed_from, data_dir)
+        print(f"demo collection: {'copied from ' + str(args.seed_from) if copied else 'embedding it now'}", flush=True)
         started = time.perf_counter()
-        on = await start(data_dir, logs, 2.0, "batching-on")
-        print(f"service ready in {time.perf_counter() - started:.1f} s", flush=True)
-        off = await start(data_dir, logs, 0.0, "batching-off")
-        try:
-            figures: dict[str, object] = {}
-            figures.update(await measure_recall(on.address))
-            figures.update(await measure_queries({"on": on.address, "off": off.address}, settings))
-            figures.update(await measure_ingest(on.address, settings.ingest_documents))
-        finally:
-            for service in (on, off):
-                service.process.terminate()
-                await service.process.wait()
-    return {
-        "benchmark": "retrieval",
-        "mode": "quick" if quick else "full",
-        "machine": platform.machine(),
-        **figures,
-        "p50_ms": figures["p50_ms_c1_batching_on"],
-        "p99_ms": figures["p99_ms_c1_batching_on"],
-    }
+        async with serving(data_dir, logs / "batching-on", 2.0) as on:
+            print(f"service ready in {time.perf_counter() - started:.1f} s", flush=True)
+            async with serving(data_dir, logs / "batching-off", 0.0) as off:
+                figures: harness.Figures = {}
+                figures.update(await measure_recall(on.address))
+                figures.update(await measure_queries({"on": on.address, "off": off.address}, settings))
+                figures.update(await measure_ingest(on.address, settings.ingest_documents))
+    return {**figures, "p50_ms": figures["p50_ms_c1_batching_on"], "p99_ms": figures["p99_ms_c1_batching_on"]}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="fewer trials and queries (about a minute)")
+def options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--seed-from",
         type=Path,
         default=ROOT / ".genmesh" / "data" / "retrieval",
         help="data directory to copy the demo collection from, when it holds one",
     )
-    args = parser.parse_args()
-    settings = QUICK if args.quick else FULL
-    figures = asyncio.run(main_async(settings, args.quick, args.seed_from))
-    print(json.dumps(figures))
 
 
 if __name__ == "__main__":
-    main()
+    harness.main("retrieval", __doc__, main_async, QUICK, FULL, options)

@@ -10,8 +10,8 @@ measures, stops it. Every figure is measured against a baseline of the same run:
   to the same at 1 in flight (calculator_calls_per_s_c1) and the same calls batched 32 per InvokeMany
   stream (calculator_calls_per_s_invoke_many).
 
-    python bench/tools.py --quick     # about a minute, as CI runs it
-    python bench/tools.py             # the figures of docs/BENCHMARKS.md
+    python -m bench.tools --quick     # about a minute, as CI runs it
+    python -m bench.tools             # the figures of docs/BENCHMARKS.md
 
 The last line printed is one JSON object of the figures.
 """
@@ -22,16 +22,15 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import statistics
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench import harness
 from genmesh import mesh
 from genmesh.channels import open_channel
-from genmesh.launcher import ServiceProcess, free_ports, start_service, wait_ready
+from genmesh.cli.launcher import free_ports
 from genmesh.v1 import common_pb2, tools_pb2, tools_pb2_grpc
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -139,7 +138,7 @@ async def measure_calculator(stub: tools_pb2_grpc.ToolsServiceStub, seconds: flo
     return {name: round(rate, 1) for name, rate in rates.items()}
 
 
-async def start_tools(log_dir: Path) -> ServiceProcess:
+async def main_async(settings: Settings, _: argparse.Namespace) -> harness.Figures:
     port, nobody = free_ports(2)
     args = [
         "serve",
@@ -151,45 +150,17 @@ async def start_tools(log_dir: Path) -> ServiceProcess:
         "--retrieval-target",
         f"127.0.0.1:{nobody}",  # search_docs is not measured here
     ]
-    pythonpath = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH", "")]))
-    service = await start_service(mesh.TOOLS, args, f"127.0.0.1:{port}", log_dir, {"PYTHONPATH": pythonpath})
-    try:
-        await wait_ready(service, 60)
-    except BaseException:
-        service.process.kill()
-        await service.process.wait()
-        raise
-    return service
-
-
-async def main_async(settings: Settings, quick: bool) -> dict[str, object]:
-    with tempfile.TemporaryDirectory(prefix="genmesh-bench-") as logs:
-        service = await start_tools(Path(logs))
-        try:
-            async with open_channel(service.address) as channel:
-                stub = tools_pb2_grpc.ToolsServiceStub(channel)
-                fanout = await measure_fanout(stub, settings.fanout_trials)
-                calculator = await measure_calculator(stub, settings.calculator_seconds)
-        finally:
-            service.process.terminate()
-            await service.process.wait()
-    return {
-        "benchmark": "tools",
-        "mode": "quick" if quick else "full",
-        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
-        "cpus": os.cpu_count(),
-        **fanout,
-        **calculator,
-    }
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="about a minute, as CI runs it")
-    args = parser.parse_args()
-    figures = asyncio.run(main_async(QUICK if args.quick else FULL, args.quick))
-    print(json.dumps(figures))
+    env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH", "")]))}
+    with harness.scratch() as logs:
+        async with (
+            harness.serving(mesh.TOOLS, args, f"127.0.0.1:{port}", logs, 60, env) as service,
+            open_channel(service.address) as channel,
+        ):
+            stub = tools_pb2_grpc.ToolsServiceStub(channel)
+            fanout = await measure_fanout(stub, settings.fanout_trials)
+            calculator = await measure_calculator(stub, settings.calculator_seconds)
+    return {"cpus": os.cpu_count(), **fanout, **calculator}
 
 
 if __name__ == "__main__":
-    main()
+    harness.main("tools", __doc__, main_async, QUICK, FULL)

@@ -27,6 +27,21 @@ FAILURE_CODES = frozenset(
 )
 
 
+class Outcome(enum.Enum):
+    """What one call (after its retries) says about its upstream."""
+
+    SUCCESS = "success"
+    FAILURE = "failure"
+    NEUTRAL = "neutral"
+
+    @classmethod
+    def of(cls, code: grpc.StatusCode) -> Outcome:
+        """OK is a success, FAILURE_CODES are failures, anything else says nothing about the upstream."""
+        if code == grpc.StatusCode.OK:
+            return cls.SUCCESS
+        return cls.FAILURE if code in FAILURE_CODES else cls.NEUTRAL
+
+
 class CircuitState(enum.Enum):
     """Where a breaker stands."""
 
@@ -78,7 +93,7 @@ class CircuitBreaker:
             return 0.0
         return max(0.0, self.config.cooldown_s - (self._clock() - self._opened_at))
 
-    def allow(self) -> bool:
+    def can_execute(self) -> bool:
         """Whether a call may go out now. In half-open state only one probe at a time is allowed; a probe
         whose outcome never came back (its caller vanished) is given up after one cool-down."""
         state = self.state
@@ -93,38 +108,27 @@ class CircuitBreaker:
         self._probe_since = now
         return True
 
-    def record_success(self) -> None:
-        """A call succeeded: the circuit closes."""
-        self._state = CircuitState.CLOSED
-        self._failures = 0
-        self._probe_since = None
-
-    def record_failure(self, reason: str) -> None:
-        """A call failed with a status that counts (see FAILURE_CODES)."""
-        self._failures += 1
-        if self._state is CircuitState.OPEN and self._probe_since is None:
-            return  # a call that was already in flight when the circuit opened: no new cool-down
-        if self._probe_since is not None or self._failures >= self.config.failures:
-            self._open(f"{reason} ({self._failures} failures in a row)")
-
-    def record(self, code: grpc.StatusCode, reason: str = "") -> None:
-        """Record a call's outcome by its status: OK closes, FAILURE_CODES count, anything else only ends
-        a probe (the upstream answered, so it is alive)."""
-        if code == grpc.StatusCode.OK:
-            self.record_success()
-        elif code in FAILURE_CODES:
-            self.record_failure(reason or code.name)
+    def record_outcome(self, outcome: Outcome, reason: str = "") -> None:
+        """What a call let through by ``can_execute`` found: a success closes the circuit, a failure counts
+        towards opening it (or reopens it at once when it was the probe), and a neutral end (a client mistake,
+        a cancellation, RESOURCE_EXHAUSTED: the upstream answered) only frees the probe slot."""
+        if outcome is Outcome.SUCCESS:
+            self._state = CircuitState.CLOSED
+            self._failures = 0
+            self._probe_since = None
+        elif outcome is Outcome.FAILURE:
+            self._failures += 1
+            if self._state is CircuitState.OPEN and self._probe_since is None:
+                return  # a call that was already in flight when the circuit opened: no new cool-down
+            if self._probe_since is not None or self._failures >= self.config.failures:
+                self._open(f"{reason or 'failure'} ({self._failures} failures in a row)")
         else:
-            self.release()
-
-    def release(self) -> None:
-        """A call ended without saying anything about the upstream (cancelled by its caller, say)."""
-        self._probe_since = None
+            self._probe_since = None
 
     def health(self, serving: bool, detail: str = "") -> None:
         """A health-check update: SERVING closes the circuit; anything else opens it at once."""
         if serving:
-            self.record_success()
+            self.record_outcome(Outcome.SUCCESS)
         else:
             self._open(f"health check: {detail or 'not serving'}")
 

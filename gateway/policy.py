@@ -7,10 +7,17 @@ from dataclasses import dataclass, field
 
 from gateway.circuit import CircuitConfig
 from gateway.deadlines import StageBudgets
-from gateway.orchestrator import CONNECT_WAIT_S, GENERATE_ATTEMPTS
 from genmesh.config import Flags
 
+GENERATE_ATTEMPTS = 3
+"""Most attempts of a Generate call that failed with UNAVAILABLE before its first message."""
+CONNECT_WAIT_S = 1.0
+"""How long a Generate attempt waits for the inference channel to (re)connect, inside the deadline: as long as
+the channel's longest reconnect back-off (genmesh.channels), so that a restarted service is found."""
+TOOL_ATTEMPTS = 3
+"""Most InvokeMany attempts of an idempotent tool call that failed with UNAVAILABLE."""
 DEFAULT_MAX_STREAMS = 256
+"""Concurrent Generate streams the gateway admits."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,6 +28,7 @@ class ResiliencePolicy:
     circuit: CircuitConfig = field(default_factory=CircuitConfig)
     generate_attempts: int = GENERATE_ATTEMPTS
     connect_wait_s: float = CONNECT_WAIT_S
+    tool_attempts: int = TOOL_ATTEMPTS
     max_streams: int = DEFAULT_MAX_STREAMS
 
 

@@ -9,16 +9,17 @@ from typing import Any
 from gateway.deadlines import MAX_BUDGET_MS
 from genmesh.convert import sampling_from_proto
 from genmesh.errors import FieldViolation, InvalidArgument
+from genmesh.limits import MAX_CALL_ID_CHARS
 from genmesh.logs import REQUEST_ID
+from genmesh.mesh import DEFAULT_COLLECTION
 from genmesh.sampling import SamplingParams
 from genmesh.schema import validate_arguments
-from genmesh.v1 import gateway_pb2
+from genmesh.v1 import common_pb2, gateway_pb2
 
 MAX_QUESTION_CHARS = 4096
 MAX_TOOL_CALLS = 16
 MAX_TOP_K = 100
 DEFAULT_TOP_K = 3
-DEFAULT_COLLECTION = "python-reference"
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +44,8 @@ class AnswerPlan:
     top_k: int
     collection: str
     sampling: SamplingParams
+    sampling_proto: common_pb2.SamplingParams
+    """The client's sampling knobs as sent (validated into ``sampling``), forwarded to inference unchanged."""
     retrieval_budget_s: float | None = None
     """The request's own retrieval budget; None: the gateway's."""
     require_all_stages: bool = False
@@ -89,6 +92,7 @@ def plan_request(
         top_k=top_k,
         collection=options.collection or DEFAULT_COLLECTION,
         sampling=sampling,
+        sampling_proto=request.sampling,
         retrieval_budget_s=None if budget_ms is None else budget_ms / 1000.0,
         require_all_stages=request.require_all_stages,
     )
@@ -108,6 +112,8 @@ def _plan_tool_calls(
     for i, call in enumerate(request.tool_calls):
         field = f"tool_calls[{i}]"
         call_id = call.call_id or str(i)
+        if len(call_id) > MAX_CALL_ID_CHARS:
+            bad.append(FieldViolation(f"{field}.call_id", f"must be at most {MAX_CALL_ID_CHARS} characters"))
         if call_id in seen:
             bad.append(FieldViolation(f"{field}.call_id", f"duplicate call id {call_id!r}"))
         seen.add(call_id)

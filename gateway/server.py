@@ -65,7 +65,7 @@ class GatewayService:
         # Channels belong to the running event loop, so they are opened here, not in __init__.
         policy = self._policy
         self._upstreams = Upstreams(self._targets, policy.circuit)
-        orchestrator = Orchestrator(self._upstreams, policy.budgets, policy.generate_attempts, policy.connect_wait_s)
+        orchestrator = Orchestrator(self._upstreams, policy)
         servicer = GatewayServicer(orchestrator, StreamLimiter(policy.max_streams))
         gateway_pb2_grpc.add_GatewayServiceServicer_to_server(servicer, server)
         self._jobs = JobRuntime(self._job_config, orchestrator.answer)

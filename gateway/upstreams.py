@@ -13,6 +13,7 @@ from typing import Any
 import grpc
 
 from gateway.circuit import CircuitBreaker, CircuitConfig
+from gateway.resilience import CircuitOpen, RetryRule, UpstreamGuard
 from genmesh.channels import open_channel
 from genmesh.health import watch
 from genmesh.tasks import cancel_and_wait
@@ -28,6 +29,8 @@ log = logging.getLogger("genmesh.gateway")
 
 TOOL_CACHE_TTL_S = 30.0
 METADATA_TIMEOUT_S = 2.0
+MAX_TOOL_PAGES = 100
+"""ListTools pages read at most (a tools service that never ends its listing is cut off there)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +84,11 @@ class Upstreams:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(channel.channel_ready(), timeout_s)
 
+    def guard(self, name: str, rule: RetryRule | None = None) -> UpstreamGuard:
+        """Calls to upstream ``name`` under its circuit breaker and ``rule`` (one attempt by default: gRPC's
+        retry policy retries idempotent unary calls on the channel)."""
+        return UpstreamGuard(self.breakers[name], rule)
+
     def is_idempotent(self, tool: str) -> bool:
         """Whether ``tool`` says running it twice is safe (as of the last ListTools)."""
         return tool in self._idempotent_tools
@@ -93,20 +101,33 @@ class Upstreams:
         stale = time.monotonic() - self._tools_fetched_at > TOOL_CACHE_TTL_S
         known = wanted <= self._tool_schemas.keys()
         if stale or not known:
-            if not self.breakers["tools"].allow():
-                return self._tool_schemas if known else None
             try:
-                response = await self.tools.ListTools(tools_pb2.ListToolsRequest(), timeout=METADATA_TIMEOUT_S)
+                pages = await self._list_tools()
+            except CircuitOpen:
+                return self._tool_schemas if known else None
             except grpc.aio.AioRpcError as error:
                 log.warning("ListTools failed", extra={"code": error.code().name, "detail": error.details()})
-                self.breakers["tools"].record(error.code(), f"ListTools {error.code().name}")
                 return None
-            self.breakers["tools"].record_success()
-            self._tool_schemas = {t.name: json.loads(t.parameters_json_schema) for t in response.tools}
-            self._idempotent_tools = frozenset(t.name for t in response.tools if t.idempotent)
-            self.unverifiable_tool_prefixes = tuple(p.tool_prefix for p in response.providers if not p.available)
+            tools = [tool for page in pages for tool in page.tools]
+            self._tool_schemas = {t.name: json.loads(t.parameters_json_schema) for t in tools}
+            self._idempotent_tools = frozenset(t.name for t in tools if t.idempotent)
+            self.unverifiable_tool_prefixes = tuple(p.tool_prefix for p in pages[0].providers if not p.available)
             self._tools_fetched_at = time.monotonic()
         return self._tool_schemas
+
+    async def _list_tools(self) -> list[tools_pb2.ListToolsResponse]:
+        """Every page of ListTools (the providers come with the first), each call under the tools guard."""
+        pages: list[tools_pb2.ListToolsResponse] = []
+        token = ""
+        while len(pages) < MAX_TOOL_PAGES:
+            async for attempt in self.guard("tools").attempts(None, "ListTools"):
+                with attempt:
+                    request = tools_pb2.ListToolsRequest(page_token=token)
+                    pages.append(await self.tools.ListTools(request, timeout=METADATA_TIMEOUT_S))
+            token = pages[-1].next_page_token
+            if not token:
+                break
+        return pages
 
     async def context_length(self) -> int:
         """The model's context length, asked once."""

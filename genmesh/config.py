@@ -91,6 +91,16 @@ def add_server_flags(parser: argparse.ArgumentParser, service: str, default_port
     return flags
 
 
+def parse_bool(text: str) -> bool:
+    """A boolean flag or environment value: 1/true/yes/on or 0/false/no/off (any case; empty is false)."""
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"not a boolean: {text!r}")
+
+
 def parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
     """Parse ``argv`` (sys.argv when None)."""
     return parser.parse_args(argv)

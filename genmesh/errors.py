@@ -5,7 +5,29 @@ Domain code (engine, index, tool registry) raises these and never imports grpc.
 
 from __future__ import annotations
 
+import enum
+from collections.abc import Mapping
 from dataclasses import dataclass
+
+
+class Reason(enum.StrEnum):
+    """Why a call failed, for clients to branch on: the google.rpc.ErrorInfo reason (docs/CONTRACTS.md lists them)."""
+
+    INVALID_FIELD = "INVALID_FIELD"
+    NOT_FOUND = "NOT_FOUND"
+    JOB_NOT_FOUND = "JOB_NOT_FOUND"
+    #: RESOURCE_EXHAUSTED without a more specific cause.
+    OVERLOADED = "OVERLOADED"
+    #: The gateway already runs --max-streams Generate streams.
+    GATEWAY_STREAM_LIMIT = "GATEWAY_STREAM_LIMIT"
+    #: The inference service's waiting queue holds --max-waiting generations.
+    INFERENCE_QUEUE_FULL = "INFERENCE_QUEUE_FULL"
+    #: The job queue holds --job-queue-max jobs.
+    JOB_QUEUE_FULL = "JOB_QUEUE_FULL"
+    TIMED_OUT = "TIMED_OUT"
+    UNAVAILABLE = "UNAVAILABLE"
+    FAILED_PRECONDITION = "FAILED_PRECONDITION"
+    CANCELLED = "CANCELLED"
 
 
 @dataclass(frozen=True, slots=True)
@@ -17,15 +39,26 @@ class FieldViolation:
 
 
 class GenmeshError(Exception):
-    """Base of every error genmesh reports to a client."""
+    """Base of every error genmesh reports to a client.
 
-    def __init__(self, message: str) -> None:
+    ``reason`` (the class's default unless given) and ``metadata`` travel as the status's ErrorInfo; an error
+    whose class sets no reason reports its status code's name.
+    """
+
+    reason: str = ""
+
+    def __init__(self, message: str, *, reason: str = "", metadata: Mapping[str, str] | None = None) -> None:
         super().__init__(message)
         self.message = message
+        if reason:
+            self.reason = reason
+        self.metadata = dict(metadata or {})
 
 
 class InvalidArgument(GenmeshError):
     """The client sent a bad request; carries the offending fields."""
+
+    reason = Reason.INVALID_FIELD
 
     def __init__(self, violations: list[FieldViolation] | FieldViolation) -> None:
         self.violations = [violations] if isinstance(violations, FieldViolation) else list(violations)
@@ -46,26 +79,53 @@ class InvalidArgument(GenmeshError):
 class NotFound(GenmeshError):
     """A named thing (tool, collection, request id, job) does not exist."""
 
+    reason = Reason.NOT_FOUND
+
 
 class ResourceExhausted(GenmeshError):
     """A bounded queue or cap is full; the client may retry after ``retry_after_s``."""
 
-    def __init__(self, message: str, retry_after_s: float = 1.0) -> None:
-        super().__init__(message)
+    reason = Reason.OVERLOADED
+
+    def __init__(
+        self,
+        message: str,
+        retry_after_s: float = 1.0,
+        *,
+        reason: str = "",
+        metadata: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message, reason=reason, metadata=metadata)
         self.retry_after_s = retry_after_s
 
 
 class DeadlineExceeded(GenmeshError):
     """The work did not finish within its deadline or budget."""
 
+    reason = Reason.TIMED_OUT
+
 
 class Unavailable(GenmeshError):
     """A dependency cannot be reached right now; retrying later may succeed."""
+
+    reason = Reason.UNAVAILABLE
 
 
 class FailedPrecondition(GenmeshError):
     """The system is not in a state that allows the operation (e.g. not ready yet)."""
 
+    reason = Reason.FAILED_PRECONDITION
+
 
 class Cancelled(GenmeshError):
     """The operation was cancelled by its caller or by an Abort."""
+
+    reason = Reason.CANCELLED
+
+
+class UpstreamError(GenmeshError):
+    """An upstream failure with a status genmesh has no class for, passed on with its numeric google.rpc.Code."""
+
+    def __init__(self, code_value: int, message: str) -> None:
+        super().__init__(message)
+        self.code_value = code_value

@@ -12,11 +12,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, cast
 
 import grpc
+from grpc_status import rpc_status
 
-from genmesh.errors import GenmeshError, InvalidArgument
+from genmesh.errors import GenmeshError, InvalidArgument, UpstreamError
 from genmesh.faults import FaultInjector
 from genmesh.logs import REQUEST_ID
-from genmesh.status import UpstreamError, status_code_of, to_rpc_status
+from genmesh.status import code_value, status_code_of, status_message, to_rpc_status
 
 log = logging.getLogger("genmesh.rpc")
 
@@ -76,7 +77,7 @@ class _Call:
             if decision.delay_s:
                 await asyncio.sleep(decision.delay_s)
             if decision.abort is not None:
-                raise UpstreamError(decision.abort, f"injected fault on {self.method}")
+                raise UpstreamError(code_value(decision.abort), f"injected fault on {self.method}")
 
     async def fail(self, error: BaseException) -> None:
         """Turn an exception into the RPC's status; re-raises what grpc must see."""
@@ -94,7 +95,10 @@ class _Call:
             raise error
         self.code = grpc.StatusCode.INTERNAL
         log.exception("unhandled error in %s", self.method)
-        await self.context.abort(grpc.StatusCode.INTERNAL, f"internal error (request_id={self.request_id})")
+        status = rpc_status.to_status(
+            status_message(grpc.StatusCode.INTERNAL, f"internal error (request_id={self.request_id})")
+        )
+        await self.context.abort(status.code, status.details, status.trailing_metadata)
 
     def end(self) -> None:
         duration_ms = (time.perf_counter() - self.start) * 1000.0

@@ -20,6 +20,9 @@ RETRIEVAL = ServiceSpec("retrieval", "services.retrieval.server", 50052, "genmes
 TOOLS = ServiceSpec("tools", "services.tools.server", 50053, "genmesh.v1.ToolsService")
 INFERENCE = ServiceSpec("inference", "services.inference.server", 50054, "genmesh.v1.InferenceService")
 
+#: The collection searched when a request names none: the one `--seed-demo` fills with the Python reference.
+DEFAULT_COLLECTION = "python-reference"
+
 #: Start order: upstreams first, the gateway last.
 SERVICES: tuple[ServiceSpec, ...] = (RETRIEVAL, TOOLS, INFERENCE, GATEWAY)
 BY_NAME: dict[str, ServiceSpec] = {spec.name: spec for spec in SERVICES}

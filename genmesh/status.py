@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
+
 import grpc
 from google.protobuf import any_pb2, duration_pb2
+from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from genmesh import errors
+
+ERROR_DOMAIN = "genmesh.dev"
+"""The google.rpc.ErrorInfo domain of every genmesh error."""
 
 _CODES: dict[type[errors.GenmeshError], grpc.StatusCode] = {
     errors.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
@@ -22,8 +28,8 @@ _CODES: dict[type[errors.GenmeshError], grpc.StatusCode] = {
 
 def status_code_of(error: errors.GenmeshError) -> grpc.StatusCode:
     """The gRPC code for a genmesh error (its nearest mapped ancestor; FAILED_PRECONDITION otherwise)."""
-    if isinstance(error, UpstreamError):
-        return error.code
+    if isinstance(error, errors.UpstreamError):
+        return code_of_value(error.code_value)
     for cls in type(error).__mro__:
         if cls in _CODES:
             return _CODES[cls]
@@ -31,9 +37,15 @@ def status_code_of(error: errors.GenmeshError) -> grpc.StatusCode:
 
 
 def to_rpc_status(error: errors.GenmeshError) -> grpc.Status:
-    """A gRPC status carrying BadRequest or RetryInfo details where the error has them."""
+    """The gRPC status of a genmesh error, with the details of ``status_of``."""
+    return rpc_status.to_status(status_of(error))
+
+
+def status_of(error: errors.GenmeshError) -> status_pb2.Status:
+    """The google.rpc.Status of a genmesh error: its code and message, an ErrorInfo, and BadRequest or RetryInfo
+    where the error has them. In-band errors (ToolError, Degraded, JobError) carry it as their ``status``."""
     code = status_code_of(error)
-    details: list[any_pb2.Any] = []
+    details = [_pack(_error_info(code, error.reason, error.metadata))]
     if isinstance(error, errors.InvalidArgument):
         bad = error_details_pb2.BadRequest(
             field_violations=[
@@ -46,14 +58,45 @@ def to_rpc_status(error: errors.GenmeshError) -> grpc.Status:
         delay = duration_pb2.Duration()
         delay.FromMilliseconds(int(error.retry_after_s * 1000))
         details.append(_pack(error_details_pb2.RetryInfo(retry_delay=delay)))
-    status = status_pb2.Status(code=code.value[0], message=error.message, details=details)
-    return rpc_status.to_status(status)
+    return status_pb2.Status(code=code_value(code), message=error.message, details=details)
 
 
-def _pack(message: error_details_pb2.BadRequest | error_details_pb2.RetryInfo) -> any_pb2.Any:
+def status_message(
+    code: grpc.StatusCode, message: str, reason: str = "", metadata: Mapping[str, str] | None = None
+) -> status_pb2.Status:
+    """A google.rpc.Status for an error known only by its code and message (a stage's Degraded event, a ToolError
+    the gateway makes): the two, plus an ErrorInfo whose reason defaults to that of the code's error class."""
+    return status_pb2.Status(
+        code=code_value(code), message=message, details=[_pack(_error_info(code, reason, metadata or {}))]
+    )
+
+
+def _error_info(code: grpc.StatusCode, reason: str, metadata: Mapping[str, str]) -> error_details_pb2.ErrorInfo:
+    """An ErrorInfo whose reason defaults to that of the code's error class (to the code's name when none)."""
+    default = next((cls.reason for cls, mapped in _CODES.items() if mapped == code), code.name)
+    return error_details_pb2.ErrorInfo(reason=str(reason or default), domain=ERROR_DOMAIN, metadata=metadata)
+
+
+def _pack(message: Message) -> any_pb2.Any:
     packed = any_pb2.Any()
     packed.Pack(message)
     return packed
+
+
+def error_info(error: grpc.aio.AioRpcError | grpc.RpcError) -> error_details_pb2.ErrorInfo | None:
+    """The ErrorInfo carried by a failed call, if any."""
+    status = rpc_status.from_call(error)
+    return None if status is None else error_info_of(status)
+
+
+def error_info_of(status: status_pb2.Status) -> error_details_pb2.ErrorInfo | None:
+    """The ErrorInfo among a google.rpc.Status's details, if any."""
+    for detail in status.details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            return info
+    return None
 
 
 def code_value(code: grpc.StatusCode) -> int:
@@ -89,20 +132,30 @@ def retry_delay_s(error: grpc.aio.AioRpcError | grpc.RpcError) -> float | None:
     return None
 
 
-def from_rpc_error(error: grpc.aio.AioRpcError, field_prefix: str = "") -> errors.GenmeshError:
-    """Rebuild a genmesh error from an upstream failure, so a hop can pass it on faithfully.
+def from_rpc_error(error: grpc.aio.AioRpcError, rename: Callable[[str], str] | None = None) -> errors.GenmeshError:
+    """Rebuild a genmesh error from an upstream failure, so a hop can pass it on faithfully (with the
+    upstream's ErrorInfo reason and metadata).
 
-    Field paths are placed under ``field_prefix`` when one is given.
+    ``rename`` maps the upstream request's field paths (``prompt``, ``calls[2].name``) to the caller's own
+    (``question``, ``tool_calls[2].name``), so that a client is told which of *its* fields is wrong.
     """
     code = error.code()
     message = error.details() or code.name
+    rebuilt: errors.GenmeshError
     if code == grpc.StatusCode.INVALID_ARGUMENT:
-        violations = field_violations(error) or [errors.FieldViolation(field_prefix or "request", message)]
-        invalid = errors.InvalidArgument(violations)
-        return invalid.prefixed(field_prefix) if field_prefix else invalid
-    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
-        return errors.ResourceExhausted(message, retry_delay_s(error) or 1.0)
-    return error_for_code(code, message)
+        violations = field_violations(error) or [errors.FieldViolation("request", message)]
+        if rename is not None:
+            violations = [errors.FieldViolation(rename(v.field), v.description) for v in violations]
+        rebuilt = errors.InvalidArgument(violations)
+    elif code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        rebuilt = errors.ResourceExhausted(message, retry_delay_s(error) or 1.0)
+    else:
+        rebuilt = error_for_code(code, message)
+    info = error_info(error)
+    if info is not None and info.domain == ERROR_DOMAIN:  # the upstream's own reason, e.g. INFERENCE_QUEUE_FULL
+        rebuilt.reason = info.reason
+        rebuilt.metadata = dict(info.metadata)
+    return rebuilt
 
 
 def error_for_code(code: grpc.StatusCode, message: str) -> errors.GenmeshError:
@@ -112,7 +165,7 @@ def error_for_code(code: grpc.StatusCode, message: str) -> errors.GenmeshError:
     for cls, mapped in _CODES.items():
         if mapped == code:
             return cls(message)
-    return UpstreamError(code, message)
+    return errors.UpstreamError(code_value(code), message)
 
 
 def code_of_value(value: int) -> grpc.StatusCode:
@@ -120,22 +173,17 @@ def code_of_value(value: int) -> grpc.StatusCode:
     return next((code for code in grpc.StatusCode if code.value[0] == value), grpc.StatusCode.UNKNOWN)
 
 
-class UpstreamError(errors.GenmeshError):
-    """An upstream failure with a code genmesh has no class for; passed on with that code."""
-
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-
-
 __all__ = [
-    "UpstreamError",
     "code_of_value",
     "code_value",
     "error_for_code",
+    "error_info",
+    "error_info_of",
     "field_violations",
     "from_rpc_error",
     "retry_delay_s",
     "status_code_of",
+    "status_message",
+    "status_of",
     "to_rpc_status",
 ]

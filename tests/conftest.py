@@ -10,7 +10,7 @@ import pytest
 import pytest_asyncio
 
 from genmesh.channels import open_channel
-from genmesh.launcher import Mesh, start_mesh
+from genmesh.cli.launcher import Mesh, start_mesh
 from genmesh.v1 import gateway_pb2_grpc, inference_pb2_grpc, retrieval_pb2_grpc, tools_pb2_grpc
 
 

@@ -15,8 +15,6 @@ DEFAULT_CHUNK_OVERLAP = 160
 MIN_CHUNK_SIZE = 32
 MAX_CHUNK_SIZE = 100_000
 PYTHON_REFERENCE_SOURCE = "pydoc_data.topics"
-DEMO_COLLECTION = "python-reference"
-"""The collection the demo corpus (Python's language reference) is loaded into."""
 TEXT_SUFFIXES = (".txt", ".md")
 """The files ``load_folder`` reads."""
 

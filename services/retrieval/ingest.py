@@ -5,16 +5,15 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Protocol
 
+from genmesh.mesh import DEFAULT_COLLECTION
 from services.retrieval.catalog import IngestRecord
-from services.retrieval.corpus import DEMO_COLLECTION, Chunk, Document, chunk_document, load_python_reference
+from services.retrieval.corpus import Chunk, Document, chunk_document, load_python_reference
+from services.retrieval.documents import WriteOutcome
 from services.retrieval.validation import check_documents
 
-if TYPE_CHECKING:
-    from services.retrieval.retriever import Retriever
-
-DEMO_INGEST_ID = "demo:python-reference"
+DEMO_INGEST_ID = f"demo:{DEFAULT_COLLECTION}"
 """The ingest id the demo corpus is loaded under (so an interrupted seeding resumes)."""
 
 
@@ -36,6 +35,39 @@ class UpsertResult:
     chunks: int
 
 
+class IngestSettings(Protocol):
+    """How an ingest chunks and how many chunks it commits at once (a RetrieverConfig)."""
+
+    @property
+    def chunk_size(self) -> int:
+        """Window length of a chunk, in characters."""
+
+    @property
+    def chunk_overlap(self) -> int:
+        """Characters two neighbouring chunks share."""
+
+    @property
+    def ingest_batch_chunks(self) -> int:
+        """Pending chunks that trigger a commit."""
+
+
+class IngestTarget(Protocol):
+    """The store an ingest commits to (the Retriever)."""
+
+    @property
+    def config(self) -> IngestSettings:
+        """Its chunking and batching."""
+
+    async def recorded_progress(self, ingest_id: str) -> IngestRecord | None:
+        """What an ingest committed so far, if it ever committed."""
+
+    async def store(self, collection: str, prepared: Sequence[Prepared], progress: IngestRecord | None) -> WriteOutcome:
+        """Encode and commit ``prepared`` (with ``progress``) in one transaction."""
+
+    def ingest(self, collection: str, ingest_id: str | None = None, resume: bool = False) -> IngestSession:
+        """A bulk load into ``collection``."""
+
+
 async def prepare(documents: Sequence[Document], size: int, overlap: int) -> list[Prepared]:
     """Chunk ``documents`` (in a worker thread)."""
 
@@ -55,10 +87,10 @@ class IngestSession:
     abandoned are simply not stored.
     """
 
-    def __init__(self, retriever: Retriever, collection: str, ingest_id: str | None, resume: bool) -> None:
+    def __init__(self, target: IngestTarget, collection: str, ingest_id: str | None, resume: bool) -> None:
         self.collection = collection
         self.ingest_id = ingest_id
-        self._retriever = retriever
+        self._target = target
         self._resume = resume
         self._pending: dict[str, Prepared] = {}
         self._pending_chunks = 0
@@ -79,7 +111,7 @@ class IngestSession:
             return
         self._started = True
         if self._resume and self.ingest_id:
-            record = await self._retriever.recorded_progress(self.ingest_id)
+            record = await self._target.recorded_progress(self.ingest_id)
             if record is not None:
                 self._documents, self._chunks, self._last = record.documents, record.chunks, record.last_document_id
 
@@ -89,7 +121,7 @@ class IngestSession:
         if not documents:
             return
         check_documents(documents, path)
-        config = self._retriever.config
+        config = self._target.config
         for p in await prepare(documents, config.chunk_size, config.chunk_overlap):
             earlier = self._pending.pop(p.document.doc_id, None)  # the later version of a repeated id wins
             if earlier is not None:
@@ -110,7 +142,7 @@ class IngestSession:
             record = IngestRecord(self.ingest_id, self.collection, self._documents, chunks, self._last, completed)
         if not prepared and record is None:
             return
-        outcome = await self._retriever.store(self.collection, prepared, record)
+        outcome = await self._target.store(self.collection, prepared, record)
         self._pending.clear()
         self._pending_chunks = 0
         self._chunks = chunks
@@ -124,7 +156,7 @@ class IngestSession:
 
     async def commit_prepared(self, prepared: Sequence[Prepared]) -> UpsertResult:
         """Store already-checked documents in one transaction (the unary Upsert)."""
-        outcome = await self._retriever.store(self.collection, prepared, None)
+        outcome = await self._target.store(self.collection, prepared, None)
         return UpsertResult(self.collection, outcome.documents, outcome.replaced, outcome.chunks)
 
     @property
@@ -133,8 +165,8 @@ class IngestSession:
         return self._replaced
 
 
-async def seed_demo(retriever: Retriever, progress: Callable[[IngestRecord], None] | None = None) -> bool:
-    """Load the Python language reference into ``python-reference`` unless a previous seeding completed.
+async def seed_demo(retriever: IngestTarget, progress: Callable[[IngestRecord], None] | None = None) -> bool:
+    """Load the Python language reference into the default collection unless a previous seeding completed.
 
     An interrupted seeding resumes where it stopped. Returns whether anything was loaded.
     """
@@ -143,7 +175,7 @@ async def seed_demo(retriever: Retriever, progress: Callable[[IngestRecord], Non
         return False
     docs = await asyncio.to_thread(load_python_reference)
     done = record.documents if record is not None else 0
-    session = retriever.ingest(DEMO_COLLECTION, DEMO_INGEST_ID, resume=True)
+    session = retriever.ingest(DEFAULT_COLLECTION, DEMO_INGEST_ID, resume=True)
     await session.start()
     for start in range(done, len(docs), 8):
         await session.add(docs[start : start + 8])

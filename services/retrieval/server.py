@@ -12,12 +12,12 @@ from pathlib import Path
 import grpc
 
 from genmesh import mesh
-from genmesh.config import add_server_flags, parse
+from genmesh.config import add_server_flags, parse, parse_bool
 from genmesh.errors import FieldViolation, InvalidArgument, Unavailable
 from genmesh.server import run
 from genmesh.v1 import common_pb2, retrieval_pb2, retrieval_pb2_grpc
 from services.retrieval.catalog import IngestRecord
-from services.retrieval.corpus import DEFAULT_CHUNK_OVERLAP, DEFAULT_CHUNK_SIZE, DEMO_COLLECTION, Document
+from services.retrieval.corpus import DEFAULT_CHUNK_OVERLAP, DEFAULT_CHUNK_SIZE, Document
 from services.retrieval.embedder import PRECISIONS, SentenceTransformerEmbedder, default_model_path
 from services.retrieval.ingest import seed_demo
 from services.retrieval.retriever import Retriever, RetrieverConfig
@@ -64,7 +64,7 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServiceServicer):
             request.text,
             request.top_k if request.HasField("top_k") else DEFAULT_TOP_K,
             _MODES.get(request.mode),
-            request.collection or DEMO_COLLECTION,
+            request.collection or mesh.DEFAULT_COLLECTION,
             dict(request.filters),
             request.min_score if request.HasField("min_score") else None,
         )
@@ -200,7 +200,10 @@ class RetrievalService:
             if await seed_demo(retriever, report):
                 log.info(
                     "demo collection seeded",
-                    extra={"collection": DEMO_COLLECTION, "duration_s": round(time.perf_counter() - started, 1)},
+                    extra={
+                        "collection": mesh.DEFAULT_COLLECTION,
+                        "duration_s": round(time.perf_counter() - started, 1),
+                    },
                 )
         self._retriever = retriever
         log.info("store open", extra={"data_dir": str(config.data_dir), "batch_window_ms": config.batch_window_ms})
@@ -210,15 +213,6 @@ class RetrievalService:
         if self._opened is not None:
             await self._opened.close()
             self._opened = None
-
-
-def _flag(value: str) -> bool:
-    lowered = value.strip().lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off", ""):
-        return False
-    raise ValueError(f"not a boolean: {value!r}")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -240,7 +234,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     flags.add("--max-batch", type=int, default=64, help="most queries encoded in one forward pass")
     flags.add("--read-threads", type=int, default=4, help="threads that run searches")
     flags.add(
-        "--seed-demo", type=_flag, default=False, nargs="?", const=True, help="load the demo collection if absent"
+        "--seed-demo", type=parse_bool, default=False, nargs="?", const=True, help="load the demo collection if absent"
     )
     args = parse(parser, argv)
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)

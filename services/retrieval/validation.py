@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from genmesh.errors import FieldViolation, InvalidArgument
+from genmesh.mesh import DEFAULT_COLLECTION
 from services.retrieval.corpus import Document
 
 DEFAULT_TOP_K = 4
@@ -44,7 +45,7 @@ class QueryParams:
     text: str
     top_k: int = DEFAULT_TOP_K
     mode: SearchMode = SearchMode.HYBRID
-    collection: str = "python-reference"
+    collection: str = DEFAULT_COLLECTION
     filters: Mapping[str, str] = field(default_factory=dict)
     min_score: float | None = None
 
@@ -75,7 +76,7 @@ def check_query(
     text: str,
     top_k: int = DEFAULT_TOP_K,
     mode: SearchMode | str | None = SearchMode.HYBRID,
-    collection: str = "python-reference",
+    collection: str = DEFAULT_COLLECTION,
     filters: Mapping[str, str] | None = None,
     min_score: float | None = None,
 ) -> QueryParams:

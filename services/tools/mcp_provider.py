@@ -26,7 +26,7 @@ from mcp_types.jsonrpc import CONNECTION_CLOSED
 from genmesh.errors import InvalidArgument, Unavailable
 from genmesh.schema import check_schema
 from genmesh.tasks import cancel_and_wait
-from services.tools.registry import DEFAULT_TOOL_TIMEOUT_S, MAX_ERROR_CHARS, Tool, ToolFailed
+from services.tools.tool import DEFAULT_TOOL_TIMEOUT_S, MAX_ERROR_CHARS, Tool, ToolFailed
 
 log = logging.getLogger("genmesh.tools")
 

@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterable, Sequence
 from importlib.metadata import entry_points
 from typing import Any, Literal, TypeVar, get_args, get_origin, overload
 
-from services.tools.registry import DEFAULT_TOOL_TIMEOUT_S, Tool, ToolHandler
+from services.tools.tool import DEFAULT_TOOL_TIMEOUT_S, Tool, ToolHandler
 
 log = logging.getLogger("genmesh.tools")
 

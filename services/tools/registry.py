@@ -3,86 +3,26 @@
 from __future__ import annotations
 
 import asyncio
-import builtins
 import contextvars
 import inspect
 import json
 import math
-import re
 import time
-from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from genmesh.errors import DeadlineExceeded, GenmeshError, InvalidArgument, NotFound, Unavailable
 from genmesh.schema import check_schema, validate_arguments
+from services.tools.builtin.calculator import calculator_tool
+from services.tools.builtin.clock import clock_tool
+from services.tools.builtin.text_stats import text_stats_tool
+from services.tools.builtin.unit_convert import unit_convert_tool
+from services.tools.tool import MAX_ERROR_CHARS, Tool, ToolFailed, call_deadline
 
-ToolHandler = Callable[[dict[str, Any]], Awaitable[Any]] | Callable[[dict[str, Any]], Any]
-"""Takes the validated arguments; returns a JSON-serialisable value (or an awaitable of one)."""
-
-DEFAULT_TOOL_TIMEOUT_S = 10.0
 DEFAULT_MAX_WORKERS = 4
 MAX_RESULT_BYTES = 1024 * 1024
 """Largest JSON result a tool may return, in UTF-8 bytes."""
-MAX_ERROR_CHARS = 500
-_TOOL_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
-_DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar("genmesh_tool_deadline", default=None)
-
-
-def time_remaining() -> float | None:
-    """Seconds left to the tool call running in this context (None outside one).
-
-    A handler that calls another service passes this on as that call's timeout.
-    """
-    deadline = _DEADLINE.get()
-    return None if deadline is None else max(0.0, deadline - time.monotonic())
-
-
-class ToolFailed(GenmeshError):
-    """A tool's handler raised an unexpected exception (not a genmesh error) or returned an unusable value.
-
-    The request was valid and the tool exists, but the tool could not complete; the transport layer maps
-    this to FAILED_PRECONDITION/ABORTED (never INTERNAL), with ``error_type`` as a detail.
-    """
-
-    def __init__(self, tool: str, message: str, error_type: str = "") -> None:
-        super().__init__(message)
-        self.tool = tool
-        self.error_type = error_type
-
-
-@dataclass(slots=True)
-class Tool:
-    """A callable tool in the OpenAI function-calling shape.
-
-    ``parameters`` is a JSON Schema (``{"type": "object", "properties": ..., "required": [...],
-    "additionalProperties": false}``). ``handler`` receives the validated arguments. It may be async (run on
-    the event loop), sync with ``blocking=True`` (run in the registry's thread pool) or sync and fast with
-    ``blocking=False`` (run inline on the loop, where no timeout can interrupt it). A handler reports bad
-    arguments with InvalidArgument whose fields are relative to the arguments object (``expression``);
-    the registry places them under the caller's prefix.
-    """
-
-    name: str
-    description: str
-    parameters: dict[str, Any]
-    handler: ToolHandler
-    timeout_s: float = DEFAULT_TOOL_TIMEOUT_S
-    idempotent: bool = False
-    blocking: bool = False
-    source: str = "builtin"
-    """Where the tool comes from: ``builtin``, ``plugin`` or ``mcp:<server>``."""
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.name, str) or not _TOOL_NAME.fullmatch(self.name):
-            raise ValueError(f"tool name must be 1-64 characters of [A-Za-z0-9_-], got {self.name!r}")
-        if not callable(self.handler):
-            raise ValueError(f"tool {self.name!r}: handler must be callable")
-        if not isinstance(self.timeout_s, int | float) or not math.isfinite(self.timeout_s) or self.timeout_s <= 0:
-            raise ValueError(f"tool {self.name!r}: timeout_s must be a finite number > 0, got {self.timeout_s!r}")
-        if self.blocking and inspect.iscoroutinefunction(self.handler):
-            raise ValueError(f"tool {self.name!r}: a blocking handler must be a plain function, not async")
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,7 +62,7 @@ class ToolProvider(Protocol):
     def last_error(self) -> str:
         """Its last failure, empty when none."""
 
-    def tools(self) -> builtins.list[Tool]:
+    def tools(self) -> list[Tool]:
         """Its tools as last listed (kept while it is down, so that their schemas stay known)."""
 
     def lookup(self, name: str) -> Tool | None:
@@ -143,7 +83,7 @@ class ToolRegistry:
             raise ValueError(f"max_workers must be an integer >= 1, got {max_workers!r}")
         self.max_workers = max_workers
         self._tools: dict[str, Tool] = {}
-        self._providers: builtins.list[ToolProvider] = []
+        self._providers: list[ToolProvider] = []
         self._executor = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="genmesh-tool")
         self._closed = False
 
@@ -182,9 +122,9 @@ class ToolRegistry:
             raise ValueError(f"{provider.name}: tool {clash!r} is already registered under {provider.prefix!r}")
         self._providers.append(provider)
 
-    def providers(self) -> builtins.list[ToolProvider]:
+    def providers(self) -> list[ToolProvider]:
         """The providers, in the order they were added."""
-        return builtins.list(self._providers)
+        return list(self._providers)
 
     def _provider_of(self, name: str) -> ToolProvider | None:
         return next((p for p in self._providers if name.startswith(p.prefix)), None)
@@ -200,7 +140,7 @@ class ToolRegistry:
             raise NotFound(f"tool {name!r} does not exist")
         return tool
 
-    def list(self) -> builtins.list[Tool]:
+    def tools(self) -> list[Tool]:
         """All tools: registered ones in registration order, then each provider's."""
         return [*self._tools.values(), *(tool for provider in self._providers for tool in provider.tools())]
 
@@ -237,22 +177,20 @@ class ToolRegistry:
             raise Unavailable(f"tool {name!r} is unavailable: its provider is down")
         started = time.monotonic()
         timer = asyncio.timeout(budget)
-        token = _DEADLINE.set(started + budget)
-        try:
-            async with timer:
-                value = await self._run(tool, arguments)
-        except TimeoutError as error:
-            if timer.expired():
-                raise DeadlineExceeded(f"tool {name!r} did not finish within {budget:g} s") from None
-            raise self._failed(tool, error) from error
-        except InvalidArgument as error:
-            raise error.prefixed(field_prefix) from None
-        except GenmeshError:
-            raise
-        except Exception as error:
-            raise self._failed(tool, error) from error
-        finally:
-            _DEADLINE.reset(token)
+        with call_deadline(started + budget):
+            try:
+                async with timer:
+                    value = await self._run(tool, arguments)
+            except TimeoutError as error:
+                if timer.expired():
+                    raise DeadlineExceeded(f"tool {name!r} did not finish within {budget:g} s") from None
+                raise self._failed(tool, error) from error
+            except InvalidArgument as error:
+                raise error.prefixed(field_prefix) from None
+            except GenmeshError:
+                raise
+            except Exception as error:
+                raise self._failed(tool, error) from error
         finished = time.monotonic()
         return InvocationResult(tool.name, self._serialise(tool, value), started, finished)
 
@@ -290,12 +228,6 @@ class ToolRegistry:
 def default_registry(max_workers: int = DEFAULT_MAX_WORKERS) -> ToolRegistry:
     """A registry holding the self-contained built-in tools: ``calculator``, ``clock``, ``unit_convert``
     and ``text_stats`` (``search_docs`` needs a retrieval client; the service adds it)."""
-    # The built-ins import Tool from this module, so they are imported here rather than at the top.
-    from services.tools.calculator import calculator_tool
-    from services.tools.clock import clock_tool
-    from services.tools.text_stats import text_stats_tool
-    from services.tools.unit_convert import unit_convert_tool
-
     registry = ToolRegistry(max_workers=max_workers)
     for tool in (calculator_tool(), clock_tool(), unit_convert_tool(), text_stats_tool()):
         registry.register(tool)

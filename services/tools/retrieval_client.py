@@ -9,7 +9,7 @@ from genmesh.errors import DeadlineExceeded, GenmeshError, InvalidArgument, Unav
 from genmesh.logs import REQUEST_ID
 from genmesh.status import from_rpc_error
 from genmesh.v1 import retrieval_pb2, retrieval_pb2_grpc
-from services.tools.search_docs import FoundPassage
+from services.tools.builtin.search_docs import FoundPassage
 
 _RENAMES = {"text": "query", "top_k": "top_k", "collection": "collection"}
 

@@ -13,23 +13,23 @@ from dataclasses import dataclass
 import grpc
 
 from genmesh import mesh
-from genmesh.config import add_server_flags, parse
+from genmesh.config import add_server_flags, parse, parse_bool
+from genmesh.deadlines import DEADLINE_MARGIN_S
 from genmesh.errors import FieldViolation, GenmeshError, InvalidArgument
+from genmesh.limits import MAX_CALL_ID_CHARS
+from genmesh.paging import check_page_size, decode_page_token, encode_page_token, fitting
 from genmesh.server import run
-from genmesh.status import code_value, status_code_of
+from genmesh.status import code_value, status_code_of, status_message, status_of
 from genmesh.v1 import common_pb2, tools_pb2, tools_pb2_grpc
+from services.tools.builtin.search_docs import search_docs_tool
 from services.tools.fanout import DEFAULT_MAX_CONCURRENCY, MAX_CALLS, CallOutcome, CallSpec, invoke_many
 from services.tools.mcp_provider import McpProvider, McpServerConfig, parse_mcp_server
 from services.tools.plugins import load_entry_points, load_spec
-from services.tools.registry import DEFAULT_MAX_WORKERS, DEFAULT_TOOL_TIMEOUT_S, ToolRegistry, default_registry
+from services.tools.registry import DEFAULT_MAX_WORKERS, ToolRegistry, default_registry
 from services.tools.retrieval_client import RetrievalSearcher
-from services.tools.search_docs import search_docs_tool
+from services.tools.tool import DEFAULT_TOOL_TIMEOUT_S
 
 log = logging.getLogger("genmesh.tools")
-
-# An InvokeMany whose only budget is the RPC's deadline ends its calls this much earlier, so that their
-# DEADLINE_EXCEEDED results still reach the client before the stream itself runs out of time.
-DEADLINE_MARGIN_S = 0.05
 
 
 class ToolsServicer(tools_pb2_grpc.ToolsServiceServicer):
@@ -42,20 +42,15 @@ class ToolsServicer(tools_pb2_grpc.ToolsServiceServicer):
     async def ListTools(
         self, request: tools_pb2.ListToolsRequest, context: grpc.aio.ServicerContext
     ) -> tools_pb2.ListToolsResponse:
-        return tools_pb2.ListToolsResponse(
-            tools=[
-                tools_pb2.ToolSpec(
-                    name=t.name,
-                    description=t.description,
-                    parameters_json_schema=json.dumps(t.parameters),
-                    timeout_ms=int(t.timeout_s * 1000),
-                    idempotent=t.idempotent,
-                    source=t.source,
-                    available=self._registry.is_available(t),
-                )
-                for t in self._registry.list()
-            ],
-            providers=[
+        check_page_size(request.page_size)
+        # By name, so that a page token (the last name sent) survives tools coming and going.
+        tools = sorted(self._registry.tools(), key=lambda tool: tool.name)
+        response = tools_pb2.ListToolsResponse()
+        if request.page_token:
+            (after,) = decode_page_token(request.page_token, "tools", 1)
+            tools = [t for t in tools if t.name > after]
+        else:
+            response.providers.extend(
                 tools_pb2.ToolProvider(
                     name=p.name,
                     tool_prefix=p.prefix,
@@ -64,8 +59,24 @@ class ToolsServicer(tools_pb2_grpc.ToolsServiceServicer):
                     last_error=p.last_error,
                 )
                 for p in self._registry.providers()
-            ],
-        )
+            )
+        specs = [
+            tools_pb2.ToolSpec(
+                name=t.name,
+                description=t.description,
+                parameters_json_schema=json.dumps(t.parameters),
+                timeout_ms=int(t.timeout_s * 1000),
+                idempotent=t.idempotent,
+                source=t.source,
+                available=self._registry.is_available(t),
+            )
+            for t in tools[: request.page_size or len(tools)]
+        ]
+        count = fitting(specs, response.ByteSize())
+        response.tools.extend(specs[:count])
+        if count < len(tools):
+            response.next_page_token = encode_page_token("tools", specs[count - 1].name)
+        return response
 
     async def Invoke(
         self, request: tools_pb2.InvokeRequest, context: grpc.aio.ServicerContext
@@ -103,7 +114,7 @@ class ToolsServicer(tools_pb2_grpc.ToolsServiceServicer):
                 raise InvalidArgument.field("timeout_ms", "must be positive")
             budgets.append(request.timeout_ms / 1000.0)
         remaining = context.time_remaining()
-        if remaining is not None:
+        if remaining is not None:  # end early, so that DEADLINE_EXCEEDED results still reach the client
             budgets.append(max(0.0, remaining - DEADLINE_MARGIN_S))
         timeout_s = min(budgets) if budgets else None
 
@@ -128,18 +139,20 @@ def _plan_calls(request: tools_pb2.InvokeManyRequest) -> tuple[list[CallSpec], l
         raise InvalidArgument.field("calls", f"must hold at most {MAX_CALLS} calls, got {len(request.calls)}")
     specs: list[CallSpec] = []
     seen: dict[str, int] = {}
-    duplicates: list[FieldViolation] = []
+    bad_ids: list[FieldViolation] = []
     for i, call in enumerate(request.calls):
         call_id = call.call_id or str(i)
+        if len(call_id) > MAX_CALL_ID_CHARS:
+            bad_ids.append(FieldViolation(f"calls[{i}].call_id", f"must be at most {MAX_CALL_ID_CHARS} characters"))
         if call_id in seen:
-            duplicates.append(
+            bad_ids.append(
                 FieldViolation(f"calls[{i}].call_id", f"duplicate call id {call_id!r} (as calls[{seen[call_id]}])")
             )
         seen.setdefault(call_id, i)
         timeout_s = call.timeout_ms / 1000.0 if call.HasField("timeout_ms") else None
         specs.append(CallSpec(i, call_id, call.name, call.arguments_json, timeout_s))
-    if duplicates:
-        raise InvalidArgument(duplicates)
+    if bad_ids:
+        raise InvalidArgument(bad_ids)
     rejected = [
         CallOutcome(spec, None, InvalidArgument.field("timeout_ms", "must be positive"), 0.0, 0.0, 0.0)
         for spec in specs
@@ -162,10 +175,12 @@ def _response(outcome: CallOutcome) -> tools_pb2.InvokeManyResponse:
 
 def _tool_error(error: BaseException) -> common_pb2.ToolError:
     if not isinstance(error, GenmeshError):
-        return common_pb2.ToolError(
-            code=code_value(grpc.StatusCode.INTERNAL), message=f"internal error: {type(error).__name__}"
-        )
-    message = common_pb2.ToolError(code=code_value(status_code_of(error)), message=error.message)
+        text = f"internal error: {type(error).__name__}"
+        internal = grpc.StatusCode.INTERNAL
+        return common_pb2.ToolError(code=code_value(internal), message=text, status=status_message(internal, text))
+    # code, message and field_violations are deprecated in favour of status, and kept filled
+    code = code_value(status_code_of(error))
+    message = common_pb2.ToolError(code=code, message=error.message, status=status_of(error))
     if isinstance(error, InvalidArgument):
         message.field_violations.extend(
             common_pb2.FieldViolation(field=v.field, description=v.description) for v in error.violations
@@ -226,7 +241,7 @@ class ToolsService:
         for provider, up in zip(self._providers, ready, strict=True):
             if not up:
                 log.warning("MCP server not up yet", extra={"server": provider.name, "error": provider.last_error})
-        log.info("tools", extra={"tools": ",".join(t.name for t in self._registry.list())})
+        log.info("tools", extra={"tools": ",".join(t.name for t in self._registry.tools())})
 
     async def stop(self) -> None:
         for provider in self._providers:
@@ -255,7 +270,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     flags.add_repeated("--tools-module", metavar="MODULE[:ATTR]", help="load plugin tools from a module", separator=",")
     flags.add(
         "--plugin-entry-points",
-        type=_boolean,
+        type=parse_bool,
         default=True,
         help="load the plugins of the 'genmesh.tools' entry-point group (true/false)",
     )
@@ -282,15 +297,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     except ValueError as error:
         parser.error(str(error))
     run("tools", args, lambda: ToolsService(config))
-
-
-def _boolean(text: str) -> bool:
-    value = text.strip().lower()
-    if value in ("1", "true", "yes", "on"):
-        return True
-    if value in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(f"{text!r} is not a boolean")
 
 
 if __name__ == "__main__":

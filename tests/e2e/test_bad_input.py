@@ -6,7 +6,7 @@ import math
 
 import grpc
 import pytest
-from streams import collect, violated_fields
+from support.streams import collect, violated_fields
 
 from genmesh.v1 import (
     common_pb2,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from genmesh.launcher import Mesh
+from genmesh.cli.launcher import Mesh
 from genmesh.v1 import gateway_pb2, gateway_pb2_grpc, inference_pb2, inference_pb2_grpc
 
 

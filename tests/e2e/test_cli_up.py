@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from genmesh import mesh
-from genmesh.launcher import free_ports
+from genmesh.cli.launcher import free_ports
 
 
 async def test_up_demo_then_ctrl_c(tmp_path: Path) -> None:

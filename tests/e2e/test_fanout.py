@@ -6,10 +6,10 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest_asyncio
-from streams import collect
+from support.streams import collect
 
 from genmesh.channels import open_channel
-from genmesh.launcher import Mesh, start_mesh
+from genmesh.cli.launcher import Mesh, start_mesh
 from genmesh.v1 import gateway_pb2, gateway_pb2_grpc
 
 DELAY_MS = 300

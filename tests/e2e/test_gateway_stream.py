@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from streams import collect
+from support.streams import collect
 
 from genmesh.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc, inference_pb2, inference_pb2_grpc
 

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from genmesh.launcher import Mesh
+from genmesh.cli.launcher import Mesh
 
 GRPCURL = Path(sys.executable).parent / "grpcurl"
 

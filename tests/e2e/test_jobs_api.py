@@ -13,12 +13,12 @@ import grpc
 import pytest
 import pytest_asyncio
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from jobs_gateway import list_all, start_jobs_gateway, stop, wait_final, watch_all
-from streams import collect
+from support.jobs_gateway import list_all, start_jobs_gateway, stop, wait_final, watch_all
+from support.streams import collect
 
 from genmesh.channels import open_channel
+from genmesh.cli.launcher import Mesh, ServiceProcess
 from genmesh.health import check
-from genmesh.launcher import Mesh, ServiceProcess
 from genmesh.status import field_violations, retry_delay_s
 from genmesh.v1 import gateway_pb2, gateway_pb2_grpc, inference_pb2, inference_pb2_grpc, jobs_pb2, jobs_pb2_grpc
 

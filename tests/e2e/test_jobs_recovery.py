@@ -7,10 +7,10 @@ import time
 
 import grpc
 import pytest
-from jobs_gateway import FINAL, list_all, start_jobs_gateway, stop, wait_final, watch_all
+from support.jobs_gateway import FINAL, list_all, start_jobs_gateway, stop, wait_final, watch_all
 
 from genmesh.channels import open_channel
-from genmesh.launcher import Mesh
+from genmesh.cli.launcher import Mesh
 from genmesh.v1 import gateway_pb2, jobs_pb2, jobs_pb2_grpc
 
 JOBS = 50

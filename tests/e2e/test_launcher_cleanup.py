@@ -14,7 +14,7 @@ from genmesh import mesh
 SCRIPT = """
 import asyncio, sys
 from pathlib import Path
-from genmesh.launcher import start_mesh
+from genmesh.cli.launcher import start_mesh
 
 async def main():
     running = await start_mesh(log_dir=Path(sys.argv[1]), extra_args={"inference": ["--threads", "1"]})

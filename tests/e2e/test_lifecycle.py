@@ -11,8 +11,8 @@ import pytest
 
 from genmesh import mesh as topology
 from genmesh.channels import open_channel
+from genmesh.cli.launcher import free_port, free_ports, start_service, wait_ready
 from genmesh.health import check
-from genmesh.launcher import free_port, free_ports, start_service, wait_ready
 from genmesh.v1 import common_pb2, inference_pb2, inference_pb2_grpc
 
 

@@ -11,11 +11,11 @@ from pathlib import Path
 import grpc
 import pytest
 import pytest_asyncio
-from chaos import wait_for_lines
-from streams import collect
+from support.chaos import wait_for_lines
+from support.streams import collect
 
 from genmesh.channels import open_channel
-from genmesh.launcher import Mesh, start_mesh
+from genmesh.cli.launcher import Mesh, start_mesh
 from genmesh.v1 import gateway_pb2, gateway_pb2_grpc
 
 INFERENCE_DELAY_S = 3.0

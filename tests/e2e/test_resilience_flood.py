@@ -10,12 +10,12 @@ from pathlib import Path
 
 import grpc
 import pytest_asyncio
-from chaos import ports_of, rss_mb
-from streams import collect
+from support.chaos import ports_of, rss_mb
+from support.streams import collect
 
 from genmesh import mesh as topology
 from genmesh.channels import open_channel
-from genmesh.launcher import Mesh, ServiceProcess, free_port, start_mesh, start_service, wait_ready
+from genmesh.cli.launcher import Mesh, ServiceProcess, free_port, start_mesh, start_service, wait_ready
 from genmesh.status import retry_delay_s
 from genmesh.v1 import gateway_pb2, gateway_pb2_grpc
 

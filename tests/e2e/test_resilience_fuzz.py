@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 import genmesh.v1
 from genmesh.channels import channel_options
-from genmesh.launcher import Mesh, start_mesh
+from genmesh.cli.launcher import Mesh, start_mesh
 
 EXAMPLES_PER_RPC = 30
 CALL_TIMEOUT_S = 10.0

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import grpc
 import pytest_asyncio
-from chaos import kill9, restart
-from streams import collect
+from support.chaos import kill9, restart
+from support.streams import collect
 
 from genmesh import health
 from genmesh.channels import open_channel
-from genmesh.launcher import Mesh, start_mesh
+from genmesh.cli.launcher import Mesh, start_mesh
 from genmesh.v1 import gateway_pb2, gateway_pb2_grpc
 
 CLIENTS = 4

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import grpc
 import pytest_asyncio
-from chaos import rpc_lines, wait_for_lines
-from streams import collect
+from support.chaos import rpc_lines, wait_for_lines
+from support.streams import collect
 
 from genmesh.channels import open_channel
-from genmesh.launcher import Mesh, start_mesh
+from genmesh.cli.launcher import Mesh, start_mesh
 from genmesh.status import code_value
 from genmesh.v1 import gateway_pb2, gateway_pb2_grpc
 

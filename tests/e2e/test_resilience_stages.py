@@ -11,11 +11,11 @@ from pathlib import Path
 import grpc
 import pytest
 import pytest_asyncio
-from chaos import kill9, restart
-from streams import Collected, collect
+from support.chaos import kill9, restart
+from support.streams import Collected, collect
 
 from genmesh.channels import open_channel
-from genmesh.launcher import Mesh, start_mesh
+from genmesh.cli.launcher import Mesh, start_mesh
 from genmesh.status import code_value
 from genmesh.v1 import gateway_pb2, gateway_pb2_grpc
 

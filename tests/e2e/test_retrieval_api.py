@@ -10,9 +10,9 @@ from pathlib import Path
 
 import grpc
 import pytest
-from streams import violated_fields
+from support.streams import violated_fields
 
-from genmesh.launcher import Mesh
+from genmesh.cli.launcher import Mesh
 from genmesh.v1 import retrieval_pb2, retrieval_pb2_grpc
 
 Stub = retrieval_pb2_grpc.RetrievalServiceStub

@@ -10,7 +10,7 @@ import grpc
 
 from genmesh import mesh as topology
 from genmesh.channels import open_channel
-from genmesh.launcher import ServiceProcess, free_port, start_service, wait_ready
+from genmesh.cli.launcher import ServiceProcess, free_port, start_service, wait_ready
 from genmesh.v1 import retrieval_pb2, retrieval_pb2_grpc
 
 COLLECTION = "durable"

@@ -17,11 +17,11 @@ import pytest
 import pytest_asyncio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from streams import collect, violated_fields
+from support.streams import collect, violated_fields
 
 from genmesh import mesh as topology
 from genmesh.channels import open_channel
-from genmesh.launcher import Mesh, free_port, free_ports, start_service, wait_ready
+from genmesh.cli.launcher import Mesh, free_port, free_ports, start_service, wait_ready
 from genmesh.status import code_value
 from genmesh.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc, tools_pb2, tools_pb2_grpc
 

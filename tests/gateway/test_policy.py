@@ -16,8 +16,13 @@ def _parse(argv: list[str]) -> ResiliencePolicy:
     return policy_from_args(parser.parse_args(argv))
 
 
-def test_defaults() -> None:
-    assert _parse([]) == ResiliencePolicy()
+def test_defaults_are_the_documented_ones() -> None:
+    policy = _parse([])
+    assert policy == ResiliencePolicy()
+    assert (policy.budgets.retrieval_s, policy.budgets.tools_s) == (3.0, 10.0)
+    assert (policy.circuit.failures, policy.circuit.cooldown_s) == (5, 2.0)
+    assert (policy.generate_attempts, policy.connect_wait_s, policy.tool_attempts) == (3, 1.0, 3)
+    assert policy.max_streams == 256
 
 
 def test_flags_and_environment(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -11,8 +11,8 @@ from pathlib import Path
 
 from genmesh import mesh
 from genmesh.channels import open_channel
+from genmesh.cli.launcher import free_port, start_service, wait_ready
 from genmesh.health import watch
-from genmesh.launcher import free_port, start_service, wait_ready
 
 
 async def _next(seen: asyncio.Queue[tuple[bool, str]], serving: bool) -> str:

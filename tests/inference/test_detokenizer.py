@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from support.tokenizers import byte_level_tokenizer
 from tokenizers import Tokenizer
-from tokenizers_for_tests import byte_level_tokenizer
 
 from services.inference.detokenizer import REPLACEMENT, IncrementalDetokenizer, StopSequenceFilter
 

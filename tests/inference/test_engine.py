@@ -275,3 +275,18 @@ async def test_truncate_prompt_accepts_an_overlong_prompt(engine: Engine) -> Non
     _, done = await collect(engine, truncated)
     assert done.finish_reason in (FinishReason.LENGTH, FinishReason.STOP)
     assert done.prompt_tokens == 512 - 8
+
+
+async def test_a_failing_step_fails_the_running_requests_and_the_engine_keeps_serving(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(seqs: object) -> torch.Tensor:
+        raise RuntimeError("device lost")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(engine._runner, "decode", broken)
+        with pytest.raises(RuntimeError, match="device lost"):
+            await collect(engine, request("doomed", sampling=SamplingParams(temperature=0.0, max_tokens=5)))
+    await wait_until(lambda: engine.load() == type(engine.load())(0, 0, 0, engine.load().kv_capacity_tokens))
+    _, done = await collect(engine, request("after", sampling=SamplingParams(temperature=0.0, max_tokens=3)))
+    assert done.finish_reason == FinishReason.LENGTH and done.completion_tokens == 3

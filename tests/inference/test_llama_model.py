@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 import torch
 from safetensors.torch import save_file
+from support.tokenizers import byte_level_tokenizer
 from tokenizers import Tokenizer
-from tokenizers_for_tests import byte_level_tokenizer
 
 from services.inference.models.llama import LlamaConfig, LlamaForCausalLM
 from services.inference.models.loader import LoadedModel, load_model

@@ -8,9 +8,9 @@ import pytest
 
 from genmesh.errors import InvalidArgument
 from genmesh.schema import check_schema
+from services.tools.builtin.text_stats import text_stats, text_stats_schema
+from services.tools.builtin.unit_convert import UNITS, convert, unit_convert_schema
 from services.tools.registry import ToolRegistry, default_registry
-from services.tools.text_stats import text_stats, text_stats_schema
-from services.tools.unit_convert import UNITS, convert, unit_convert_schema
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from genmesh.errors import InvalidArgument
 from genmesh.schema import check_schema
-from services.tools.calculator import (
+from services.tools.builtin.calculator import (
     MAX_EXPRESSION_CHARS,
     MAX_NESTING_DEPTH,
     calculator_schema,

@@ -13,7 +13,8 @@ import pytest
 
 from genmesh.errors import DeadlineExceeded, InvalidArgument, NotFound
 from services.tools.fanout import CallOutcome, CallSpec, invoke_many
-from services.tools.registry import Tool, ToolFailed, ToolRegistry, default_registry
+from services.tools.registry import ToolRegistry, default_registry
+from services.tools.tool import Tool, ToolFailed
 
 SLEEP_SCHEMA = {
     "type": "object",

@@ -13,7 +13,8 @@ import pytest
 
 from genmesh.errors import InvalidArgument, NotFound, Unavailable
 from services.tools.mcp_provider import Backoff, McpProvider, McpServerConfig, parse_mcp_server
-from services.tools.registry import ToolFailed, default_registry
+from services.tools.registry import default_registry
+from services.tools.tool import ToolFailed
 
 SERVER = Path(__file__).with_name("mcp_echo_server.py")
 
@@ -42,7 +43,7 @@ async def test_mcp_tools_are_listed_invoked_and_the_server_is_restarted_when_it_
         await provider.start()
         try:
             assert await provider.wait_first_attempt(60), provider.last_error
-            tools = {t.name: t for t in registry.list() if t.source == "mcp:echo"}
+            tools = {t.name: t for t in registry.tools() if t.source == "mcp:echo"}
             assert set(tools) == {"echo__echo", "echo__add", "echo__slow", "echo__whoami", "echo__fail", "echo__crash"}
             assert tools["echo__echo"].idempotent and tools["echo__add"].idempotent, "from the annotations"
             assert not tools["echo__slow"].idempotent
@@ -65,7 +66,7 @@ async def test_mcp_tools_are_listed_invoked_and_the_server_is_restarted_when_it_
             assert not provider.available
             with pytest.raises(Unavailable):
                 await registry.invoke("echo__echo", '{"text": "x"}')
-            assert "echo__echo" in {t.name for t in registry.list()}, "its tools stay listed while it is down"
+            assert "echo__echo" in {t.name for t in registry.tools()}, "its tools stay listed while it is down"
 
             await _until(lambda: provider.available)
             assert provider.available and provider.restarts == 1

@@ -23,7 +23,8 @@ from services.tools.plugins import (
     schema_for,
     tool,
 )
-from services.tools.registry import Tool, ToolRegistry
+from services.tools.registry import ToolRegistry
+from services.tools.tool import Tool
 
 
 class Mode(enum.Enum):

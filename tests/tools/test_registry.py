@@ -12,8 +12,9 @@ from typing import Any
 import pytest
 
 from genmesh.errors import DeadlineExceeded, InvalidArgument, NotFound, ResourceExhausted, Unavailable
-from services.tools.clock import clock_tool, current_time
-from services.tools.registry import InvocationResult, Tool, ToolFailed, ToolRegistry, default_registry
+from services.tools.builtin.clock import clock_tool, current_time
+from services.tools.registry import InvocationResult, ToolRegistry, default_registry
+from services.tools.tool import Tool, ToolFailed
 
 
 def _schema(**properties: Any) -> dict[str, Any]:
@@ -34,9 +35,9 @@ def registry() -> Any:
 
 
 def test_default_registry_lists_builtins(registry: ToolRegistry) -> None:
-    assert [tool.name for tool in registry.list()] == ["calculator", "clock", "unit_convert", "text_stats"]
+    assert [tool.name for tool in registry.tools()] == ["calculator", "clock", "unit_convert", "text_stats"]
     assert "calculator" in registry and len(registry) == 4
-    assert {tool.source for tool in registry.list()} == {"builtin"}
+    assert {tool.source for tool in registry.tools()} == {"builtin"}
     assert registry.get("clock").parameters["properties"]["timezone"]["default"] == "UTC"
 
 

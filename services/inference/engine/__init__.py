@@ -1,7 +1,7 @@
 """The inference engine: domain types and the engines that stream generations from a loaded model."""
 
+from services.inference.engine.config import EngineConfig
 from services.inference.engine.engine import Engine
-from services.inference.engine.scheduler import EngineConfig
 from services.inference.engine.types import (
     Finished,
     FinishReason,

@@ -1,9 +1,15 @@
 """The continuous-batching engine: an asyncio front over one engine thread that steps the whole batch.
 
-Each step (1) retires cancelled and expired sequences, (2) admits waiting requests into free KV-cache
-rows, (3) feeds prompt chunks of the sequences still prefilling, within the step's token budget, and
-(4) decodes one token for every sequence in the decode block in one forward pass. A request that
-arrives mid-generation joins at the next step instead of waiting for the batch to drain.
+The parts, each owning its state: the ``Scheduler`` (every sequence's status, the queues, admission),
+the ``SlotKVCache`` (the cache rows), the ``ModelRunner`` (forward passes), the ``OutputProcessor``
+(sampling, text, stop matching, closing records) and the ``Outbox`` (delivery to the event loop).
+
+Each step is ``schedule()`` → run → ``postprocess()``, twice: the scheduler retires cancelled and expired
+sequences, admits waiting requests into free rows and plans prompt chunks within the step's token budget;
+the runner feeds them, the outputs sample the first token of every prompt completed, and the scheduler
+promotes those to decoding. Then one forward pass decodes a token for every decoding sequence, and the
+scheduler finishes those that ended. A request that arrives mid-generation joins at the next step
+instead of waiting for the batch to drain.
 """
 
 from __future__ import annotations
@@ -13,16 +19,18 @@ import contextlib
 import logging
 import threading
 import time
-from collections import deque
 from collections.abc import AsyncGenerator
 
 import torch
 
 from genmesh.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument
+from services.inference.engine.config import EngineConfig
 from services.inference.engine.kv_cache import SlotKVCache
-from services.inference.engine.runner import ModelRunner, sample_batch
-from services.inference.engine.scheduler import EngineConfig, Scheduler
-from services.inference.engine.sequence import Item, Sequence
+from services.inference.engine.output import OutputProcessor, SequenceOutput
+from services.inference.engine.runner import ModelRunner
+from services.inference.engine.scheduler import Scheduler
+from services.inference.engine.sequence import Sequence
+from services.inference.engine.stream import Item, Outbox, Stream
 from services.inference.engine.types import (
     Finished,
     FinishReason,
@@ -48,60 +56,6 @@ def keep_prompt_tail(ids: list[int], context: int, max_tokens: int, bos_token_id
     return head + ids[len(ids) - (room - len(head)) :]
 
 
-class _Stream:
-    """The consumer's end of one generation (event-loop thread only): unread items, coalesced."""
-
-    def __init__(self) -> None:
-        self.pending: deque[Item] = deque()
-        self.ready = asyncio.Event()
-        self.finished = False
-
-    def push(self, item: Item) -> None:
-        if self.finished:
-            return
-        last = self.pending[-1] if self.pending else None
-        if isinstance(item, TokenChunk) and isinstance(last, TokenChunk):
-            last.extend(item)
-        else:
-            self.pending.append(item)
-        if not isinstance(item, TokenChunk):
-            self.finished = True
-        self.ready.set()
-
-
-class _Outbox:
-    """Items the engine thread produced, handed to the event loop in one call per flush.
-
-    One ``call_soon_threadsafe`` per step rather than one per token keeps the engine thread and the
-    event loop from trading the GIL for every token of a large batch.
-    """
-
-    def __init__(self) -> None:
-        self._items: list[tuple[_Stream, Item]] = []
-        self._lock = threading.Lock()
-        self._loop: asyncio.AbstractEventLoop | None = None
-
-    def bind(self, loop: asyncio.AbstractEventLoop) -> None:
-        """The loop the consumers run on (the engine serves one loop)."""
-        self._loop = loop
-
-    def put(self, stream: _Stream, item: Item) -> None:
-        with self._lock:
-            self._items.append((stream, item))
-
-    def flush(self) -> None:
-        with self._lock:
-            batch, self._items = self._items, []
-        if batch and self._loop is not None:
-            with contextlib.suppress(RuntimeError):  # a closed loop: nobody is listening
-                self._loop.call_soon_threadsafe(_deliver, batch)
-
-
-def _deliver(batch: list[tuple[_Stream, Item]]) -> None:
-    for stream, item in batch:
-        stream.push(item)
-
-
 class Engine:
     """Generates for many requests at once, batching them step by step on a dedicated engine thread.
 
@@ -112,12 +66,14 @@ class Engine:
     def __init__(self, loaded: LoadedModel, config: EngineConfig | None = None) -> None:
         self._loaded = loaded
         self.config = config or EngineConfig()
-        self._cache = SlotKVCache(loaded.model, self.config.max_running, loaded.context_length)
+        storage = loaded.model.new_cache(batch=self.config.max_running, max_len=loaded.context_length)
+        self._cache = SlotKVCache(storage)
         self._scheduler = Scheduler(self.config, self._cache)
         self._runner = ModelRunner(loaded.model, self._cache, loaded.device)
+        self._outputs = OutputProcessor()
         self._eos = frozenset(loaded.eos_token_ids)
-        self._active: dict[str, tuple[Sequence, _Stream]] = {}
-        self._outbox = _Outbox()
+        self._active: dict[str, tuple[Sequence, Stream]] = {}
+        self._outbox = Outbox()
         self._service_s = 1.0
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="genmesh-engine", daemon=True)
@@ -144,19 +100,16 @@ class Engine:
                     return
         finally:
             if not stream.finished:
-                seq.cancel.set()
-                self._scheduler.wake()
+                self._scheduler.abort(seq)
             if self._active.get(request.request_id, (None,))[0] is seq:
                 del self._active[request.request_id]
 
     def abort(self, request_id: str) -> bool:
         """Stop ``request_id``; its stream ends with a cancelled Finished. False when it is not active."""
         found = self._active.get(request_id)
-        if found is None or found[1].finished or found[0].cancel.is_set():
+        if found is None or found[1].finished:
             return False
-        found[0].cancel.set()
-        self._scheduler.wake()
-        return True
+        return self._scheduler.abort(found[0])
 
     def load(self) -> LoadStats:
         """Current occupancy."""
@@ -184,8 +137,7 @@ class Engine:
         if self._closed:
             return
         self._closed = True
-        for seq in self._scheduler.close():
-            seq.finish(FinishReason.CANCELLED)
+        self._outputs.finish(self._scheduler.close())
         self._outbox.flush()
         await asyncio.to_thread(self._thread.join)
 
@@ -195,7 +147,7 @@ class Engine:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    def _admit(self, request: GenerationRequest) -> tuple[Sequence, _Stream]:
+    def _admit(self, request: GenerationRequest) -> tuple[Sequence, Stream]:
         if self._closed:
             raise FailedPrecondition("the inference engine is closed")
         if request.request_id in self._active:
@@ -215,25 +167,31 @@ class Engine:
                 f"the prompt of {len(ids)} tokens exceeds the context length of {context} "
                 f"(at most {context - 1} prompt tokens leave room to generate)",
             )
-        stream = _Stream()
-        self._outbox.bind(asyncio.get_running_loop())
+        stream = Stream()
+        outbox = self._outbox
+        outbox.bind(asyncio.get_running_loop())
 
-        def post(item: Item) -> None:
-            self._outbox.put(stream, item)
+        def deliver(item: Item) -> None:
+            outbox.put(stream, item)
 
         max_new = min(request.sampling.max_tokens, context - len(ids))
-        seq = Sequence(request, ids, max_new, loaded.tokenizer, self._eos, post, threading.Event())
-        self._scheduler.submit(seq, retry_after_s=round(max(0.1, self._service_s), 3))
+        seq = Sequence(request.request_id, ids, max_new, request.deadline)
+        self._outputs.add(seq, SequenceOutput(request, ids, loaded.tokenizer, self._eos, deliver))
+        try:
+            self._scheduler.add(seq, retry_after_s=round(max(0.1, self._service_s), 3))
+        except BaseException:
+            self._outputs.discard(seq)
+            raise
         self._active[request.request_id] = (seq, stream)
         return seq, stream
 
-    async def _next(self, seq: Sequence, stream: _Stream) -> Item:
-        deadline = seq.request.deadline
+    async def _next(self, seq: Sequence, stream: Stream) -> Item:
+        deadline = seq.deadline
         while not stream.pending:
             stream.ready.clear()
             timeout = None if deadline is None else deadline - time.monotonic()
             if timeout is not None and timeout <= 0:
-                raise DeadlineExceeded(f"request {seq.request.request_id} exceeded its deadline")
+                raise DeadlineExceeded(f"request {seq.request_id} exceeded its deadline")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stream.ready.wait(), timeout)
         item = stream.pending.popleft()
@@ -250,61 +208,22 @@ class Engine:
                     self._step()
                 except Exception as error:  # a bug or a device failure: fail the batch, keep serving
                     log.exception("engine step failed; failing the running requests")
-                    self._fail_running(error)
+                    self._outputs.finish(self._scheduler.finish_running(None, error))
                 finally:
                     self._outbox.flush()
-        for seq in [*self._scheduler.prefilling, *self._decoding()]:
-            self._end(seq, FinishReason.CANCELLED)
+        self._outputs.finish(self._scheduler.finish_running(FinishReason.CANCELLED))
         self._outbox.flush()
 
     def _step(self) -> None:
-        self._retire()
-        now = time.monotonic()
-        for seq in self._scheduler.admit():
-            seq.started = now
-        for seq, count in self._scheduler.prefill_plan():
-            logits = self._runner.prefill(seq, count)
-            if logits is None:
-                continue
-            self._scheduler.prefilling.remove(seq)
-            reason = seq.accept(sample_batch([seq], logits.unsqueeze(0))[0])
-            if reason is None:
-                self._cache.promote(seq)
-            else:
-                self._end(seq, reason)
+        batch = self._scheduler.schedule(time.monotonic())
+        self._outputs.finish(batch.finished)
+        self._outputs.mark_started(batch.admitted, time.monotonic())
+        if batch.prefill:
+            logits = self._runner.prefill(batch.prefill)
+            ended = [] if logits is None else self._outputs.process(batch.completing, logits)
+            self._outputs.finish(self._scheduler.postprocess(ended, batch.prefill))
         self._outbox.flush()  # first tokens go out before the decode pass
-        decoding = self._decoding()
-        if not decoding:
-            return
-        tokens = sample_batch(decoding, self._runner.decode(decoding))
-        ended = [(seq, reason) for seq, token in zip(decoding, tokens, strict=True) if (reason := seq.accept(token))]
-        for seq, reason in ended:
-            self._end(seq, reason)
-
-    def _decoding(self) -> list[Sequence]:
-        owners = self._cache.decoding()
-        return [owner for owner in owners if isinstance(owner, Sequence)]
-
-    def _retire(self) -> None:
-        """End sequences whose consumer left, that were aborted, or whose deadline passed."""
-        for seq in self._scheduler.drop_cancelled_waiting():
-            seq.finish(FinishReason.CANCELLED)
-        now = time.monotonic()
-        for seq in [*self._scheduler.prefilling, *self._decoding()]:
-            if seq.cancel.is_set():
-                self._end(seq, FinishReason.CANCELLED)
-            elif seq.request.deadline is not None and now >= seq.request.deadline:
-                seq.post(DeadlineExceeded(f"request {seq.request.request_id} exceeded its deadline"))
-                self._end(seq, None)
-
-    def _end(self, seq: Sequence, reason: FinishReason | None) -> None:
-        if seq in self._scheduler.prefilling:
-            self._scheduler.prefilling.remove(seq)
-        self._cache.release(seq)
-        if reason is not None:
-            seq.finish(reason)
-
-    def _fail_running(self, error: Exception) -> None:
-        for seq in [*self._scheduler.prefilling, *self._decoding()]:
-            seq.post(error)
-            self._end(seq, None)
+        decoding = self._scheduler.decode_batch()
+        if decoding:
+            ended = self._outputs.process(decoding, self._runner.decode(decoding))
+            self._outputs.finish(self._scheduler.postprocess(ended))

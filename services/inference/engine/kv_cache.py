@@ -1,107 +1,98 @@
-"""The KV cache, allocated once as fixed rows (slots), and the bookkeeping of which sequence owns which row.
+"""The engine's KV cache: the model's cache tensors, allocated once as fixed rows, and who holds which row.
 
-Every admitted sequence owns one row of ``context_length`` positions. Sequences that are decoding are
-kept in the first rows, ``0 .. decode_rows - 1``, so that a decode step reads one contiguous block of
-the cache (a view, no gather). Rows past that block are free or hold sequences still prefilling. When a
-decoding sequence ends, the last decoding row moves into its place; when a prefill completes, its row
-swaps into the first row after the block. Moves copy one row, and happen only when sequences start or end.
+Every admitted sequence holds one row of ``row_length`` positions. The cache hands rows out and takes
+them back (``can_allocate`` / ``allocate`` / ``deallocate``) and moves a sequence's cached tokens to
+another row (``relocate``). Where sequences sit is the scheduler's decision: it keeps its decode batch in
+the first rows, in order, so that a decode pass reads one contiguous block (a view, no gather). Only the
+engine thread calls in, except for the counts read by ``Engine.load``.
 """
 
 from __future__ import annotations
 
-from typing import Protocol
-
 import torch
 
-from services.inference.models.llama import KVCache, LlamaForCausalLM
-
-
-class RowOwner(Protocol):
-    """What the cache needs to know of a sequence."""
-
-    row: int
-
-    @property
-    def cached_tokens(self) -> int: ...
+from services.inference.engine.sequence import Sequence
+from services.inference.models.kv_cache import KVCache
 
 
 class SlotKVCache:
-    """Rows of keys and values for up to ``rows`` sequences, and who owns each."""
+    """Rows of keys and values for up to ``rows`` sequences, and which sequence holds each."""
 
-    def __init__(self, model: LlamaForCausalLM, rows: int, row_length: int) -> None:
-        if rows <= 0:
-            raise ValueError(f"the KV cache needs at least one row, got {rows}")
-        self.cache: KVCache = model.new_cache(batch=rows, max_len=row_length)
-        self.rows = rows
-        self.row_length = row_length
-        self.decode_rows = 0
-        self._owners: list[RowOwner | None] = [None] * rows
+    def __init__(self, storage: KVCache) -> None:
+        self.storage = storage
+        self.rows = storage.batch
+        self.row_length = storage.max_len
+        self._holders: list[Sequence | None] = [None] * self.rows
+        self._free = self.rows
 
     @property
     def capacity_tokens(self) -> int:
         """Positions the cache holds in all."""
         return self.rows * self.row_length
 
-    def used_tokens(self) -> int:
-        """Positions filled by the sequences that own rows."""
-        return sum(owner.cached_tokens for owner in self._owners if owner is not None)
+    @property
+    def free_rows(self) -> int:
+        """Rows nobody holds."""
+        return self._free
 
-    def decoding(self) -> list[RowOwner]:
-        """The owners of the decode block, in row order."""
-        return [owner for owner in self._owners[: self.decode_rows] if owner is not None]
+    def used_tokens(self) -> int:
+        """Positions filled by the sequences that hold rows."""
+        return sum(seq.cached_tokens for seq in self._holders if seq is not None)
+
+    def holder(self, row: int) -> Sequence | None:
+        """The sequence holding ``row``, if any."""
+        return self._holders[row]
 
     def can_allocate(self) -> bool:
         """Whether a row is free."""
-        return any(owner is None for owner in self._owners)
+        return self._free > 0
 
-    def allocate(self, owner: RowOwner) -> None:
-        """Give ``owner`` a free row (past the decode block, where all free rows are)."""
-        for row in range(self.decode_rows, self.rows):
-            if self._owners[row] is None:
-                self._owners[row] = owner
-                owner.row = row
+    def allocate(self, seq: Sequence) -> None:
+        """Give ``seq`` the lowest free row; ValueError if it holds one, RuntimeError if none is free."""
+        if seq.row >= 0:
+            raise ValueError(f"sequence {seq.request_id} already holds cache row {seq.row}")
+        for row, holder in enumerate(self._holders):
+            if holder is None:
+                self._holders[row] = seq
+                seq.row = row
+                self._free -= 1
                 return
         raise RuntimeError("no free KV cache row; check can_allocate() first")
 
-    def promote(self, owner: RowOwner) -> None:
-        """Move a sequence whose prompt is cached into the decode block."""
-        target = self.decode_rows
-        if owner.row != target:
-            other = self._owners[target]
-            if other is None:
-                self._move(owner, target)
-            else:
-                self._swap(owner, other)
-        self.decode_rows += 1
-
-    def release(self, owner: RowOwner) -> None:
-        """Free the row of a finished sequence, keeping the decode block contiguous."""
-        row = owner.row
-        if row < 0 or self._owners[row] is not owner:
+    def deallocate(self, seq: Sequence) -> None:
+        """Take ``seq``'s row back (its contents are left as they are); nothing if it holds none."""
+        if seq.row < 0 or self._holders[seq.row] is not seq:
             return
-        self._owners[row] = None
-        owner.row = -1
-        if row < self.decode_rows:
-            last = self.decode_rows - 1
-            tail = self._owners[last]
-            if last != row and tail is not None:
-                self._owners[last] = None
-                self._move(tail, row)
-            self.decode_rows -= 1
+        self._holders[seq.row] = None
+        seq.row = -1
+        self._free += 1
 
-    def _move(self, owner: RowOwner, target: int) -> None:
-        length = owner.cached_tokens
-        for layer in (*self.cache.keys, *self.cache.values):
-            layer[target, :, :length] = layer[owner.row, :, :length]
-        if self._owners[owner.row] is owner:
-            self._owners[owner.row] = None
-        self._owners[target] = owner
-        owner.row = target
+    def relocate(self, seq: Sequence, row: int) -> None:
+        """Move ``seq``'s cached tokens to ``row``; a sequence holding ``row`` swaps into ``seq``'s old row."""
+        if seq.row < 0 or self._holders[seq.row] is not seq:
+            raise ValueError(f"sequence {seq.request_id} holds no cache row")
+        if not 0 <= row < self.rows:
+            raise ValueError(f"row {row} is outside the cache (0..{self.rows - 1})")
+        if row == seq.row:
+            return
+        other = self._holders[row]
+        if other is None:
+            self._move(seq, row)
+        else:
+            self._swap(seq, other)
 
-    def _swap(self, a: RowOwner, b: RowOwner) -> None:
+    def _move(self, seq: Sequence, target: int) -> None:
+        length = seq.cached_tokens
+        for layer in (*self.storage.keys, *self.storage.values):
+            layer[target, :, :length] = layer[seq.row, :, :length]
+        self._holders[seq.row] = None
+        self._holders[target] = seq
+        seq.row = target
+
+    def _swap(self, a: Sequence, b: Sequence) -> None:
         length = max(a.cached_tokens, b.cached_tokens)
-        for layer in (*self.cache.keys, *self.cache.values):
+        for layer in (*self.storage.keys, *self.storage.values):
             rows = torch.tensor([a.row, b.row], device=layer.device)
             layer[rows.flip(0), :, :length] = layer[rows, :, :length].clone()
-        self._owners[a.row], self._owners[b.row] = b, a
+        self._holders[a.row], self._holders[b.row] = b, a
         a.row, b.row = b.row, a.row

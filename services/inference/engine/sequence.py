@@ -1,62 +1,73 @@
-"""One generation as the engine thread sees it: its tokens, sampler, detokenizer, stop filter and cache row."""
+"""One request as the scheduler sees it: its status and its token bookkeeping.
+
+Sampling, detokenizing, stop sequences, timings and delivery are the output side's
+(``output.SequenceOutput``); a ``Sequence`` knows only token ids and where they are.
+"""
 
 from __future__ import annotations
 
-import threading
-import time
-from collections.abc import Callable
+import itertools
+from dataclasses import dataclass, field
+from enum import Enum
 
-from tokenizers import Tokenizer
+from services.inference.engine.types import FinishReason
 
-from services.inference.detokenizer import IncrementalDetokenizer, StopSequenceFilter
-from services.inference.engine.types import Finished, FinishReason, GenerationRequest, TokenChunk, TokenLogprob
-from services.inference.sampler import SampledToken, Sampler
-
-Item = TokenChunk | Finished | BaseException
-PostFn = Callable[[Item], None]
+_ids = itertools.count()
 
 
-def elapsed_ms(start: float, end: float) -> float:
-    """Milliseconds from ``start`` to ``end`` (time.monotonic seconds)."""
-    return round((end - start) * 1000.0, 3)
+class SequenceStatus(Enum):
+    """Where a sequence is in its life; only the scheduler moves it on.
 
-
-class Sequence:
-    """The state of one request on the engine thread.
-
-    Its prompt is fed to the model in chunks (``prefilled`` counts what is in the cache), then one token
-    per step. Every produced item goes to the consumer through ``post``, which must be thread-safe.
+    WAITING → PREFILLING → DECODING → FINISHED, and from any of them straight to FINISHED (cancelled,
+    past its deadline, failed, or finished by its first token).
     """
 
-    def __init__(
-        self,
-        request: GenerationRequest,
-        prompt_ids: list[int],
-        max_new: int,
-        tokenizer: Tokenizer,
-        eos_token_ids: frozenset[int],
-        post: PostFn,
-        cancel: threading.Event,
-    ) -> None:
-        self.request = request
-        self.prompt_ids = prompt_ids
-        self.max_new = max_new
-        self.post = post
-        self.cancel = cancel
-        self.arrival = time.monotonic()
-        self.started: float | None = None
-        self.first_token_at: float | None = None
-        self.row = -1
-        self.prefilled = 0
-        self.generated = 0
-        self.history = list(prompt_ids)
-        self.sampler = Sampler(request.sampling)
-        self._tokenizer = tokenizer
-        self._eos = eos_token_ids
-        self._detok = IncrementalDetokenizer(tokenizer, prompt_ids)
-        self._stops = StopSequenceFilter(request.sampling.stop)
-        params = request.sampling
-        self.plain_greedy = params.greedy and params.repetition_penalty == 1.0 and params.logprobs == 0
+    WAITING = "waiting"
+    """Queued for a cache row."""
+    PREFILLING = "prefilling"
+    """Holds a cache row; its prompt is being fed in chunks."""
+    DECODING = "decoding"
+    """Its whole prompt is cached; it gets one token per step."""
+    FINISHED = "finished"
+    """Done: ``finish_reason`` says why, or ``error`` what went wrong (then there is no reason)."""
+
+
+@dataclass(slots=True, eq=False)
+class Sequence:
+    """Status and token ids of one generation; compared and hashed by identity.
+
+    ``token_ids`` is the prompt followed by the generated tokens. ``prefilled`` counts the prompt tokens
+    in the cache, ``row`` is the cache row held (-1: none). ``abort_requested`` is set from the event
+    loop (through ``Scheduler.abort``) and acted on at the next step.
+    """
+
+    request_id: str
+    prompt_ids: list[int]
+    max_new: int
+    """Most tokens to generate (the request's max_tokens, clipped to the room left in the context)."""
+    deadline: float | None = None
+    """Absolute ``time.monotonic()`` instant; None: no deadline."""
+    seq_id: int = field(default_factory=lambda: next(_ids), init=False)
+    status: SequenceStatus = field(default=SequenceStatus.WAITING, init=False)
+    token_ids: list[int] = field(init=False)
+    num_generated: int = field(default=0, init=False)
+    prefilled: int = field(default=0, init=False)
+    row: int = field(default=-1, init=False)
+    abort_requested: bool = field(default=False, init=False)
+    finish_reason: FinishReason | None = field(default=None, init=False)
+    error: Exception | None = field(default=None, init=False)
+
+    def __post_init__(self) -> None:
+        if not self.prompt_ids:
+            raise ValueError(f"sequence {self.request_id}: the prompt must hold at least one token")
+        if self.max_new < 1:
+            raise ValueError(f"sequence {self.request_id}: max_new must be at least 1, got {self.max_new}")
+        self.token_ids = list(self.prompt_ids)
+
+    @property
+    def num_prompt_tokens(self) -> int:
+        """Length of the prompt."""
+        return len(self.prompt_ids)
 
     @property
     def prompt_done(self) -> bool:
@@ -64,60 +75,31 @@ class Sequence:
         return self.prefilled == len(self.prompt_ids)
 
     @property
+    def at_max_tokens(self) -> bool:
+        """Whether ``max_new`` tokens have been generated."""
+        return self.num_generated >= self.max_new
+
+    @property
     def cached_tokens(self) -> int:
-        """Positions of the cache row this sequence fills."""
-        return self.prefilled + max(0, self.generated - 1)
+        """Positions of the cache row this sequence fills (the last generated token is fed next step)."""
+        return self.prefilled + max(0, self.num_generated - 1)
 
     @property
     def next_token(self) -> int:
-        """The last sampled token, which the next decode step feeds."""
-        return self.history[-1]
+        """The last token, which the next decode step feeds."""
+        return self.token_ids[-1]
 
     @property
     def next_position(self) -> int:
         """The position the next decode step writes."""
-        return len(self.history) - 1
+        return len(self.token_ids) - 1
 
-    def accept(self, token: SampledToken) -> FinishReason | None:
-        """Take a sampled token: stream its text, and say why the sequence ends if it does."""
-        self.generated += 1
-        self.history.append(token.token_id)
-        if self.first_token_at is None:
-            self.first_token_at = time.monotonic()
-        chunk = TokenChunk([], "")
-        reason: FinishReason | None = None
-        if token.token_id in self._eos:
-            reason = FinishReason.STOP
-        else:
-            chunk.token_ids.append(token.token_id)
-            if token.logprob is not None:
-                top = [(i, self._tokenizer.decode([i], skip_special_tokens=False), lp) for i, lp in token.top]
-                chunk.logprobs.append(TokenLogprob(token.token_id, token.logprob, top))
-            chunk.text = self._stops.feed(self._detok.add(token.token_id))
-            if self._stops.stopped:
-                reason = FinishReason.STOP_SEQUENCE
-            elif self.generated >= self.max_new:
-                reason = FinishReason.LENGTH
-        if reason in (FinishReason.STOP, FinishReason.LENGTH):
-            chunk.text += self._stops.feed(self._detok.flush())
-            chunk.text += self._stops.flush()
-            if self._stops.stopped:
-                reason = FinishReason.STOP_SEQUENCE
-        if chunk.token_ids or chunk.text:
-            self.post(chunk)
-        return reason
+    @property
+    def is_finished(self) -> bool:
+        """Whether the sequence has ended."""
+        return self.status is SequenceStatus.FINISHED
 
-    def finish(self, reason: FinishReason) -> None:
-        """Send the closing record."""
-        now = time.monotonic()
-        started = self.started if self.started is not None else now
-        self.post(
-            Finished(
-                finish_reason=reason,
-                prompt_tokens=len(self.prompt_ids),
-                completion_tokens=self.generated - (reason == FinishReason.STOP),
-                queue_ms=elapsed_ms(self.arrival, started),
-                ttft_ms=elapsed_ms(self.arrival, self.first_token_at) if self.first_token_at is not None else 0.0,
-                total_ms=elapsed_ms(self.arrival, now),
-            )
-        )
+    def append_token(self, token_id: int) -> None:
+        """Record one generated token."""
+        self.token_ids.append(token_id)
+        self.num_generated += 1

@@ -1,154 +1,33 @@
-"""A Llama decoder in plain torch whose parameter names match Hugging Face ``LlamaForCausalLM``."""
+"""A Llama decoder in plain torch whose parameter names match Hugging Face ``LlamaForCausalLM``.
+
+The configuration lives in ``config.py`` and the key/value cache in ``kv_cache.py``; both are
+re-exported here.
+"""
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-_ROPE_TYPES = ("default", "linear", "llama3")
+from services.inference.models.config import LlamaConfig
+from services.inference.models.kv_cache import CacheStep, KVCache
 
-
-@dataclass(slots=True)
-class LlamaConfig:
-    """Architecture hyper-parameters, named as in a Hugging Face ``config.json`` of ``model_type`` llama."""
-
-    vocab_size: int
-    hidden_size: int
-    intermediate_size: int
-    num_hidden_layers: int
-    num_attention_heads: int
-    num_key_value_heads: int | None = None
-    head_dim: int | None = None
-    max_position_embeddings: int = 2048
-    rms_norm_eps: float = 1e-6
-    rope_theta: float = 10000.0
-    rope_scaling: dict[str, Any] | None = None
-    tie_word_embeddings: bool = False
-    attention_bias: bool = False
-    mlp_bias: bool = False
-    hidden_act: str = "silu"
-    bos_token_id: int | None = None
-    eos_token_id: int | list[int] | None = None
-    torch_dtype: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        for name in (
-            "vocab_size",
-            "hidden_size",
-            "intermediate_size",
-            "num_hidden_layers",
-            "num_attention_heads",
-            "max_position_embeddings",
-            "num_key_value_heads",
-        ):
-            value = getattr(self, name)
-            if name == "num_key_value_heads" and value is None:
-                self.num_key_value_heads = value = self.num_attention_heads
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(f"config {name} must be a positive integer, got {value!r}")
-        if self.num_attention_heads % self.kv_heads != 0:
-            raise ValueError(
-                f"config num_attention_heads ({self.num_attention_heads}) must be a multiple of "
-                f"num_key_value_heads ({self.kv_heads})"
-            )
-        if self.head_dim is None:
-            if self.hidden_size % self.num_attention_heads != 0:
-                raise ValueError(
-                    f"config hidden_size ({self.hidden_size}) must be divisible by num_attention_heads "
-                    f"({self.num_attention_heads}) when head_dim is not given"
-                )
-            self.head_dim = self.hidden_size // self.num_attention_heads
-        if isinstance(self.head_dim, bool) or not isinstance(self.head_dim, int) or self.head_dim <= 0:
-            raise ValueError(f"config head_dim must be a positive integer, got {self.head_dim!r}")
-        if self.head_dim % 2 != 0:
-            raise ValueError(f"config head_dim must be even for rotary embeddings, got {self.head_dim}")
-        if not (isinstance(self.rms_norm_eps, (int, float)) and self.rms_norm_eps > 0):
-            raise ValueError(f"config rms_norm_eps must be positive, got {self.rms_norm_eps!r}")
-        if not (isinstance(self.rope_theta, (int, float)) and self.rope_theta > 0):
-            raise ValueError(f"config rope_theta must be positive, got {self.rope_theta!r}")
-        if self.hidden_act != "silu":
-            raise ValueError(f"config hidden_act {self.hidden_act!r} is not supported (only 'silu')")
-        if self.rope_scaling is not None:
-            if not isinstance(self.rope_scaling, dict):
-                raise ValueError(f"config rope_scaling must be an object or null, got {self.rope_scaling!r}")
-            rope_type = self.rope_scaling.get("rope_type", self.rope_scaling.get("type", "default"))
-            if rope_type not in _ROPE_TYPES:
-                raise ValueError(f"config rope_scaling type {rope_type!r} is not supported ({', '.join(_ROPE_TYPES)})")
-            if rope_type != "default" and not float(self.rope_scaling.get("factor", 0)) > 0:
-                raise ValueError("config rope_scaling.factor must be positive")
-
-    @property
-    def kv_heads(self) -> int:
-        """The number of key/value heads (resolved; equals the attention heads without GQA)."""
-        return self.num_key_value_heads or self.num_attention_heads
-
-    @property
-    def dim_per_head(self) -> int:
-        """The resolved size of one attention head."""
-        return self.head_dim or self.hidden_size // self.num_attention_heads
-
-    @property
-    def eos_token_ids(self) -> list[int]:
-        """``eos_token_id`` as a list (empty when unset)."""
-        if self.eos_token_id is None:
-            return []
-        return [self.eos_token_id] if isinstance(self.eos_token_id, int) else list(self.eos_token_id)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> LlamaConfig:
-        """Build from a parsed ``config.json``; unknown keys are kept in ``extra``.
-
-        Understands both the transformers 4 keys (``rope_theta``, ``rope_scaling``, ``torch_dtype``) and
-        the transformers 5 ones (``rope_parameters``, ``dtype``).
-        """
-        if not isinstance(data, dict):
-            raise ValueError("config must be a JSON object")
-        data = dict(data)
-        rope = data.pop("rope_parameters", None)
-        if isinstance(rope, dict):
-            data["rope_theta"] = rope.get("rope_theta", data.get("rope_theta", 10000.0))
-            if rope.get("rope_type", rope.get("type", "default")) != "default":
-                data["rope_scaling"] = {k: v for k, v in rope.items() if k != "rope_theta"}
-        elif rope is not None:
-            raise ValueError(f"config rope_parameters must be an object, got {rope!r}")
-        if "torch_dtype" not in data and isinstance(data.get("dtype"), str):
-            data["torch_dtype"] = data.pop("dtype")
-        model_type = data.get("model_type", "llama")
-        if model_type != "llama":
-            raise ValueError(f"config model_type {model_type!r} is not a Llama architecture")
-        names = {f for f in cls.__dataclass_fields__ if f != "extra"}
-        missing = [
-            n
-            for n in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
-            if n not in data
-        ]
-        if missing:
-            raise ValueError(f"config is missing required keys: {', '.join(missing)}")
-        known = {k: v for k, v in data.items() if (k in names and v is not None) or k in ("rope_scaling", "head_dim")}
-        extra = {k: v for k, v in data.items() if k not in names}
-        return cls(**known, extra=extra)
-
-    def to_dict(self) -> dict[str, Any]:
-        """The Hugging Face ``config.json`` form, including the keys transformers expects."""
-        out: dict[str, Any] = {
-            "architectures": ["LlamaForCausalLM"],
-            "model_type": "llama",
-            "attention_dropout": 0.0,
-            "initializer_range": 0.02,
-            "pretraining_tp": 1,
-            "use_cache": True,
-        }
-        out.update(self.extra)
-        for name in self.__dataclass_fields__:
-            if name != "extra":
-                out[name] = getattr(self, name)
-        return out
+__all__ = [
+    "MLP",
+    "Attention",
+    "CacheStep",
+    "DecoderLayer",
+    "KVCache",
+    "LlamaConfig",
+    "LlamaForCausalLM",
+    "LlamaModel",
+    "RMSNorm",
+    "RotaryEmbedding",
+    "rope_inverse_frequencies",
+]
 
 
 class RMSNorm(nn.Module):
@@ -221,72 +100,6 @@ class RotaryEmbedding(nn.Module):
     def forward(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """cos and sin of shape [B, 1, T, head_dim] for ``positions`` [B, T]."""
         return self.cos[positions].unsqueeze(1).to(dtype), self.sin[positions].unsqueeze(1).to(dtype)
-
-
-class KVCache:
-    """Preallocated keys and values of every layer for ``batch`` sequences of up to ``max_len`` tokens.
-
-    Layout per layer: [batch, kv_heads, max_len, head_dim]; a token at position p of row b lives at [b, :, p].
-    Attention reads a row block's first positions as a view in the layout it multiplies in, with no copy.
-    """
-
-    def __init__(
-        self, config: LlamaConfig, batch: int, max_len: int, device: torch.device | str, dtype: torch.dtype
-    ) -> None:
-        if batch <= 0 or max_len <= 0:
-            raise ValueError(f"KVCache needs a positive batch and max_len, got {batch} and {max_len}")
-        if max_len > config.max_position_embeddings:
-            raise ValueError(f"KVCache max_len {max_len} exceeds the context length {config.max_position_embeddings}")
-        shape = (batch, config.kv_heads, max_len, config.dim_per_head)
-        self.keys = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.num_hidden_layers)]
-        self.values = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.num_hidden_layers)]
-        self.batch = batch
-        self.max_len = max_len
-        self.kv_heads = config.kv_heads
-
-    @property
-    def nbytes(self) -> int:
-        """Memory held by the cache in bytes."""
-        return sum(t.numel() * t.element_size() for t in self.keys + self.values)
-
-
-@dataclass(slots=True)
-class CacheStep:
-    """Where one forward pass reads and writes the cache, computed once and shared by every layer.
-
-    Batch row i uses cache row ``first_row + i``; its tokens are written at their positions and attend
-    to every cached position up to their own.
-    """
-
-    cache: KVCache
-    write_index: torch.Tensor
-    """Flat row indexes into a layer viewed as [rows * kv_heads * max_len, head_dim], one per (row, head, token)."""
-    first_row: int
-    end: int
-    """One past the last position any row reads."""
-    mask: torch.Tensor
-    """[batch, 1, tokens, end]: True where a token may attend."""
-
-    @classmethod
-    def build(cls, cache: KVCache, positions: torch.Tensor, first_row: int) -> CacheStep:
-        """The addressing of ``positions`` [B, T] in cache rows ``first_row ..``."""
-        b, _ = positions.shape
-        rows = torch.arange(first_row, first_row + b, device=positions.device)
-        heads = torch.arange(cache.kv_heads, device=positions.device)
-        base = (rows.view(b, 1, 1) * cache.kv_heads + heads.view(1, -1, 1)) * cache.max_len
-        end = int(positions.max().item()) + 1
-        span = torch.arange(end, device=positions.device)
-        mask = (span.view(1, 1, end) <= positions.unsqueeze(-1)).unsqueeze(1)
-        return cls(cache, (base + positions.unsqueeze(1)).reshape(-1), first_row, end, mask)
-
-    def store(self, layer: int, keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Write ``keys``/``values`` [B, kv_heads, T, head_dim] of ``layer``; return the rows' cached prefixes."""
-        cached_keys, cached_values = self.cache.keys[layer], self.cache.values[layer]
-        dim = cached_keys.shape[-1]
-        cached_keys.view(-1, dim).index_copy_(0, self.write_index, keys.reshape(-1, dim).to(cached_keys.dtype))
-        cached_values.view(-1, dim).index_copy_(0, self.write_index, values.reshape(-1, dim).to(cached_values.dtype))
-        rows = slice(self.first_row, self.first_row + keys.shape[0])
-        return cached_keys[rows, :, : self.end], cached_values[rows, :, : self.end]
 
 
 class Attention(nn.Module):

@@ -11,7 +11,8 @@ import torch
 from safetensors.torch import load_file
 from tokenizers import Tokenizer
 
-from services.inference.models.llama import LlamaConfig, LlamaForCausalLM
+from services.inference.models.config import LlamaConfig
+from services.inference.models.llama import LlamaForCausalLM
 
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 

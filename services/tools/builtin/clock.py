@@ -9,7 +9,7 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from genmesh.errors import InvalidArgument
-from services.tools.registry import Tool
+from services.tools.tool import Tool
 
 DEFAULT_TIMEZONE = "UTC"
 MAX_TIMEZONE_CHARS = 64

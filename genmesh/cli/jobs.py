@@ -13,8 +13,8 @@ import grpc
 from google.protobuf import timestamp_pb2
 
 from genmesh import mesh
-from genmesh.ask import AskOptions, EventPrinter, build_request, describe_rpc_error
 from genmesh.channels import open_channel
+from genmesh.cli.ask import AskOptions, EventPrinter, build_request, describe_rpc_error
 from genmesh.v1 import common_pb2, jobs_pb2, jobs_pb2_grpc
 
 STATES: dict[str, jobs_pb2.JobState.ValueType] = {
@@ -83,7 +83,9 @@ async def _run(args: argparse.Namespace, ask_options: Callable[[str, argparse.Na
             print(f"{job.id} {_state(job.state)}")
             return 0
         state = STATES[args.state] if args.state else jobs_pb2.JOB_STATE_UNSPECIFIED
-        listing = jobs_pb2.ListJobsRequest(state=state, page_size=args.page_size, page_token=args.page_token)
+        listing = jobs_pb2.ListJobsRequest(
+            state=state, page_size=args.page_size, page_token=args.page_token, view=jobs_pb2.JOB_VIEW_FULL
+        )
         page = await stub.ListJobs(listing, timeout=30)
         for job in page.jobs:
             question = job.request.question.replace("\n", " ")

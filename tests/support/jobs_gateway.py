@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from genmesh import mesh as topology
-from genmesh.launcher import Mesh, ServiceProcess, free_port, start_service, wait_ready
+from genmesh.cli.launcher import Mesh, ServiceProcess, free_port, start_service, wait_ready
 from genmesh.v1 import jobs_pb2, jobs_pb2_grpc
 
 FINAL = (jobs_pb2.JOB_STATE_SUCCEEDED, jobs_pb2.JOB_STATE_FAILED, jobs_pb2.JOB_STATE_CANCELLED)

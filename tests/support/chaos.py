@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from genmesh import mesh as topology
-from genmesh.launcher import Mesh, start_service, wait_ready
+from genmesh.cli.launcher import Mesh, start_service, wait_ready
 
 
 def ports_of(running: Mesh) -> dict[str, int]:

@@ -9,7 +9,7 @@ from types import MappingProxyType
 from typing import Any
 
 from genmesh.errors import InvalidArgument
-from services.tools.registry import Tool
+from services.tools.tool import Tool
 
 MAX_ABS_VALUE = 1e300
 """Largest magnitude accepted as input."""

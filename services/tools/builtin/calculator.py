@@ -10,7 +10,7 @@ from types import MappingProxyType
 from typing import Any
 
 from genmesh.errors import InvalidArgument
-from services.tools.registry import Tool
+from services.tools.tool import Tool
 
 MAX_EXPRESSION_CHARS = 1000
 """Longest expression accepted, in characters."""

@@ -6,7 +6,7 @@ import re
 from collections import Counter
 from typing import Any
 
-from services.tools.registry import Tool
+from services.tools.tool import Tool
 
 MAX_TEXT_CHARS = 32_000
 """Longest text accepted, in characters."""

@@ -11,12 +11,12 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from genmesh.errors import DeadlineExceeded
-from services.tools.registry import Tool, time_remaining
+from genmesh.mesh import DEFAULT_COLLECTION
+from services.tools.tool import Tool, time_remaining
 
 DEFAULT_TOP_K = 3
 MAX_TOP_K = 20
 MAX_QUERY_CHARS = 4096
-DEFAULT_COLLECTION = "python-reference"
 TIMEOUT_S = 5.0
 
 

@@ -16,10 +16,10 @@ from pathlib import Path
 import grpc
 
 from genmesh import mesh
-from genmesh.ask import AskOptions, ask, describe_rpc_error, parse_tool
+from genmesh.cli.ask import AskOptions, ask, describe_rpc_error, parse_tool
+from genmesh.cli.jobs import add_jobs_parser, run_jobs
+from genmesh.cli.launcher import die_with_launcher, start_mesh
 from genmesh.health import check
-from genmesh.jobs_cli import add_jobs_parser, run_jobs
-from genmesh.launcher import die_with_launcher, start_mesh
 
 DEMO_QUESTION = "How does the with statement use a context manager?"
 DEMO_TOOLS = (("calculator", '{"expression": "2 ** 10 + 1"}'), ("clock", '{"timezone": "UTC"}'))
@@ -108,15 +108,14 @@ async def _health(args: argparse.Namespace) -> int:
 
 
 def _ingest(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int | str:
-    from genmesh.ingest import IngestOptions, default_ingest_id, demo_documents, folder_documents, ingest
-    from services.retrieval.corpus import DEMO_COLLECTION
+    from genmesh.cli.ingest import IngestOptions, default_ingest_id, demo_documents, folder_documents, ingest
 
     if args.demo == (args.path is not None):
         parser.error("give either --demo or a PATH")
     if args.batch < 1:
         parser.error("--batch must be at least 1")
     if args.demo:
-        documents, source, collection = demo_documents(), "demo", args.collection or DEMO_COLLECTION
+        documents, source, collection = demo_documents(), "demo", args.collection or mesh.DEFAULT_COLLECTION
     else:
         try:
             documents = folder_documents(args.path)
@@ -205,7 +204,3 @@ def main(argv: Sequence[str] | None = None) -> None:
             sys.exit(describe_rpc_error(error))
     elif args.command == "health":
         sys.exit(asyncio.run(_health(args)))
-
-
-if __name__ == "__main__":
-    main()

@@ -1,0 +1,90 @@
+"""The inference stage: the prompt from what the earlier stages found, then the relayed token stream.
+
+A Generate call that fails with UNAVAILABLE before its first message is tried again (after waiting for the
+channel to reconnect, then the guard's back-off) while attempts and time remain; once a message has been
+relayed it never is, and the failure goes to the client. While the inference circuit is open, calls are
+refused at once with UNAVAILABLE.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+
+import grpc
+
+from gateway.prompt import PromptPassage, PromptToolResult, build_prompt, prompt_char_budget
+from gateway.relay import relay
+from gateway.resilience import RetryRule
+from gateway.stages.context import StageContext
+from genmesh.deadlines import left_s, timeout
+from genmesh.errors import InvalidArgument
+from genmesh.status import from_rpc_error
+from genmesh.v1 import gateway_pb2, inference_pb2
+
+STAGE = "inference"
+
+
+def _client_field(name: str) -> str:
+    """A GenerateRequest field as the gateway request's: the prompt is built from the question."""
+    return "question" if name == "prompt" else name
+
+
+class InferenceStage:
+    """Generates the answer; yields a GatewayEvent per relayed delta, then the Completion."""
+
+    def __init__(self, attempts: int, connect_wait_s: float) -> None:
+        self._rule = RetryRule(attempts)
+        self._connect_wait_s = connect_wait_s
+
+    async def run(self, context: StageContext) -> AsyncIterator[gateway_pb2.GatewayEvent]:
+        """Stream the answer; raises GenmeshError for failures the client must see. Its span runs from when
+        the prompt is ready to the Completion."""
+        upstreams, deadline = context.upstreams, context.deadline
+        request = inference_pb2.GenerateRequest(
+            request_id=context.plan.request_id,
+            prompt=await self._prompt(context),
+            sampling=context.plan.sampling_proto,
+            truncate_prompt=True,
+        )
+        start_ms = context.clock.now_ms()
+        connect_until = time.monotonic() + self._connect_wait_s  # one reconnect wait per request, not per attempt
+        try:
+            async for attempt in upstreams.guard(STAGE, self._rule).attempts(deadline, "Generate"):
+                with attempt:
+                    await upstreams.ensure_connected(STAGE, min(left_s(connect_until), left_s(deadline)))
+                    call = upstreams.inference.Generate(request, timeout=timeout(deadline))
+                    async for message in relay(call):
+                        attempt.commit()
+                        if message.HasField("delta"):
+                            yield gateway_pb2.GatewayEvent(delta=message.delta)
+                        else:
+                            context.clock.spans[STAGE] = (start_ms, context.clock.now_ms())
+                            yield gateway_pb2.GatewayEvent(complete=message.complete)
+                    return
+        except grpc.aio.AioRpcError as error:
+            raise from_rpc_error(error, _client_field) from None
+
+    @staticmethod
+    async def _prompt(context: StageContext) -> str:
+        plan, gathered = context.plan, context.gathered
+        try:
+            context_length = await context.upstreams.context_length()
+        except grpc.aio.AioRpcError as error:
+            raise from_rpc_error(error) from None
+        budget = prompt_char_budget(context_length, plan.sampling.max_tokens)
+        limit = budget // 2
+        if len(plan.question) > limit:
+            raise InvalidArgument.field(
+                "question", f"is too long for the model's context: {len(plan.question)} characters, at most {limit}"
+            )
+        calls = {call.call_id: call for call in plan.tool_calls}
+        return build_prompt(
+            plan.question,
+            [PromptPassage(p.title, p.text) for p in gathered.passages],
+            [
+                PromptToolResult(r.name, calls[r.call_id].arguments_json, r.result_json or f"error: {r.error.message}")
+                for r in gathered.tool_results
+            ],
+            budget,
+        )

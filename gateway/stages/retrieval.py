@@ -1,0 +1,65 @@
+"""The retrieval stage: one Query inside its budget; its passages become the Sources event, its failure a Degraded."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import grpc
+
+from gateway.deadlines import budget_timeout
+from gateway.resilience import CircuitOpen
+from gateway.stages.context import StageContext, client_mistake, degraded
+from genmesh.deadlines import timeout
+from genmesh.v1 import gateway_pb2, retrieval_pb2
+
+STAGE = "retrieval"
+_CLIENT_FIELDS = {"text": "question", "top_k": "retrieval.top_k"}
+
+
+def _client_field(name: str) -> str:
+    """A QueryRequest field as the gateway request's."""
+    return _CLIENT_FIELDS.get(name) or f"retrieval.{name}"
+
+
+class RetrievalStage:
+    """Searches the knowledge base for the question (one attempt: gRPC's retry policy retries Query)."""
+
+    def __init__(self, budget_s: float) -> None:
+        self._budget_s = budget_s
+
+    async def run(self, context: StageContext) -> AsyncIterator[gateway_pb2.GatewayEvent]:
+        """Yield the Sources found, or a Degraded event when retrieval fails, misses its budget or finds its
+        circuit open; a client mistake (bad top_k, unknown collection) fails the request."""
+        plan = context.plan
+        budget_s = plan.retrieval_budget_s or self._budget_s
+        limit = timeout(context.deadline)
+        by_budget = limit is None or budget_s < limit
+        missed = f"{STAGE} missed its {budget_s * 1000:.0f} ms budget"
+        query = retrieval_pb2.QueryRequest(
+            request_id=plan.request_id, text=plan.question, top_k=plan.top_k, collection=plan.collection
+        )
+        stub = context.upstreams.retrieval
+        response = retrieval_pb2.QueryResponse()
+        try:
+            async for attempt in context.upstreams.guard(STAGE).attempts(context.deadline, "Query"):
+                with attempt:
+                    try:
+                        call = stub.Query(query, timeout=budget_timeout(context.deadline, budget_s))
+                        response = await context.clock.timed(STAGE, call)
+                    except grpc.aio.AioRpcError as error:
+                        if error.code() == grpc.StatusCode.DEADLINE_EXCEEDED and by_budget:
+                            attempt.failed(error.code(), missed, counts=True)
+                        raise
+        except CircuitOpen as refused:
+            yield degraded(STAGE, grpc.StatusCode.UNAVAILABLE, refused.message)
+            return
+        except grpc.aio.AioRpcError as error:
+            mistake = client_mistake(error, _client_field)
+            if mistake is not None:
+                raise mistake from None
+            code, message = error.code(), error.details() or ""
+            if code == grpc.StatusCode.DEADLINE_EXCEEDED and by_budget:
+                message = missed
+            yield degraded(STAGE, code, message)
+            return
+        yield gateway_pb2.GatewayEvent(sources=gateway_pb2.Sources(passages=response.passages))

@@ -1,0 +1,153 @@
+"""The tool stage: the request's tool calls in InvokeMany streams inside the tool budget, results as they arrive.
+
+A call that is the client's mistake (unknown tool, bad arguments) fails the whole request with INVALID_ARGUMENT
+naming ``tool_calls[i]...``; any other failure of a call, or of the stream, becomes that call's ToolResult with
+an error plus a Degraded event, except that the calls of idempotent tools that failed with UNAVAILABLE are
+tried again (a new stream, after the guard's back-off) while attempts and budget remain. Non-idempotent tools
+are never retried. A call's span runs from when the tools service started it (measured from when the gateway
+sent the stream) to when its result arrived.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+
+import grpc
+
+from gateway.deadlines import REPORT_GRACE_S, budget_timeout
+from gateway.request import ToolCallPlan
+from gateway.resilience import Attempt, CircuitOpen, RetryRule
+from gateway.stages.context import StageContext, client_mistake, degraded
+from genmesh.deadlines import left_s, timeout
+from genmesh.errors import FieldViolation, InvalidArgument
+from genmesh.status import code_of_value, code_value, status_message
+from genmesh.v1 import common_pb2, gateway_pb2, tools_pb2
+
+STAGE = "tools"
+
+
+class ToolStage:
+    """Runs the tool calls the client asked for."""
+
+    def __init__(self, budget_s: float, attempts: int) -> None:
+        self._budget_s = budget_s
+        self._rule = RetryRule(attempts)
+
+    async def run(self, context: StageContext) -> AsyncIterator[gateway_pb2.GatewayEvent]:
+        """Yield each ToolResult (and a Degraded per failed call) as it arrives."""
+        stage_deadline = time.monotonic() + budget_timeout(context.deadline, self._budget_s)
+        pending = list(context.plan.tool_calls)
+        try:
+            async for attempt in context.upstreams.guard(STAGE, self._rule).attempts(stage_deadline, "InvokeMany"):
+                with attempt:
+                    async for event in self._invoke_many(context, attempt, pending, stage_deadline):
+                        yield event
+        except CircuitOpen as refused:
+            for call in pending:
+                for event in _failed(call, grpc.StatusCode.UNAVAILABLE, refused.message, 0.0):
+                    yield event
+
+    async def _invoke_many(
+        self, context: StageContext, attempt: Attempt, pending: list[ToolCallPlan], stage_deadline: float
+    ) -> AsyncIterator[gateway_pb2.GatewayEvent]:
+        """One InvokeMany stream over ``pending``; leaves in ``pending`` the calls held for another attempt.
+        A stream that fails counts against the circuit once no call is tried again."""
+        request = tools_pb2.InvokeManyRequest(
+            request_id=context.plan.request_id, timeout_ms=max(1, int(left_s(stage_deadline) * 1000))
+        )
+        for call in pending:
+            tool_call = request.calls.add(call_id=call.call_id, name=call.name, arguments_json=call.arguments_json)
+            if call.timeout_ms is not None:
+                tool_call.timeout_ms = call.timeout_ms
+        waiting = {call.call_id: call for call in pending}
+        pending.clear()
+
+        def held(call: ToolCallPlan, code: grpc.StatusCode) -> bool:
+            if attempt.may_retry(code) and context.upstreams.is_idempotent(call.name):
+                pending.append(call)
+                return True
+            return False
+
+        clock = context.clock
+        sent_ms = clock.now_ms()
+        rpc_timeout = left_s(stage_deadline) + REPORT_GRACE_S
+        client_timeout = timeout(context.deadline)
+        if client_timeout is not None:
+            rpc_timeout = min(rpc_timeout, client_timeout)
+        stream = context.upstreams.tools.InvokeMany(request, timeout=max(0.001, rpc_timeout))
+        try:
+            async for response in stream:
+                result = response.result
+                planned = waiting.pop(result.call_id, None)
+                if planned is None:
+                    continue
+                end_ms = clock.now_ms()
+                clock.spans[_stage(planned)] = (min(end_ms, sent_ms + response.start_ms), end_ms)
+                if not result.HasField("error"):
+                    yield gateway_pb2.GatewayEvent(tool_result=result)
+                    continue
+                _raise_tool_mistake(planned, result.error)
+                if not held(planned, code_of_value(result.error.code)):
+                    for event in _failed(
+                        planned, code_of_value(result.error.code), result.error.message, result.duration_ms
+                    ):
+                        yield event
+            attempt.succeeded()
+        except grpc.aio.AioRpcError as error:
+            mistake = client_mistake(error, _client_field)
+            if mistake is not None:
+                raise mistake from None
+            code, message = error.code(), error.details() or ""
+            if code == grpc.StatusCode.DEADLINE_EXCEEDED and left_s(stage_deadline) <= REPORT_GRACE_S:
+                message = f"the tool calls missed their {self._budget_s * 1000:.0f} ms budget"
+            end_ms = clock.now_ms()
+            for call in waiting.values():
+                clock.spans[_stage(call)] = (sent_ms, end_ms)
+                if not held(call, code):
+                    for event in _failed(call, code, message, end_ms - sent_ms):
+                        yield event
+            if not pending:
+                attempt.failed(code, f"InvokeMany {code.name}")
+        finally:
+            stream.cancel()
+        if pending:
+            attempt.retry()
+
+
+def _failed(
+    call: ToolCallPlan,
+    code: grpc.StatusCode,
+    message: str,
+    duration_ms: float,
+    reported: common_pb2.ToolError | None = None,
+) -> tuple[gateway_pb2.GatewayEvent, gateway_pb2.GatewayEvent]:
+    """A failed call's ToolResult (with its error: the one the tools service ``reported``, else one made here) and
+    the Degraded event that goes with it."""
+    error = common_pb2.ToolError()
+    if reported is not None:
+        error.CopyFrom(reported)
+    else:
+        error.status.CopyFrom(status_message(code, message))
+        error.code, error.message = code_value(code), message
+    result = common_pb2.ToolResult(call_id=call.call_id, name=call.name, error=error, duration_ms=duration_ms)
+    return gateway_pb2.GatewayEvent(tool_result=result), degraded(_stage(call), code, message)
+
+
+def _stage(call: ToolCallPlan) -> str:
+    return f"tool:{call.call_id}"
+
+
+def _raise_tool_mistake(call: ToolCallPlan, error: common_pb2.ToolError) -> None:
+    """A call the tools service refused as the client's mistake fails the request, naming tool_calls[i]."""
+    field = f"tool_calls[{call.index}]"
+    if error.code == code_value(grpc.StatusCode.NOT_FOUND):
+        raise InvalidArgument.field(f"{field}.name", error.message or "unknown tool")
+    if error.code == code_value(grpc.StatusCode.INVALID_ARGUMENT):
+        violations = [FieldViolation(f"{field}.{v.field}", v.description) for v in error.field_violations]
+        raise InvalidArgument(violations or [FieldViolation(field, error.message)])
+
+
+def _client_field(name: str) -> str:
+    """An InvokeMany request field (``calls[2].call_id``) as the gateway request's (``tool_calls[2].call_id``)."""
+    return "tool_calls" + name.removeprefix("calls") if name.startswith("calls") else f"tool_calls.{name}"
