@@ -6,7 +6,7 @@ import contextlib
 import time
 from collections.abc import Iterator
 
-from genmesh.errors import ResourceExhausted
+from genmesh.errors import Reason, ResourceExhausted
 
 MIN_RETRY_AFTER_S = 0.05
 _EWMA_WEIGHT = 0.1
@@ -37,6 +37,8 @@ class StreamLimiter:
             raise ResourceExhausted(
                 f"the gateway is serving its maximum of {self.max_streams} concurrent streams; retry later",
                 round(self.retry_after_s(), 3),
+                reason=Reason.GATEWAY_STREAM_LIMIT,
+                metadata={"maxStreams": str(self.max_streams)},
             )
         self.active += 1
         start = time.monotonic()

@@ -10,10 +10,10 @@ from collections.abc import AsyncIterator
 
 from gateway.jobs.config import JobConfig
 from gateway.jobs.model import JobEvent, JobRecord, JobState, NewJob
-from gateway.jobs.store import JobStore, QueueFull, SqliteJobStore
+from gateway.jobs.store import JobNotFound, JobStore, QueueFull, SqliteJobStore
 from gateway.jobs.watch import JobFeed, watch
 from gateway.jobs.workers import Answer, WorkerPool
-from genmesh.errors import NotFound, Unavailable
+from genmesh.errors import Unavailable
 from genmesh.tasks import cancel_and_wait
 
 log = logging.getLogger("genmesh.gateway.jobs")
@@ -82,14 +82,14 @@ class JobRuntime:
         """The job; NotFound when unknown or expired."""
         record = await self._ready().get(job_id)
         if record is None:
-            raise NotFound(f"no job {job_id!r} (it may have expired)")
+            raise JobNotFound(job_id)
         return record
 
     async def cancel(self, job_id: str) -> JobRecord:
         """Cancel a queued or running job; a finished one is returned as it is."""
         record = await self._ready().request_cancel(job_id, time.time())
         if record is None:
-            raise NotFound(f"no job {job_id!r} (it may have expired)")
+            raise JobNotFound(job_id)
         if record.state is JobState.RUNNING:
             await self._pool.cancel(job_id)
             record = await self.get(job_id)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 from collections.abc import AsyncIterator
 
 import grpc
@@ -12,13 +10,14 @@ from gateway.jobs.model import JobRecord, JobState
 from gateway.jobs.runtime import JobRuntime
 from gateway.request import plan_request
 from genmesh.errors import InvalidArgument
+from genmesh.paging import check_page_size, decode_page_token, encode_page_token, fitting
+from genmesh.status import code_of_value, status_message
 from genmesh.v1 import gateway_pb2, jobs_pb2, jobs_pb2_grpc
 
 SERVICE_NAME = jobs_pb2.DESCRIPTOR.services_by_name["JobService"].full_name
 MAX_IDEMPOTENCY_KEY = 256
 MAX_PRIORITY = 1000
 DEFAULT_PAGE_SIZE = 50
-MAX_PAGE_SIZE = 1000
 
 
 class JobServicer(jobs_pb2_grpc.JobServiceServicer):
@@ -68,17 +67,20 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
     async def ListJobs(
         self, request: jobs_pb2.ListJobsRequest, context: grpc.aio.ServicerContext
     ) -> jobs_pb2.ListJobsResponse:
-        if not 0 <= request.page_size <= MAX_PAGE_SIZE:
-            raise InvalidArgument.field("page_size", f"must be between 0 and {MAX_PAGE_SIZE}")
+        check_page_size(request.page_size)
         if request.state not in jobs_pb2.JobState.values():
             raise InvalidArgument.field("state", f"unknown job state {request.state}")
+        if request.view not in jobs_pb2.JobView.values():
+            raise InvalidArgument.field("view", f"unknown job view {request.view}")
         state = JobState(request.state) if request.state else None
-        before = decode_page_token(request.page_token, request.state) if request.page_token else None
+        before = decode_jobs_token(request.page_token, request.state) if request.page_token else None
         size = request.page_size or DEFAULT_PAGE_SIZE
         records = await self._runtime.list(state, before, size + 1)
-        response = jobs_pb2.ListJobsResponse(jobs=[to_proto(r) for r in records[:size]])
-        if len(records) > size:
-            response.next_page_token = encode_page_token(records[size - 1].seq, request.state)
+        jobs = [to_proto(r, full=request.view == jobs_pb2.JOB_VIEW_FULL) for r in records[:size]]
+        count = fitting(jobs)
+        response = jobs_pb2.ListJobsResponse(jobs=jobs[:count])
+        if len(records) > count:
+            response.next_page_token = encode_jobs_token(records[count - 1].seq, request.state)
         return response
 
 
@@ -88,44 +90,42 @@ def _job_id(value: str) -> str:
     return value
 
 
-def encode_page_token(last_seq: int, state: int) -> str:
+def encode_jobs_token(last_seq: int, state: int) -> str:
     """An opaque cursor: the page continues after the job numbered ``last_seq`` of the same state filter."""
-    return base64.urlsafe_b64encode(f"jobs:{state}:{last_seq}".encode()).decode().rstrip("=")
+    return encode_page_token("jobs", state, last_seq)
 
 
-def decode_page_token(token: str, state: int) -> int:
+def decode_jobs_token(token: str, state: int) -> int:
     """The cursor's job number; InvalidArgument naming page_token when it is not one of ours for ``state``."""
-    try:
-        text = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
-        tag, token_state, seq = text.split(":")
-        if tag != "jobs" or int(seq) < 1:
-            raise ValueError(text)
-    except (ValueError, binascii.Error, UnicodeDecodeError):
-        raise InvalidArgument.field("page_token", "is not a token ListJobs returned") from None
+    token_state, seq = decode_page_token(token, "jobs", 2)
+    if not seq.isdigit() or int(seq) < 1 or not token_state.isdigit():
+        raise InvalidArgument.field("page_token", "is not a token ListJobs returned")
     if int(token_state) != state:
         raise InvalidArgument.field("page_token", "was returned for a different state filter")
     return int(seq)
 
 
-def to_proto(record: JobRecord) -> jobs_pb2.Job:
-    """The Job message of a stored job."""
+def to_proto(record: JobRecord, full: bool = True) -> jobs_pb2.Job:
+    """The Job message of a stored job: the FULL view, or the BASIC one (no request, no result)."""
     job = jobs_pb2.Job(
         id=record.id,
         state=jobs_pb2.JobState.ValueType(int(record.state)),
         priority=record.priority,
         idempotency_key=record.idempotency_key,
-        request=gateway_pb2.GatewayRequest.FromString(record.request),
         attempts=record.attempts,
     )
+    if full:
+        job.request.ParseFromString(record.request)
     job.create_time.FromNanoseconds(_nanos(record.created))
     if record.started is not None:
         job.start_time.FromNanoseconds(_nanos(record.started))
     if record.finished is not None:
         job.finish_time.FromNanoseconds(_nanos(record.finished))
     if record.error_code:
-        job.error.code = record.error_code
+        job.error.code = record.error_code  # deprecated; kept filled
         job.error.message = record.error_message
-    if record.result:
+        job.error.status.CopyFrom(status_message(code_of_value(record.error_code), record.error_message))
+    if full and record.result:
         job.result.ParseFromString(record.result)
     return job
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from gateway.jobs.model import JobEvent, JobRecord, JobState, NewJob, Outcome, RecoveryReport
-from genmesh.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
+from genmesh.errors import FailedPrecondition, InvalidArgument, NotFound, Reason, ResourceExhausted
 
 T = TypeVar("T")
 
@@ -61,8 +61,21 @@ class QueueFull(ResourceExhausted):
     """SubmitJob found --job-queue-max jobs waiting."""
 
     def __init__(self, queued: int) -> None:
-        super().__init__(f"the job queue is full ({queued} jobs waiting); retry later")
+        super().__init__(
+            f"the job queue is full ({queued} jobs waiting); retry later",
+            reason=Reason.JOB_QUEUE_FULL,
+            metadata={"queuedJobs": str(queued)},
+        )
         self.queued = queued
+
+
+class JobNotFound(NotFound):
+    """No job has the id (any more)."""
+
+    reason = Reason.JOB_NOT_FOUND
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"no job {job_id!r} (it may have expired)")
 
 
 class JobStore(Protocol):

@@ -10,8 +10,7 @@ import asyncio
 from collections.abc import AsyncIterator
 
 from gateway.jobs.model import JobEvent, JobRecord
-from gateway.jobs.store import JobStore
-from genmesh.errors import NotFound
+from gateway.jobs.store import JobNotFound, JobStore
 
 #: Events read from the store at a time.
 BATCH = 256
@@ -42,7 +41,7 @@ async def watch(store: JobStore, feed: JobFeed, job_id: str, after_seq: int) -> 
         # The job is read before its events: when it is final, every event was committed before.
         job, events = await store.snapshot(job_id, last, BATCH)
         if job is None:
-            raise NotFound(f"no job {job_id!r} (it may have expired)")
+            raise JobNotFound(job_id)
         for event in events:
             yield event
             last = event.seq
