@@ -8,23 +8,46 @@ from collections.abc import AsyncIterator
 import grpc
 
 from genmesh.tasks import cancel_and_wait
-from genmesh.v1 import common_pb2, inference_pb2
+from genmesh.v1 import inference_pb2
 
 
-def merge_deltas(target: common_pb2.TokenDelta, extra: common_pb2.TokenDelta) -> None:
-    """Append ``extra`` to ``target`` in place."""
-    target.token_ids.extend(extra.token_ids)
-    target.text += extra.text
-    target.logprobs.extend(extra.logprobs)
+class Unread:
+    """The messages a reader has not taken yet, each run of deltas merged into one message, so that a reader who
+    falls behind holds one message per run of deltas, not one per token.
 
+    A run's text is kept in pieces and joined when the run is taken: appending to a protobuf string field in
+    place keeps every intermediate string in the message's arena (quadratic memory over a long run).
+    """
 
-def push(pending: list[inference_pb2.GenerateResponse], message: inference_pb2.GenerateResponse) -> None:
-    """Append ``message`` to the unread ``pending`` messages, merged into the last one when both are deltas,
-    so that a reader who falls behind holds one message per run of deltas, not one per token."""
-    if pending and message.HasField("delta") and pending[-1].HasField("delta"):
-        merge_deltas(pending[-1].delta, message.delta)
-    else:
-        pending.append(message)
+    def __init__(self) -> None:
+        self._messages: list[inference_pb2.GenerateResponse] = []
+        self._texts: list[str] = []
+        """The text pieces of the last message, when it is a delta."""
+
+    def __bool__(self) -> bool:
+        return bool(self._messages)
+
+    def push(self, message: inference_pb2.GenerateResponse) -> None:
+        """Add ``message``, merged into the last unread one when both are deltas."""
+        last = self._messages[-1] if self._messages else None
+        if last is not None and last.HasField("delta") and message.HasField("delta"):
+            last.delta.token_ids.extend(message.delta.token_ids)
+            last.delta.logprobs.extend(message.delta.logprobs)
+            self._texts.append(message.delta.text)
+            return
+        self._join_texts()
+        self._messages.append(message)
+        self._texts = [message.delta.text] if message.HasField("delta") else []
+
+    def take(self) -> list[inference_pb2.GenerateResponse]:
+        """Every unread message, in order; none is left."""
+        self._join_texts()
+        taken, self._messages, self._texts = self._messages, [], []
+        return taken
+
+    def _join_texts(self) -> None:
+        if len(self._texts) > 1:
+            self._messages[-1].delta.text = "".join(self._texts)
 
 
 async def relay(call: grpc.aio.UnaryStreamCall) -> AsyncIterator[inference_pb2.GenerateResponse]:
@@ -34,7 +57,7 @@ async def relay(call: grpc.aio.UnaryStreamCall) -> AsyncIterator[inference_pb2.G
     for a slow consumer is one merged delta (at most the generation's max_tokens tokens) and the
     completion. Closing the iterator cancels the upstream call.
     """
-    pending: list[inference_pb2.GenerateResponse] = []
+    unread = Unread()
     wake = asyncio.Event()
     failure: list[BaseException] = []
     finished = False
@@ -43,7 +66,7 @@ async def relay(call: grpc.aio.UnaryStreamCall) -> AsyncIterator[inference_pb2.G
         nonlocal finished
         try:
             async for message in call:
-                push(pending, message)
+                unread.push(message)
                 wake.set()
         except grpc.aio.AioRpcError as error:
             failure.append(error)
@@ -56,11 +79,9 @@ async def relay(call: grpc.aio.UnaryStreamCall) -> AsyncIterator[inference_pb2.G
         while True:
             await wake.wait()
             wake.clear()
-            batch = pending[:]
-            pending.clear()
-            for message in batch:
+            for message in unread.take():
                 yield message
-            if finished and not pending:
+            if finished and not unread:
                 if failure:
                     raise failure[0]
                 return

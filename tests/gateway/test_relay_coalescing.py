@@ -1,30 +1,32 @@
-"""The relay merges the deltas a slow reader missed, keeping every token and the completion last."""
+"""The relay's unread messages: runs of deltas merged into one message, every token kept, the completion last."""
 
 from __future__ import annotations
 
-from gateway.relay import push
+from gateway.relay import Unread
 from genmesh.v1 import common_pb2, inference_pb2
-
-
-def coalesce(batch: list[inference_pb2.GenerateResponse]) -> list[inference_pb2.GenerateResponse]:
-    """What a reader that fell behind by ``batch`` finds pending."""
-    pending: list[inference_pb2.GenerateResponse] = []
-    for message in batch:
-        push(pending, message)
-    return pending
 
 
 def _delta(ids: list[int], text: str) -> inference_pb2.GenerateResponse:
     return inference_pb2.GenerateResponse(delta=common_pb2.TokenDelta(token_ids=ids, text=text))
 
 
+def _done() -> inference_pb2.GenerateResponse:
+    return inference_pb2.GenerateResponse(complete=common_pb2.Completion(usage=common_pb2.Usage(completion_tokens=4)))
+
+
+def coalesce(batch: list[inference_pb2.GenerateResponse]) -> list[inference_pb2.GenerateResponse]:
+    """What a reader that fell behind by ``batch`` takes."""
+    unread = Unread()
+    for message in batch:
+        unread.push(message)
+    return unread.take()
+
+
 def test_runs_of_deltas_become_one_message() -> None:
-    done = inference_pb2.GenerateResponse(complete=common_pb2.Completion(usage=common_pb2.Usage(completion_tokens=4)))
-    merged = coalesce([_delta([1], "a"), _delta([2, 3], "bc"), _delta([4], "d"), done])
-    assert len(merged) == 2
+    merged = coalesce([_delta([1], "a"), _delta([2, 3], "bc"), _delta([4], "d"), _done()])
+    assert [message.WhichOneof("event") for message in merged] == ["delta", "complete"]
     assert list(merged[0].delta.token_ids) == [1, 2, 3, 4]
     assert merged[0].delta.text == "abcd"
-    assert merged[1].HasField("complete")
 
 
 def test_logprobs_follow_their_tokens() -> None:
@@ -34,3 +36,23 @@ def test_logprobs_follow_their_tokens() -> None:
     second.delta.logprobs.add(token_id=2, logprob=-1.5)
     (merged,) = coalesce([first, second])
     assert [lp.token_id for lp in merged.delta.logprobs] == [1, 2]
+    assert merged.delta.text == "ab"
+
+
+def test_what_was_taken_is_never_merged_into_again() -> None:
+    unread = Unread()
+    unread.push(_delta([1], "a"))
+    unread.push(_delta([2], "b"))
+    (taken,) = unread.take()
+    assert not unread
+    unread.push(_delta([3], "c"))
+    unread.push(_delta([4], "d"))
+    (later,) = unread.take()
+    assert (list(taken.delta.token_ids), taken.delta.text) == ([1, 2], "ab"), "a message already handed out is final"
+    assert (list(later.delta.token_ids), later.delta.text) == ([3, 4], "cd")
+
+
+def test_a_run_ends_at_the_completion() -> None:
+    taken = coalesce([_delta([1], "a"), _done(), _delta([2], "b")])
+    assert [message.WhichOneof("event") for message in taken] == ["delta", "complete", "delta"]
+    assert [message.delta.text for message in taken] == ["a", "", "b"]
