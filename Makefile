@@ -10,7 +10,7 @@ CONTRACT_IMAGE := protos/published/genmesh-v1.binpb
 # Pinned code generators (npm) the contract tests compile the protos with; `make codegen-tools`.
 NODE_TOOLS := .genmesh/node
 
-.PHONY: help install proto run demo up test lint contract-publish codegen-tools bench bench-full clean
+.PHONY: help install proto run demo up test mutants lint contract-publish codegen-tools bench bench-full clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -47,6 +47,9 @@ up: install  ## start the four services and keep them up until Ctrl-C
 
 test: install  ## run the test suite
 	$(PY) -m pytest
+
+mutants: install  ## apply each curated one-line mutant of load-bearing code; fail if its tests still pass
+	$(PY) scripts/mutants.py
 
 lint: install  ## buf lint, buf breaking (against the published contract), ruff, mypy, hadolint
 	$(BIN)/buf lint

@@ -129,12 +129,12 @@ class Attempt:
             if self.may_retry(code):
                 self.swallowed = error
                 self.retry()
-                self._record(Outcome.NEUTRAL, "")
+                self._record(Outcome.NEUTRAL, "")  # retried: only the last attempt's outcome counts
                 return True  # swallowed: the loop makes the next attempt
             self.failed(code, f"{self._guard.breaker.name} {code.name}")
         elif error is None and not self.retry_requested:
             self.succeeded()
-        self._record(Outcome.NEUTRAL, "")
+        self._record(Outcome.NEUTRAL, "")  # ended any other way: frees the probe slot
         return False
 
 

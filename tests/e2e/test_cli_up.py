@@ -1,4 +1,4 @@
-"""`genmesh up` brings the mesh up, streams the demo answer, and stops every service on Ctrl-C."""
+"""`genmesh up` brings the mesh up, streams the demo, and on Ctrl-C stops the gateway (draining) before the rest."""
 
 from __future__ import annotations
 
@@ -9,8 +9,14 @@ import signal
 import sys
 from pathlib import Path
 
+from support.streams import collect
+
 from genmesh import mesh
+from genmesh.channels import open_channel
 from genmesh.cli.launcher import free_ports
+from genmesh.v1 import gateway_pb2, gateway_pb2_grpc
+
+QUERY_DELAY_S = 0.5
 
 
 async def test_up_demo_then_ctrl_c(tmp_path: Path) -> None:
@@ -29,6 +35,7 @@ async def test_up_demo_then_ctrl_c(tmp_path: Path) -> None:
         *ports,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
+        env={**os.environ, "GENMESH_RETRIEVAL_FAULTS": f"Query:delay={QUERY_DELAY_S}s"},  # answers wait on retrieval
     )
     try:
         output = await _read_until_up(process)
@@ -43,10 +50,29 @@ async def test_up_demo_then_ctrl_c(tmp_path: Path) -> None:
     pids = [int(m) for m in re.findall(r"pid (\d+)", output)]
     assert len(pids) == 4
 
-    process.send_signal(signal.SIGINT)
+    gateway = re.search(r"^gateway ready at (\S+)$", output, re.MULTILINE)
+    assert gateway, output
+    async with open_channel(gateway.group(1)) as channel:
+        request = gateway_pb2.GatewayRequest(request_id="in-flight-at-ctrl-c", question="What does yield do?")
+        request.tool_calls.add(name="calculator", arguments_json='{"expression": "6*7"}')
+        request.sampling.max_tokens = 4
+        call = gateway_pb2_grpc.GatewayServiceStub(channel).Generate(request, timeout=60)
+        first = await anext(call.__aiter__())
+        assert first.HasField("tool_result"), "in flight: the tool answered, retrieval (0.5 s) has not"
+        process.send_signal(signal.SIGINT)
+        answered = await collect(call)  # it still needs retrieval and inference, after Ctrl-C
+    assert "sources" in answered.kinds and answered.token_ids, answered.kinds
+    assert answered.completion.usage.completion_tokens == len(answered.token_ids)
+
     rest, _ = await asyncio.wait_for(process.communicate(), 60)
     assert process.returncode == 0, rest.decode()
     assert "stopped" in rest.decode()
+    logs = tmp_path / "logs"
+    gateway_stopped = _ts(logs / "gateway.log", "msg=stopped")
+    for upstream in ("retrieval", "tools", "inference"):
+        assert gateway_stopped <= _ts(logs / f"{upstream}.log", "msg=stopping"), (
+            f"{upstream} stopped before the gateway"
+        )
     for pid in pids:
         try:
             os.kill(pid, 0)
@@ -63,3 +89,9 @@ async def _read_until_up(process: asyncio.subprocess.Process) -> str:
         assert line, "genmesh up exited early:\n" + "".join(lines)
         lines.append(line.decode())
     return "".join(lines)
+
+
+def _ts(log: Path, needle: str) -> str:
+    """The timestamp (ISO 8601, UTC, milliseconds: ordered as text) of the first line of ``log`` holding ``needle``."""
+    line = next(line for line in log.read_text().splitlines() if needle in line)
+    return line.split(" ", 1)[0].removeprefix("ts=")

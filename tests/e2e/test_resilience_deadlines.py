@@ -1,9 +1,7 @@
-"""A deadline shorter than an injected inference delay ends with DEADLINE_EXCEEDED on time, and the inference
-side sees the cancellation; a client that cancels stops its tool calls too."""
+"""Deadlines end a slow request on time and reach inference; a client that cancels stops its tool calls too."""
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -11,7 +9,8 @@ from pathlib import Path
 import grpc
 import pytest
 import pytest_asyncio
-from support.chaos import wait_for_lines
+from support.chaos import wait_for_lines, wait_for_log
+from support.napping import NAPPING, SPEC, tools_env
 from support.streams import collect
 
 from genmesh.channels import open_channel
@@ -23,13 +22,14 @@ INFERENCE_DELAY_S = 3.0
 
 @pytest_asyncio.fixture(scope="module")
 async def slow_mesh(log_root: Path) -> AsyncIterator[Mesh]:
-    """Inference takes 3 s before it starts a stream; the tools service has a 'sleep_ms' tool."""
+    """Inference takes 3 s before it starts a stream; the tools service has a 'nap' tool that logs its start."""
     running = await start_mesh(
         log_dir=log_root / "deadlines",
         extra_args={
             "inference": ["--threads", "1", "--faults", f"Generate:delay={INFERENCE_DELAY_S}s"],
-            "tools": ["--tools-module", "bench.sleep_plugin:sleep_ms"],
+            "tools": ["--tools-module", SPEC],
         },
+        env=tools_env(),
     )
     yield running
     await running.stop(grace_s=2.0)
@@ -59,11 +59,10 @@ async def test_deadline_shorter_than_the_inference_delay(slow_mesh: Mesh) -> Non
 async def test_cancel_stops_the_tool_calls(slow_mesh: Mesh) -> None:
     request = gateway_pb2.GatewayRequest(request_id="cancel-tools-1", question="What is a generator?")
     request.retrieval.disabled = True
-    request.tool_calls.add(call_id="nap", name="sleep_ms", arguments_json='{"ms": 30000}')
+    request.tool_calls.add(call_id="nap", name="nap", arguments_json='{"ms": 30000}')
     async with open_channel(slow_mesh.address("gateway")) as channel:
         call = gateway_pb2_grpc.GatewayServiceStub(channel).Generate(request, timeout=60)
-        await wait_for_lines(slow_mesh, "tools", "method=/genmesh.v1.ToolsService/ListTools", timeout_s=10)
-        await asyncio.sleep(0.5)  # the InvokeMany stream is running the 30 s call
+        await wait_for_log(slow_mesh, "tools", NAPPING, "request_id=cancel-tools-1")  # the 30 s call is running
         call.cancel()
         lines = await wait_for_lines(slow_mesh, "tools", "request_id=cancel-tools-1", timeout_s=10)
     assert lines and "status=CANCELLED" in lines[-1], lines

@@ -84,6 +84,9 @@ async def test_flood_past_the_cap(flood_mesh: Mesh) -> None:
 
 
 async def test_slow_readers_keep_gateway_memory_bounded(wide_gateway: ServiceProcess) -> None:
+    """Per-stream memory with many readers. The relay's merging does not show here: gRPC buffers some MB per
+    stream before a reader's slowness reaches the relay, more than this model ever generates; the relay itself is
+    tested with a stalled reader in tests/gateway/test_relay_stream.py."""
     async with open_channel(wide_gateway.address) as channel:
         gateway = gateway_pb2_grpc.GatewayServiceStub(channel)
         await collect(gateway.Generate(_request(8), timeout=120))  # warm up

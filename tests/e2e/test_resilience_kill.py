@@ -1,5 +1,4 @@
-"""kill -9 of inference mid-stream: every client gets UNAVAILABLE at once, the gateway stays SERVING, and the
-restarted inference service is used again without restarting the gateway."""
+"""kill -9 of inference mid-stream: clients get UNAVAILABLE at once; the gateway lives on and uses the restart."""
 
 from __future__ import annotations
 
@@ -57,12 +56,14 @@ async def test_kill_inference_mid_stream(kill_mesh: Mesh) -> None:
             return grpc.StatusCode.OK, time.monotonic()
 
         readers = [asyncio.create_task(outcome(stream)) for stream in streams]
-        killed_at = time.monotonic()
         await kill9(kill_mesh, "inference")
-        results = await asyncio.wait_for(asyncio.gather(*readers), timeout=30)
+        reaped_at = time.monotonic()
+        results = await asyncio.wait_for(asyncio.gather(*readers), timeout=60)
         for code, ended in results:
             assert code == grpc.StatusCode.UNAVAILABLE
-            assert ended - killed_at < 1.0, f"a client waited {ended - killed_at:.2f} s for its UNAVAILABLE"
+            # At once: the broken connection ends the streams, not a keepalive timeout (10 s and more) nor their
+            # deadline (120 s). Counted from when the process was gone, with room for a loaded machine.
+            assert ended - reaped_at < 5.0, f"a client waited {ended - reaped_at:.2f} s for its UNAVAILABLE"
 
         gateway_log = kill_mesh.services["gateway"].log_path
         assert gateway_log is not None

@@ -116,8 +116,11 @@ async def test_stream_reports_progress_and_resumes_after_a_break(retrieval: Stub
         if progress.documents:
             break
     call.cancel()
-    assert progress is not None and 0 < progress.documents <= 100 and not progress.completed
-    assert progress.last_document_id == f"doc-{progress.documents - 1}"
+    # One passage per document: the first commit is of exactly 64 passages, and it is all that is stored.
+    assert progress is not None and not progress.completed
+    assert (progress.documents, progress.chunks, progress.last_document_id) == (64, 64, "doc-63")
+    stats = await retrieval.GetStats(retrieval_pb2.GetStatsRequest(collection=name), timeout=10)
+    assert (stats.collections[0].documents, stats.collections[0].chunks) == (64, 64)
 
     done = int(progress.documents)
     rest = [retrieval_pb2.UpsertStreamRequest(collection=name, ingest_id=ingest_id, resume=True)]
@@ -154,6 +157,11 @@ async def test_bad_input_names_the_field(retrieval: Stub) -> None:
         ),
         (retrieval.Upsert, _upsert("Bad Name", ok), "collection"),
         (retrieval.Upsert, _upsert(name), "documents"),
+        (
+            retrieval.Upsert,
+            _upsert(name, *(retrieval_pb2.Document(id=f"m{i}", text="x") for i in range(1001))),
+            "documents",
+        ),
         (retrieval.Delete, retrieval_pb2.DeleteRequest(collection="python-reference"), "document_ids"),
         (retrieval.GetIngestProgress, retrieval_pb2.GetIngestProgressRequest(), "ingest_id"),
     ]
@@ -166,6 +174,13 @@ async def test_bad_input_names_the_field(retrieval: Stub) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await retrieval.UpsertStream(_stream(stream), timeout=30)
     assert violated_fields(caught.value) == ["documents[1].text"]
+    many = [retrieval_pb2.Document(id=f"m{i}", text="x") for i in range(1001)]
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await retrieval.UpsertStream(_stream([retrieval_pb2.UpsertStreamRequest(collection=name, documents=many)]))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT and violated_fields(caught.value) == ["documents"]
+    with pytest.raises(grpc.aio.AioRpcError) as caught:  # nothing refused was stored
+        await retrieval.GetStats(retrieval_pb2.GetStatsRequest(collection=name), timeout=10)
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
 
     for method, request in [
         (retrieval.Query, retrieval_pb2.QueryRequest(text="x", collection="no-such-collection")),

@@ -17,6 +17,7 @@ import pytest
 import pytest_asyncio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from support.arithmetic import plain_arithmetic, python_value, same_number
 from support.streams import collect, violated_fields
 
 from genmesh import mesh as topology
@@ -281,29 +282,50 @@ _HOSTILE = st.one_of(
             "globals()",
             "1 if True else 2",
             "2**" * 400 + "2",
+            "True + 1",
+            "~1",
+            "6 << 2",
         ]
     ),
     st.text(alphabet="()+-*/%.0123456789e_abcxyz[]'\" ", max_size=300),
 )
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(expression=_HOSTILE)
-def test_the_calculator_service_never_reaches_python(tool_mesh: Mesh, expression: str) -> None:
-    """Through the live service: a number or INVALID_ARGUMENT naming the expression, always within 5 s."""
-    with grpc.insecure_channel(tool_mesh.address("tools")) as channel:
+def _calculate(address: str, expression: str) -> object:
+    """The calculator's value through the live service's Invoke (an RpcError if it refuses)."""
+    with grpc.insecure_channel(address) as channel:
         invoke = channel.unary_unary(
             "/genmesh.v1.ToolsService/Invoke",
             request_serializer=tools_pb2.InvokeRequest.SerializeToString,
             response_deserializer=tools_pb2.InvokeResponse.FromString,
         )
         call = _call("calc", "calculator", expression=expression)
-        try:
-            response = invoke(tools_pb2.InvokeRequest(call=call), timeout=5)
-        except grpc.RpcError as error:
-            assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error.details()
-        else:
-            assert isinstance(json.loads(response.result.result_json)["value"], int | float)
+        response = invoke(tools_pb2.InvokeRequest(call=call), timeout=30)
+    result = json.loads(response.result.result_json)
+    assert result["expression"] == expression
+    return result["value"]
+
+
+def test_the_calculator_service_computes_exactly(tool_mesh: Mesh) -> None:
+    address = tool_mesh.address("tools")
+    for expression, expected in [("2 ** 10 + 1", 1025), ("7 / 2", 3.5), ("-7 // 2", -4), ("2 ** 100", 2**100)]:
+        assert same_number(_calculate(address, expression), expected), expression
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(expression=_HOSTILE)
+def test_the_calculator_service_never_reaches_python(tool_mesh: Mesh, expression: str) -> None:
+    """Through the live service: anything but plain arithmetic is INVALID_ARGUMENT naming the expression;
+    plain arithmetic is Python's own number (value and type) or INVALID_ARGUMENT (out of bounds)."""
+    try:
+        value = _calculate(tool_mesh.address("tools"), expression)
+    except grpc.RpcError as error:
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error.details()
+        assert violated_fields(error) == ["call.arguments_json.expression"], violated_fields(error)
+        return
+    tree = plain_arithmetic(expression)
+    assert tree is not None, f"{expression!r} is not plain arithmetic, yet the service computed {value!r}"
+    assert same_number(value, python_value(tree)), (expression, value)
 
 
 async def test_a_dead_mcp_server_is_reported_and_restarted(stub: tools_pb2_grpc.ToolsServiceStub) -> None:

@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+import signal
+import sqlite3
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 import pytest_asyncio
+from support import jobs_writer
 
 from gateway.jobs.model import JobState, NewJob, Outcome
 from gateway.jobs.store import QueueFull, SqliteJobStore
 from genmesh.errors import InvalidArgument
 
 NOW = 1_800_000_000.0
+TESTS = Path(__file__).resolve().parents[1]
+WRITES = 200  # events and jobs the killed writer acknowledges at least
 
 
 @pytest_asyncio.fixture
@@ -28,8 +36,6 @@ def _job(n: int, priority: int = 0, key: str = "", request: bytes = b"") -> NewJ
 
 
 async def test_the_database_is_in_wal_mode(store: SqliteJobStore, tmp_path: Path) -> None:
-    import sqlite3
-
     await store.submit(_job(1), 10)
     with sqlite3.connect(tmp_path / "jobs.db") as db:
         assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
@@ -116,20 +122,51 @@ async def test_recovery_requeues_running_jobs_until_their_attempts_run_out(store
     assert failed.error_message == "gave up: the gateway stopped during attempt 2, the last of 2 (--job-max-attempts)"
 
 
-async def test_a_store_reopened_after_a_crash_still_has_every_committed_job(tmp_path: Path) -> None:
-    first = SqliteJobStore(tmp_path / "jobs.db")
-    await first.open()
-    for n in range(1, 4):
-        await first.submit(_job(n), 10)
-    await first.claim_next(NOW)
-    # No close: the next process opens the file as a crashed one left it.
-    second = SqliteJobStore(tmp_path / "jobs.db")
-    await second.open()
-    report = await second.recover(max_attempts=3, now=NOW)
-    assert (report.requeued, report.queued) == (1, 3)
-    assert sorted(j.id for j in await second.list(JobState.QUEUED, None, 10)) == ["job-1", "job-2", "job-3"]
-    await second.close()
-    await first.close()
+async def test_a_store_killed_mid_write_keeps_every_acknowledged_commit(tmp_path: Path) -> None:
+    db = tmp_path / "jobs.db"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")]))}
+    writer = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "support.jobs_writer", str(db), stdout=asyncio.subprocess.PIPE, env=env
+    )
+    assert writer.stdout is not None
+    acks: list[str] = []
+    try:
+        while len(acks) < 2 + 2 * WRITES:  # it finished a job, claimed one, then writes in a loop
+            line = await asyncio.wait_for(writer.stdout.readline(), 60)
+            assert line, "the writer ended on its own"
+            acks.append(line.decode().strip())
+    finally:
+        if writer.returncode is None:
+            writer.kill()  # SIGKILL while it writes: no close, no checkpoint, a transaction may be open
+        rest, _ = await writer.communicate()
+    assert writer.returncode == -signal.SIGKILL
+    acks += rest.decode().splitlines()
+    assert acks[:2] == ["finished", "claimed"]
+    acked_events = sum(a.startswith("event ") for a in acks)
+    acked_jobs = sum(a.startswith("queued ") for a in acks)
+
+    with sqlite3.connect(db) as check:
+        assert check.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+    store = SqliteJobStore(db)
+    await store.open()
+    try:
+        _, events = await store.snapshot(jobs_writer.RUNNING, 0, 10**6)
+        queued = await store.list(JobState.QUEUED, None, 10**6)
+        # Every acknowledged write is there, in order; at most the one write in flight at the kill is extra.
+        assert [e.seq for e in events] == list(range(1, len(events) + 1))
+        assert [j.id for j in reversed(queued)] == [f"job-{n}" for n in range(1, len(queued) + 1)]
+        assert (len(events) - acked_events) + (len(queued) - acked_jobs) in (0, 1), (acked_events, acked_jobs)
+
+        report = await store.recover(max_attempts=3, now=NOW + 100)
+        assert (report.requeued, report.failed, report.cancelled, report.queued) == (1, 0, 0, len(queued) + 1)
+        done = await store.get(jobs_writer.DONE)
+        assert done is not None and done.state is JobState.SUCCEEDED and done.attempts == 1, done
+        assert done.finished == jobs_writer.NOW + 2 and done.result == b"result", "a finished job is left as it was"
+        retried = await store.claim_next(NOW + 101)
+        assert retried is not None and retried.id == jobs_writer.RUNNING and retried.attempts == 2
+        assert retried.seq_base == len(events), "the next attempt numbers its events after the killed one's"
+    finally:
+        await store.close()
 
 
 async def test_retention_purges_finished_jobs_and_their_events_only(store: SqliteJobStore) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import grpc
 import pytest
 
-from genmesh.faults import FaultInjector, FaultRule, parse_faults
+from genmesh.faults import FaultDecision, FaultInjector, FaultRule, parse_faults
 
 
 def test_parses_delays_aborts_and_percentages() -> None:
@@ -35,9 +35,11 @@ def test_rejects_bad_specs(spec: str) -> None:
 
 
 def test_matches_short_and_full_method_names() -> None:
-    injector = FaultInjector(parse_faults("Query:delay=10ms"))
-    assert injector.decide("/genmesh.v1.RetrievalService/Query") is not None
+    injector = FaultInjector(parse_faults("Query:delay=10ms;/genmesh.v1.ToolsService/Invoke:abort=ABORTED"))
+    assert injector.decide("/genmesh.v1.RetrievalService/Query") == FaultDecision(delay_s=0.01, abort=None)
+    assert injector.decide("/genmesh.v1.ToolsService/Invoke") == FaultDecision(0.0, grpc.StatusCode.ABORTED)
     assert injector.decide("/genmesh.v1.RetrievalService/GetStats") is None
+    assert injector.decide("/genmesh.v1.OtherService/Invoke") is None
 
 
 def test_percentage_applies_to_about_that_share_of_calls() -> None:

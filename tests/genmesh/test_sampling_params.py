@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import re
+from pathlib import Path
 
 import pytest
 
@@ -10,6 +12,38 @@ from genmesh.convert import sampling_from_proto
 from genmesh.errors import InvalidArgument
 from genmesh.sampling import DEFAULT_MAX_TOKENS, SamplingParams, build_sampling
 from genmesh.v1 import common_pb2
+
+ROOT = Path(__file__).resolve().parents[2]
+DOCUMENTED = {"max_tokens": 128, "temperature": 1.0, "top_p": 1.0, "top_k": 0, "repetition_penalty": 1.0, "logprobs": 0}
+"""The defaults the README and common.proto promise for unset knobs."""
+
+
+def _proto_defaults() -> dict[str, float]:
+    """``Default X`` from the doc comment of each field of common.proto's SamplingParams."""
+    proto = (ROOT / "protos" / "genmesh" / "v1" / "common.proto").read_text()
+    body = proto[proto.index("message SamplingParams {") :].split("\n}", 1)[0]
+    found: dict[str, float] = {}
+    comment = ""
+    for line in body.splitlines()[1:]:
+        line = line.strip()
+        if line.startswith("//"):
+            comment += " " + line[2:]
+            continue
+        field = re.match(r"(?:optional |repeated )?\w+ (\w+) = \d+;", line)
+        default = re.search(r"Default (-?[0-9.]+)", comment)
+        if field and default:
+            found[field.group(1)] = float(default.group(1))
+        comment = ""
+    return found
+
+
+def test_documented_defaults_apply_to_unset_knobs() -> None:
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    assert "unset means the documented server default (`max_tokens` 128, `temperature` 1.0, …)" in readme
+    assert _proto_defaults() == DOCUMENTED
+    params = sampling_from_proto(common_pb2.SamplingParams())
+    assert {name: getattr(params, name) for name in DOCUMENTED} == DOCUMENTED
+    assert (params.stop, params.seed, params.greedy) == ((), None, False)
 
 
 def test_unset_knobs_get_defaults_and_zero_is_not_unset() -> None:

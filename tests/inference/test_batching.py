@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import time
 from pathlib import Path
 
 import pytest
@@ -28,15 +27,13 @@ def _prompts(count: int) -> list[str]:
     return [" ".join([TOPICS[i % len(TOPICS)]] * rng.choice([1, 3, 10, 40, 90])) for i in range(count)]
 
 
-async def _run(engine: Engine, request: GenerationRequest) -> tuple[list[int], Finished, float]:
+async def _run(engine: Engine, request: GenerationRequest) -> tuple[list[int], Finished]:
     ids: list[int] = []
-    first = 0.0
     async for item in engine.generate(request):
         if isinstance(item, TokenChunk):
             ids.extend(item.token_ids)
-            first = first or time.monotonic()
         else:
-            return ids, item, first
+            return ids, item
     raise AssertionError("no Finished")
 
 
@@ -59,7 +56,7 @@ async def test_greedy_output_is_the_same_alone_and_in_a_batch(loaded: LoadedMode
 async def test_seeded_sampling_is_the_same_alone_and_in_a_batch(loaded: LoadedModel) -> None:
     sampled = SamplingParams(temperature=0.9, top_p=0.95, max_tokens=20, seed=1234)
     async with Engine(loaded, EngineConfig(max_running=8)) as engine:
-        alone, _, _ = await _run(engine, GenerationRequest("alone", TOPICS[0], sampled))
+        alone, _ = await _run(engine, GenerationRequest("alone", TOPICS[0], sampled))
         others = [
             _run(engine, GenerationRequest(f"other-{i}", TOPICS[i % 5], SamplingParams(temperature=1.0, max_tokens=20)))
             for i in range(6)
@@ -69,21 +66,36 @@ async def test_seeded_sampling_is_the_same_alone_and_in_a_batch(loaded: LoadedMo
 
 
 async def test_a_new_request_joins_the_running_batch(loaded: LoadedModel) -> None:
+    long_ids: list[int] = []
     async with Engine(loaded, EngineConfig(max_running=4)) as engine:
-        long_task = asyncio.create_task(
-            _run(engine, GenerationRequest("long", TOPICS[2], SamplingParams(temperature=0.0, max_tokens=300)))
-        )
-        while engine.load().running == 0:
+
+        async def run_long() -> Finished:
+            long = GenerationRequest("long", TOPICS[2], SamplingParams(temperature=0.0, max_tokens=300))
+            async for item in engine.generate(long):
+                if isinstance(item, TokenChunk):
+                    long_ids.extend(item.token_ids)
+                else:
+                    return item
+            raise AssertionError("no Finished")
+
+        long_task = asyncio.create_task(run_long())
+        while not long_ids:
             await asyncio.sleep(0.005)
-        short_ids, short_done, short_first = await _run(
-            engine, GenerationRequest("short", TOPICS[1], SamplingParams(temperature=0.0, max_tokens=5))
-        )
-        assert engine.load().running == 1, "the long request is still generating"
-        _, long_done, _ = await long_task
-        long_end = time.monotonic()
-    assert len(short_ids) == short_done.completion_tokens
-    assert short_first < long_end, "the short request streamed while the long one was still running"
-    assert long_done.completion_tokens > 0
+        short_ids: list[int] = []
+        long_ids_when_short_ended = -1
+        async for item in engine.generate(
+            GenerationRequest("short", TOPICS[1], SamplingParams(temperature=0.0, max_tokens=5))
+        ):
+            if isinstance(item, TokenChunk):
+                short_ids.extend(item.token_ids)
+            else:
+                short_done = item
+                long_ids_when_short_ended = len(long_ids)
+        long_done = await long_task
+    assert len(short_ids) == short_done.completion_tokens == 5
+    assert long_done.completion_tokens == len(long_ids) == 300, "greedy here runs to max_tokens (no EOS)"
+    # Deliveries keep step order, so the long request's tokens counted here are those of the steps before.
+    assert long_ids_when_short_ended < 300, "the short request ended while the long one was still generating"
 
 
 async def test_load_counts_running_waiting_and_cache(loaded: LoadedModel) -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 import torch
+from support.engine_steps import ForwardGate
 
 from genmesh.errors import DeadlineExceeded, InvalidArgument, ResourceExhausted
 from genmesh.sampling import SamplingParams
@@ -86,7 +87,8 @@ async def test_streamed_text_equals_the_decode_of_the_streamed_ids(engine: Engin
 
 
 async def test_logprobs_align_with_token_ids(engine: Engine) -> None:
-    chunks, _ = await collect(engine, request("lp", sampling=SamplingParams(max_tokens=8, logprobs=3, seed=5)))
+    chunks, done = await collect(engine, request("lp", sampling=SamplingParams(max_tokens=8, logprobs=3, seed=5)))
+    assert sum(len(chunk.logprobs) for chunk in chunks) == done.completion_tokens > 0
     for chunk in chunks:
         assert [lp.token_id for lp in chunk.logprobs] == chunk.token_ids
         for lp in chunk.logprobs:
@@ -156,14 +158,20 @@ async def test_duplicate_request_id_is_rejected(engine: Engine) -> None:
 async def test_full_waiting_queue_raises_resource_exhausted_at_once(loaded: LoadedModel) -> None:
     long = SamplingParams(temperature=0.0, max_tokens=400)
     async with make_engine(loaded, running=1, waiting=1) as engine:
-        running = asyncio.create_task(collect(engine, request("a", sampling=long)))
-        waiting = asyncio.create_task(collect(engine, request("b", sampling=long)))
-        await wait_until(lambda: engine.load().running == 1 and engine.load().waiting == 1)
-        start = time.monotonic()
-        with pytest.raises(ResourceExhausted) as info:
-            await collect(engine, request("c"))
-        assert time.monotonic() - start < 0.5
-        assert info.value.retry_after_s > 0
+        with ForwardGate(loaded.model) as gate:
+            running = asyncio.create_task(collect(engine, request("a", sampling=long)))
+            waiting = asyncio.create_task(collect(engine, request("b", sampling=long)))
+            await wait_until(lambda: engine.load().running == 1 and engine.load().waiting == 1)
+            gate.hold()
+            await wait_until(gate.blocked.is_set)
+            # The engine is frozen, so no row frees up: a request queued instead of refused would never end.
+            refused = asyncio.create_task(collect(engine, request("c")))
+            await asyncio.wait({refused}, timeout=2)
+            assert refused.done(), "the request beyond the queue's bound was queued, not refused"
+            with pytest.raises(ResourceExhausted) as info:
+                refused.result()
+            assert info.value.retry_after_s > 0 and info.value.reason == "INFERENCE_QUEUE_FULL"
+            assert (engine.load().running, engine.load().waiting) == (1, 1)
         assert engine.abort("b") and engine.abort("a")
         (_, done_a), (chunks_b, done_b) = await asyncio.gather(running, waiting)
         assert done_a.finish_reason == done_b.finish_reason == FinishReason.CANCELLED
@@ -176,7 +184,9 @@ async def test_abort_cancels_a_running_request(engine: Engine) -> None:
     first = asyncio.Event()
 
     async def consume() -> None:
-        async for item in engine.generate(request("abort-me", sampling=SamplingParams(max_tokens=400, seed=1))):
+        async for item in engine.generate(
+            request("abort-me", sampling=SamplingParams(max_tokens=400, temperature=0.0))
+        ):
             items.append(item)
             first.set()
 
@@ -193,37 +203,58 @@ async def test_abort_cancels_a_running_request(engine: Engine) -> None:
 
 @pytest.mark.parametrize("how", ["cancel-task", "aclose"])
 async def test_consumer_going_away_frees_the_engine(loaded: LoadedModel, how: str) -> None:
+    # 450 greedy tokens of PROMPT end by length (the model emits no EOS there): ~450 steps if left running.
     async with make_engine(loaded, running=1, waiting=0) as engine:
-        gen = engine.generate(request("gone", sampling=SamplingParams(max_tokens=450, temperature=0.0)))
-        if how == "aclose":
-            await anext(gen)
-            await gen.aclose()
-        else:
-            started = asyncio.Event()
+        with ForwardGate(loaded.model) as passes:
+            gen = engine.generate(request("gone", sampling=SamplingParams(max_tokens=450, temperature=0.0)))
+            if how == "aclose":
+                await anext(gen)
+                await gen.aclose()
+            else:
+                started = asyncio.Event()
 
-            async def consume() -> None:
-                async for _ in gen:
-                    started.set()
+                async def consume() -> None:
+                    async for _ in gen:
+                        started.set()
 
-            task = asyncio.create_task(consume())
-            await started.wait()
-            task.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await task
-        await wait_until(lambda: engine.load().running == 0, within=2.0)
+                task = asyncio.create_task(consume())
+                await started.wait()
+                task.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await task
+            departed_at = passes.count
+            await wait_until(lambda: engine.load().running == 0, within=60)
+            # The pass in flight when the consumer left, at most; the next step retires the sequence.
+            assert passes.count - departed_at <= 2, "the engine went on generating for a consumer that left"
+            assert engine.load().kv_used_tokens == 0
         _, done = await collect(engine, request("next", sampling=SamplingParams(max_tokens=3, temperature=0.0)))
         assert done.finish_reason == FinishReason.LENGTH
 
 
-async def test_deadline_expiry_raises_deadline_exceeded(engine: Engine) -> None:
-    deadline = time.monotonic() + 0.05
-    with pytest.raises(DeadlineExceeded):
-        await collect(
-            engine, request("late", sampling=SamplingParams(max_tokens=450, temperature=0.0), deadline=deadline)
-        )
-    await wait_until(lambda: engine.load().running == 0, within=2.0)
-    with pytest.raises(DeadlineExceeded):
-        await collect(engine, request("dead", deadline=time.monotonic() - 1))
+async def test_a_deadline_passing_mid_generation_frees_the_row_even_while_the_consumer_waits(
+    loaded: LoadedModel,
+) -> None:
+    """The engine retires an expired sequence itself: its consumer may not be reading (a slow gRPC client)."""
+    async with make_engine(loaded, running=1, waiting=0) as engine:
+        with ForwardGate(loaded.model) as passes:
+            deadline = time.monotonic() + 1.5
+            sampling = SamplingParams(max_tokens=450, temperature=0.0)
+            gen = engine.generate(request("late", sampling=sampling, deadline=deadline))
+            assert isinstance(await anext(gen), TokenChunk), "the first token comes well before the deadline"
+            passes.hold()
+            await wait_until(passes.blocked.is_set)
+            assert engine.load().running == 1
+            await wait_until(lambda: time.monotonic() > deadline)
+            expired_at = passes.count
+            passes.release()
+            await wait_until(lambda: engine.load().running == 0, within=60)
+            assert passes.count - expired_at <= 2, "the engine went on generating past the deadline"
+            assert engine.load().kv_used_tokens == 0
+        with pytest.raises(DeadlineExceeded):
+            async for _ in gen:
+                pass
+        with pytest.raises(DeadlineExceeded):
+            await collect(engine, request("dead", deadline=time.monotonic() - 1))
 
 
 async def test_slow_consumer_gets_coalesced_chunks(engine: Engine) -> None:

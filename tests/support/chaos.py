@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import os
 import signal
 from collections.abc import Sequence
@@ -60,3 +61,46 @@ async def wait_for_lines(running: Mesh, name: str, needle: str, timeout_s: float
         if lines or loop.time() > end:
             return lines
         await asyncio.sleep(0.05)
+
+
+_MALLINFO2_FIELDS = "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost"
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in _MALLINFO2_FIELDS.split()]
+
+
+def heap_in_use_bytes() -> int:
+    """Bytes this process holds from malloc now (glibc's mallinfo2): unlike RSS, memory freed earlier and reused
+    does not hide a new allocation, and protobuf's C arenas (invisible to tracemalloc) are counted."""
+    mallinfo2 = ctypes.CDLL(None).mallinfo2
+    mallinfo2.restype = _MallInfo2
+    info: _MallInfo2 = mallinfo2()
+    return int(info.uordblks + info.hblkhd)
+
+
+def log_lines(running: Mesh, name: str, *needles: str) -> list[str]:
+    """The log lines of a service that contain every one of ``needles``."""
+    path = running.services[name].log_path
+    assert path is not None
+    return [line for line in path.read_text(errors="replace").splitlines() if all(n in line for n in needles)]
+
+
+async def wait_for_log(running: Mesh, name: str, *needles: str, timeout_s: float = 30.0) -> str:
+    """The first log line of a service that contains every one of ``needles``, once it is written."""
+    async with asyncio.timeout(timeout_s):
+        while not (lines := log_lines(running, name, *needles)):
+            await asyncio.sleep(0.05)
+    return lines[0]
+
+
+def attempts(running: Mesh, name: str, method: str, request_id: str) -> int:
+    """How many ``method`` calls (``Query``) with exactly this request id a service logged (one line per call,
+    written before the call's status is sent, so every call whose end the caller saw is counted)."""
+    wanted = {"msg": "rpc", "request_id": request_id}
+    count = 0
+    for line in rpc_lines(running, name, f"request_id={request_id}"):
+        fields = dict(part.partition("=")[::2] for part in line.split(" "))
+        if all(fields.get(k) == v for k, v in wanted.items()) and fields.get("method", "").endswith(f"/{method}"):
+            count += 1
+    return count

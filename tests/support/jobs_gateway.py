@@ -6,6 +6,8 @@ import asyncio
 import time
 from pathlib import Path
 
+from gateway.jobs.model import JobEvent, JobRecord
+from gateway.jobs.store import SqliteJobStore
 from genmesh import mesh as topology
 from genmesh.cli.launcher import Mesh, ServiceProcess, free_port, start_service, wait_ready
 from genmesh.v1 import jobs_pb2, jobs_pb2_grpc
@@ -74,3 +76,17 @@ async def list_all(
 async def watch_all(stub: jobs_pb2_grpc.JobServiceStub, job_id: str) -> list[jobs_pb2.WatchJobResponse]:
     """Every message of a WatchJob stream."""
     return [m async for m in stub.WatchJob(jobs_pb2.WatchJobRequest(id=job_id), timeout=120)]
+
+
+async def stored_jobs(db: Path) -> dict[str, tuple[JobRecord, list[JobEvent]]]:
+    """Every job in a stopped gateway's queue file, with its stored events: what the gateway left behind."""
+    store = SqliteJobStore(db)
+    await store.open()
+    try:
+        jobs: dict[str, tuple[JobRecord, list[JobEvent]]] = {}
+        for record in await store.list(None, None, 100_000):
+            _, events = await store.snapshot(record.id, 0, 100_000)
+            jobs[record.id] = (record, events)
+        return jobs
+    finally:
+        await store.close()

@@ -1,0 +1,485 @@
+"""The permanent mutant check: one-line mutants of load-bearing code, each of which its tests must kill.
+
+Each mutant replaces one exact line of a production file, runs only the tests that guard it, and puts the
+file back (always, also on Ctrl-C). A mutant survives when those tests still pass: the behaviour it breaks is
+then unproven, and the check fails. A mutant whose original line is gone fails too, so the list is kept up
+to date with the code.
+
+    .venv/bin/python scripts/mutants.py            # all of them (CI)
+    .venv/bin/python scripts/mutants.py --list
+    .venv/bin/python scripts/mutants.py --only relay-never-merges --only fan-out-sequential
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+TIMEOUT_S = 900
+
+
+@dataclass(frozen=True, slots=True)
+class Mutant:
+    """Replace ``original`` (one whole line, stripped) in ``path`` by ``replacement``; ``tests`` must fail."""
+
+    name: str
+    path: str
+    original: str
+    replacement: str
+    tests: tuple[str, ...]
+
+
+MUTANTS: tuple[Mutant, ...] = (
+    # --- the gateway's guarded upstream call (gateway/resilience.py) ---
+    Mutant(
+        "probe-retried",
+        "gateway/resilience.py",
+        "return code in self._guard.rule.retry_codes and not (self.probe or self._committed or self.is_last())",
+        "return code in self._guard.rule.retry_codes and not (self._committed or self.is_last())",
+        ("tests/gateway/test_resilience.py",),
+    ),
+    Mutant(
+        "retry-after-commit",
+        "gateway/resilience.py",
+        "return code in self._guard.rule.retry_codes and not (self.probe or self._committed or self.is_last())",
+        "return code in self._guard.rule.retry_codes and not (self.probe or self.is_last())",
+        ("tests/gateway/test_resilience.py",),
+    ),
+    Mutant(
+        "every-attempt-counts-against-the-circuit",
+        "gateway/resilience.py",
+        'self._record(Outcome.NEUTRAL, "")  # retried: only the last attempt\'s outcome counts',
+        'self._record(Outcome.FAILURE, "")',
+        ("tests/gateway/test_resilience.py",),
+    ),
+    Mutant(
+        "backoff-not-doubling",
+        "gateway/resilience.py",
+        "return uniform(0.0, self.first_backoff_s * 2 ** (attempt - 1))",
+        "return uniform(0.0, self.first_backoff_s * attempt)",
+        ("tests/gateway/test_resilience.py",),
+    ),
+    Mutant(
+        "retry-past-the-deadline",
+        "gateway/resilience.py",
+        "self.number >= self._guard.rule.attempts or left_s(self._deadline) < self.backoff_s + 2 * DEADLINE_MARGIN_S",
+        "self.number >= self._guard.rule.attempts",
+        ("tests/gateway/test_resilience.py",),
+    ),
+    # --- the gateway's stages and orchestrator ---
+    Mutant(
+        "require-all-stages-ignored",
+        "gateway/orchestrator.py",
+        'if event.HasField("degraded") and plan.require_all_stages:',
+        'if event.HasField("degraded") and False:',
+        ("tests/gateway/test_orchestrator.py",),
+    ),
+    Mutant(
+        "budget-miss-not-a-failure",
+        "gateway/stages/retrieval.py",
+        "attempt.failed(error.code(), missed, counts=True)",
+        "attempt.failed(error.code(), missed, counts=False)",
+        ("tests/gateway/test_orchestrator.py",),
+    ),
+    Mutant(
+        "non-idempotent-tool-retried",
+        "gateway/stages/tools.py",
+        "if attempt.may_retry(code) and context.upstreams.is_idempotent(call.name):",
+        "if attempt.may_retry(code):",
+        ("tests/gateway/test_orchestrator.py",),
+    ),
+    Mutant(
+        "upstream-reason-lost",
+        "genmesh/status.py",
+        "rebuilt.reason = info.reason",
+        "pass",
+        ("tests/gateway/test_orchestrator.py",),
+    ),
+    # --- the inference engine ---
+    Mutant(
+        "consumer-departure-ignored",
+        "services/inference/engine/engine.py",
+        "self._scheduler.abort(seq)",
+        "pass",
+        ("tests/inference/test_engine.py::test_consumer_going_away_frees_the_engine",),
+    ),
+    Mutant(
+        "deadline-ignored-by-the-engine",
+        "services/inference/engine/scheduler.py",
+        "elif seq.deadline is not None and now >= seq.deadline:",
+        "elif False:",
+        (
+            "tests/inference/test_engine.py"
+            "::test_a_deadline_passing_mid_generation_frees_the_row_even_while_the_consumer_waits",
+        ),
+    ),
+    Mutant(
+        "inference-queue-bound-off-by-one",
+        "services/inference/engine/scheduler.py",
+        "if len(self._waiting) >= self.config.max_waiting + free_rows:",
+        "if len(self._waiting) > self.config.max_waiting + free_rows:",
+        ("tests/inference/test_engine.py::test_full_waiting_queue_raises_resource_exhausted_at_once",),
+    ),
+    Mutant(
+        "abort-finds-nothing",
+        "services/inference/engine/engine.py",
+        "return self._scheduler.abort(found[0])",
+        "return True",
+        ("tests/inference/test_engine.py::test_abort_cancels_a_running_request",),
+    ),
+    Mutant(
+        "no-joining-a-running-batch",
+        "services/inference/engine/scheduler.py",
+        "while self._waiting and self.running_count < self.config.max_running and self.cache.can_allocate():",
+        "while self._waiting and self.running_count == 0 and self.cache.can_allocate():",
+        ("tests/inference/test_batching.py::test_a_new_request_joins_the_running_batch",),
+    ),
+    Mutant(
+        "stop-sequence-split-across-tokens-missed",
+        "services/inference/detokenizer.py",
+        "buf = self._held + text",
+        "buf = text",
+        ("tests/inference/test_detokenizer.py",),
+    ),
+    Mutant(
+        "seed-ignored",
+        "services/inference/sampler.py",
+        "generator.manual_seed(self.params.seed)",
+        "generator.seed()",
+        ("tests/inference/test_sampler.py::test_same_seed_reproduces_and_other_seeds_differ",),
+    ),
+    Mutant(
+        "rotary-layout-not-hugging-face",
+        "services/inference/models/llama.py",
+        "emb = torch.cat((freqs, freqs), dim=-1)",
+        "emb = torch.stack((freqs, freqs), dim=-1).flatten(-2)",
+        ("tests/inference/test_llama_model.py::test_hugging_face_transformers_gives_the_same_logits",),
+    ),
+    Mutant(
+        "gateway-drops-the-retry-hint",
+        "genmesh/status.py",
+        "rebuilt = errors.ResourceExhausted(message, retry_delay_s(error) or 1.0)",
+        "rebuilt = errors.ResourceExhausted(message)",
+        ("tests/gateway/test_orchestrator.py",),
+    ),
+    # --- background jobs ---
+    Mutant(
+        "recovery-requeues-finished-jobs",
+        "gateway/jobs/store.py",
+        'requeued = db.execute("UPDATE jobs SET state = ? WHERE state = ?", (int(JobState.QUEUED), running)).rowcount',
+        'requeued = db.execute("UPDATE jobs SET state = ? WHERE state IN (?, 3)", (int(JobState.QUEUED), running))'
+        ".rowcount",
+        ("tests/gateway/test_jobs_store.py",),
+    ),
+    Mutant(
+        "idempotency-key-ignores-the-request",
+        "gateway/jobs/store.py",
+        "if existing.request != job.request:",
+        "if False:",
+        ("tests/gateway/test_jobs_store.py",),
+    ),
+    Mutant(
+        "idempotency-key-not-stored",
+        "gateway/jobs/store.py",
+        "(job.id, job.idempotency_key or None, int(JobState.QUEUED), job.priority, job.request, job.created),",
+        "(job.id, None, int(JobState.QUEUED), job.priority, job.request, job.created),",
+        ("tests/gateway/test_jobs_store.py",),
+    ),
+    Mutant(
+        "job-queue-bound-off-by-one",
+        "gateway/jobs/store.py",
+        "if queued >= queue_max:",
+        "if queued > queue_max:",
+        ("tests/gateway/test_jobs_store.py",),
+    ),
+    Mutant(
+        "job-writes-not-committed",
+        "gateway/jobs/store.py",
+        "with self._db:  # one transaction: commit on success, roll back on error",
+        'with sqlite3.connect(":memory:"):  # one transaction: commit on success, roll back on error',
+        ("tests/gateway/test_jobs_store.py::test_a_store_killed_mid_write_keeps_every_acknowledged_commit",),
+    ),
+    Mutant(
+        "retried-job-restarts-its-sequence",
+        "gateway/jobs/store.py",
+        "(int(JobState.RUNNING), now, last, job_id),",
+        "(int(JobState.RUNNING), now, 0, job_id),",
+        ("tests/gateway/test_jobs_store.py",),
+    ),
+    Mutant(
+        "job-timeout-flag-ignored",
+        "gateway/jobs/config.py",
+        "timeout_s=args.job_timeout,",
+        "timeout_s=600.0,",
+        ("tests/e2e/test_jobs_deadline_and_rewatch.py::test_a_run_past_the_job_timeout_fails_with_deadline_exceeded",),
+    ),
+    # --- retrieval ---
+    Mutant(
+        "store-not-synchronous-full",
+        "services/retrieval/schema.py",
+        'conn.execute("PRAGMA synchronous=FULL")',
+        'conn.execute("PRAGMA synchronous=NORMAL")',
+        ("tests/retrieval/test_store_promises.py::test_the_store_syncs_every_commit_to_disk",),
+    ),
+    Mutant(
+        "upsert-acknowledged-uncommitted",
+        "services/retrieval/indexes.py",
+        'conn.execute("COMMIT")',
+        'conn.execute("SELECT 1")',
+        ("tests/retrieval/test_store_promises.py::test_an_acknowledged_upsert_is_committed",),
+    ),
+    Mutant(
+        "ingest-commit-interval-off-by-one",
+        "services/retrieval/ingest.py",
+        "if self._pending_chunks >= config.ingest_batch_chunks:",
+        "if self._pending_chunks > config.ingest_batch_chunks:",
+        ("tests/retrieval/test_store_promises.py::test_ingest_commits_every_64_passages",),
+    ),
+    Mutant(
+        "upsert-document-bound-off-by-one",
+        "services/retrieval/validation.py",
+        "if len(documents) > MAX_DOCUMENTS:",
+        "if len(documents) >= MAX_DOCUMENTS:",
+        ("tests/retrieval/test_store_promises.py::test_at_most_1000_documents_per_upsert",),
+    ),
+    Mutant(
+        "stale-index-content-accepted",
+        "services/retrieval/vectors.py",
+        "if len(np.setdiff1d(live, stored)) or (len(extra) and options.kind is IndexKind.FLAT):",
+        "if False:",
+        ("tests/retrieval/test_store_promises.py::test_an_index_file_with_stale_content_is_rebuilt",),
+    ),
+    Mutant(
+        "new-embedder-not-re-embedded",
+        "services/retrieval/retriever.py",
+        "if collection.embedder != self.embedder.name or collection.dim != self.embedder.dim:",
+        "if collection.dim != self.embedder.dim:",
+        ("tests/retrieval/test_store_promises.py::test_a_new_embedder_re_embeds_the_store",),
+    ),
+    # --- tools ---
+    Mutant(
+        "calculator-any-unary-operator",
+        "services/tools/builtin/calculator.py",
+        "if not isinstance(node.op, ast.UAdd | ast.USub):",
+        "if False:",
+        ("tests/tools/test_calculator.py::test_hostile_input_is_refused_or_computed_exactly",),
+    ),
+    Mutant(
+        "calculator-any-binary-operator",
+        "services/tools/builtin/calculator.py",
+        "if type(node.op) not in _BINARY:",
+        "if False:",
+        ("tests/tools/test_calculator.py::test_hostile_input_is_refused_or_computed_exactly",),
+    ),
+    Mutant(
+        "calculator-any-node",
+        "services/tools/builtin/calculator.py",
+        "_check_node(node, field)",
+        "pass",
+        ("tests/tools/test_calculator.py::test_rejections_name_the_expression_field",),
+    ),
+    # --- shared kit and command line ---
+    Mutant(
+        "documented-max-tokens-default",
+        "genmesh/sampling.py",
+        "DEFAULT_MAX_TOKENS = 128",
+        "DEFAULT_MAX_TOKENS = 256",
+        ("tests/genmesh/test_sampling_params.py",),
+    ),
+    Mutant(
+        "faults-from-flags-and-environment-ignored",
+        "genmesh/server.py",
+        "config = ServerConfig(args.host, args.port, args.grace, args.faults)",
+        'config = ServerConfig(args.host, args.port, args.grace, "")',
+        ("tests/e2e/test_faults_and_health.py::test_the_environment_configures_faults",),
+    ),
+    Mutant(
+        "health-command-always-succeeds",
+        "genmesh/cli/main.py",
+        'return 0 if status == "SERVING" else 1',
+        "return 0",
+        ("tests/e2e/test_faults_and_health.py::test_genmesh_health_exit_code",),
+    ),
+    # --- the gateway's relay, fan-out, admission, deadlines, breaker, request ids ---
+    Mutant(
+        "relay-never-merges",
+        "gateway/relay.py",
+        'if last is not None and last.HasField("delta") and message.HasField("delta"):',
+        "if False:",
+        ("tests/gateway/test_relay_stream.py", "tests/gateway/test_relay_coalescing.py"),
+    ),
+    Mutant(
+        "relay-merges-text-quadratically",
+        "gateway/relay.py",
+        "self._texts.append(message.delta.text)",
+        "last.delta.text += message.delta.text",
+        ("tests/gateway/test_relay_stream.py",),
+    ),
+    Mutant(
+        "relay-swallows-the-failure",
+        "gateway/relay.py",
+        "raise failure[0]",
+        "pass",
+        ("tests/gateway/test_relay_stream.py",),
+    ),
+    Mutant(
+        "fan-out-sequential",
+        "gateway/orchestrator.py",
+        "async for event in merge(*(stage.run(context) for stage in fan_out)):",
+        "async for event in (event for stage in fan_out async for event in stage.run(context)):",
+        ("tests/gateway/test_orchestrator.py::test_retrieval_and_tools_run_concurrently",),
+    ),
+    Mutant(
+        "admission-cap-off-by-one",
+        "gateway/admission.py",
+        "if self.active >= self.max_streams:",
+        "if self.active > self.max_streams:",
+        ("tests/gateway/test_admission.py",),
+    ),
+    Mutant(
+        "deadline-margin-not-subtracted",
+        "genmesh/deadlines.py",
+        "return max(0.001, deadline - time.monotonic() - DEADLINE_MARGIN_S)",
+        "return max(0.001, deadline - time.monotonic())",
+        ("tests/genmesh/test_deadlines.py",),
+    ),
+    Mutant(
+        "stage-budget-ignores-the-deadline",
+        "gateway/deadlines.py",
+        "return budget_s if left is None else min(left, budget_s)",
+        "return budget_s",
+        ("tests/genmesh/test_deadlines.py",),
+    ),
+    Mutant(
+        "retrieval-ignores-the-deadline",
+        "gateway/stages/retrieval.py",
+        "call = stub.Query(query, timeout=budget_timeout(context.deadline, budget_s))",
+        "call = stub.Query(query, timeout=budget_s)",
+        ("tests/gateway/test_guarded_calls.py",),
+    ),
+    Mutant(
+        "circuit-never-opens",
+        "gateway/circuit.py",
+        "if self._probe_since is not None or self._failures >= self.config.failures:",
+        "if self._probe_since is not None:",
+        ("tests/gateway/test_circuit.py",),
+    ),
+    Mutant(
+        "half-open-lets-every-call-through",
+        "gateway/circuit.py",
+        "if self._probe_since is not None and now - self._probe_since < self.config.cooldown_s:",
+        "if False:",
+        ("tests/gateway/test_circuit.py",),
+    ),
+    Mutant(
+        "request-id-prefix-match",
+        "genmesh/interceptor.py",
+        "if self.request_id and not _VALID_REQUEST_ID.fullmatch(self.request_id):",
+        "if self.request_id and not _VALID_REQUEST_ID.match(self.request_id):",
+        ("tests/genmesh/test_request_id_rules.py",),
+    ),
+    Mutant(
+        "request-id-field-ignored",
+        "genmesh/interceptor.py",
+        'rid = getattr(request, "request_id", "") if request is not None else ""',
+        'rid = ""',
+        ("tests/genmesh/test_request_id_rules.py",),
+    ),
+    Mutant(
+        "generated-request-id-not-sent",
+        "genmesh/interceptor.py",
+        "if self.generated_id:",
+        "if False:",
+        ("tests/genmesh/test_request_id_rules.py",),
+    ),
+    Mutant(
+        "sigterm-does-not-drain",
+        "genmesh/server.py",
+        "await server.stop(config.grace_s)",
+        "await server.stop(0)",
+        ("tests/e2e/test_lifecycle.py::test_sigterm_lets_an_inflight_stream_finish",),
+    ),
+    Mutant(
+        "retry-and-circuit-flags-ignored",
+        "gateway/policy.py",
+        "circuit=CircuitConfig(args.circuit_failures, args.circuit_cooldown),",
+        "circuit=CircuitConfig(),",
+        ("tests/e2e/test_resilience_circuit.py",),
+    ),
+    Mutant(
+        "up-stops-everything-at-once",
+        "genmesh/cli/launcher.py",
+        "for group in (order[:1], order[1:]):",
+        "for group in (order,):",
+        ("tests/e2e/test_cli_up.py",),
+    ),
+)
+
+
+def _apply(mutant: Mutant) -> tuple[Path, str]:
+    """Write the mutant into its file; returns the file and its original text."""
+    path = ROOT / mutant.path
+    text = path.read_text()
+    lines = text.splitlines(keepends=True)
+    matches = [i for i, line in enumerate(lines) if line.strip() == mutant.original]
+    if len(matches) != 1:
+        raise LookupError(f"{mutant.name}: expected the line once in {mutant.path}, found it {len(matches)} times")
+    i = matches[0]
+    indent = lines[i][: len(lines[i]) - len(lines[i].lstrip())]
+    lines[i] = f"{indent}{mutant.replacement}\n"
+    path.write_text("".join(lines))
+    return path, text
+
+
+def run(mutant: Mutant) -> tuple[bool, float]:
+    """Whether the mutant's tests killed it, and how long they took."""
+    path, original = _apply(mutant)
+    start = time.monotonic()
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *mutant.tests],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT_S,
+            check=False,
+        )
+        killed = result.returncode not in (0, 5)  # 5: no test collected, which proves nothing
+    except subprocess.TimeoutExpired:
+        killed = True  # a hang is a failure the suite would report
+    finally:
+        path.write_text(original)
+    return killed, time.monotonic() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", action="append", default=[], help="run only the mutant of this name (repeatable)")
+    parser.add_argument("--list", action="store_true", help="list the mutants and exit")
+    args = parser.parse_args()
+    chosen = [m for m in MUTANTS if not args.only or m.name in args.only]
+    unknown = set(args.only) - {m.name for m in MUTANTS}
+    if unknown:
+        parser.error(f"unknown mutants: {', '.join(sorted(unknown))}")
+    if args.list:
+        for mutant in chosen:
+            print(f"{mutant.name:45} {mutant.path}")
+        return
+    survivors: list[str] = []
+    for mutant in chosen:
+        killed, took_s = run(mutant)
+        print(f"{'killed' if killed else 'SURVIVED':8} {mutant.name:45} {took_s:6.1f} s", flush=True)
+        if not killed:
+            survivors.append(mutant.name)
+    print(f"mutants: {len(chosen) - len(survivors)} killed, {len(survivors)} survived of {len(chosen)}")
+    if survivors:
+        sys.exit(f"surviving mutants (their behaviour is untested): {', '.join(survivors)}")
+
+
+if __name__ == "__main__":
+    main()
