@@ -51,13 +51,14 @@ test: install  ## run the test suite
 mutants: install  ## apply each curated one-line mutant of load-bearing code; fail if its tests still pass
 	$(PY) scripts/mutants.py
 
-lint: install  ## buf lint, buf breaking (against the published contract), ruff, mypy, hadolint
+lint: install  ## buf lint, buf breaking (against the published contract), ruff, mypy, hadolint, k8s manifests
 	$(BIN)/buf lint
 	$(BIN)/buf breaking --against $(CONTRACT_IMAGE)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy .
 	$(BIN)/hadolint Dockerfile
+	$(PY) scripts/validate_k8s.py
 
 contract-publish: install  ## make the current protos the published contract that `make lint` checks against
 	mkdir -p $(dir $(CONTRACT_IMAGE))

@@ -17,6 +17,10 @@ The rules live here and nowhere else:
   probe at once, so that it reopens the circuit without waiting for retries). An attempt that ends any other
   way (a client mistake raised from inside, a cancellation) only frees the probe slot.
 
+An upstream with several replicas (inference) passes a chooser instead of one breaker: each attempt then
+goes to the replica it picks, avoiding those the call already tried, and a failure that is retried counts
+against the replica that failed (the next attempt goes elsewhere).
+
 Callers with a finer rule (the tool stage retries only idempotent tools) record outcomes and ask for another
 attempt themselves with ``succeeded``/``failed``/``retry``; what they do not record is recorded on exit.
 """
@@ -29,6 +33,7 @@ import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from types import TracebackType
+from typing import Protocol
 
 import grpc
 
@@ -44,6 +49,31 @@ RETRY_BACKOFF_S = 0.05
 
 class CircuitOpen(Unavailable):
     """The upstream's circuit breaker refused the call (UNAVAILABLE, without trying)."""
+
+
+class Target(Protocol):
+    """Where an attempt goes: a replica (or the one upstream) and its breaker."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def breaker(self) -> CircuitBreaker: ...
+
+
+@dataclass(frozen=True, slots=True)
+class SingleTarget:
+    """An upstream reached through one channel: every attempt goes there."""
+
+    breaker: CircuitBreaker
+
+    @property
+    def name(self) -> str:
+        return self.breaker.name
+
+
+Choose = Callable[[frozenset[str]], Target | None]
+"""Picks the target of the next attempt, given the names already tried; None when there is none at all."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,8 +99,9 @@ class Attempt:
     """One try of a guarded call; a context manager that records what the breaker must hear."""
 
     def __init__(
-        self, guard: UpstreamGuard, number: int, probe: bool, backoff_s: float, deadline: float | None
+        self, guard: UpstreamGuard, target: Target, number: int, probe: bool, backoff_s: float, deadline: float | None
     ) -> None:
+        self.target = target
         self.number = number
         self.probe = probe
         """Whether this attempt is the half-open circuit's probe."""
@@ -116,7 +147,7 @@ class Attempt:
     def _record(self, outcome: Outcome, reason: str) -> None:
         if not self._recorded:
             self._recorded = True
-            self._guard.breaker.record_outcome(outcome, reason)
+            self.target.breaker.record_outcome(outcome, reason)
 
     def __enter__(self) -> Attempt:
         return self
@@ -129,9 +160,11 @@ class Attempt:
             if self.may_retry(code):
                 self.swallowed = error
                 self.retry()
-                self._record(Outcome.NEUTRAL, "")  # retried: only the last attempt's outcome counts
+                # retried on the same upstream: only the last attempt's outcome counts; on another replica:
+                # this one failed
+                self._record(Outcome.of(code) if self._guard.several() else Outcome.NEUTRAL, "")
                 return True  # swallowed: the loop makes the next attempt
-            self.failed(code, f"{self._guard.breaker.name} {code.name}")
+            self.failed(code, f"{self.target.name} {code.name}")
         elif error is None and not self.retry_requested:
             self.succeeded()
         self._record(Outcome.NEUTRAL, "")  # ended any other way: frees the probe slot
@@ -139,16 +172,25 @@ class Attempt:
 
 
 class UpstreamGuard:
-    """The breaker and retry rule of calls to one upstream; ``attempts`` runs a call under them."""
+    """The breaker(s) and retry rule of calls to one upstream; ``attempts`` runs a call under them.
+
+    ``targets`` is the upstream's one breaker, or a chooser over its replicas (``several`` then says whether
+    there is more than one)."""
 
     def __init__(
         self,
-        breaker: CircuitBreaker,
+        targets: CircuitBreaker | Choose,
         rule: RetryRule | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         uniform: Callable[[float, float], float] = random.uniform,
+        several: Callable[[], bool] = lambda: False,
     ) -> None:
-        self.breaker = breaker
+        if isinstance(targets, CircuitBreaker):
+            single = SingleTarget(targets)
+            self.choose: Choose = lambda tried: single
+        else:
+            self.choose = targets
+        self.several = several
         self.rule = rule or RetryRule()
         self._sleep = sleep
         self._uniform = uniform
@@ -167,6 +209,7 @@ class Attempts:
         self._deadline = deadline
         self._call = call
         self._last: Attempt | None = None
+        self._tried: frozenset[str] = frozenset()
 
     def __aiter__(self) -> Attempts:
         return self
@@ -180,10 +223,14 @@ class Attempts:
             log.info(f"retrying {self._call}", extra={"attempt": last.number + 1, "detail": detail})
             await self._guard._sleep(last.backoff_s)
         number = 1 if last is None else last.number + 1
-        breaker = self._guard.breaker
+        target = self._guard.choose(self._tried)
+        if target is None:
+            raise Unavailable(f"no replica to call {self._call} on: the target resolves to no address")
+        breaker = target.breaker
         probe = breaker.state is not CircuitState.CLOSED
         if not breaker.can_execute():
             raise CircuitOpen(breaker.describe())
+        self._tried |= {target.name}
         backoff_s = self._guard.rule.backoff_s(number, self._guard._uniform)
-        self._last = Attempt(self._guard, number, probe, backoff_s, self._deadline)
+        self._last = Attempt(self._guard, target, number, probe, backoff_s, self._deadline)
         return self._last

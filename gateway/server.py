@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 from collections.abc import AsyncIterator, Sequence
 
 import grpc
 
 from gateway.admission import StreamLimiter
+from gateway.balancing.choice import Policy
 from gateway.jobs.config import JobConfig, add_job_flags
 from gateway.jobs.runtime import JobRuntime
 from gateway.jobs.service import SERVICE_NAME as JOB_SERVICE_NAME
@@ -19,7 +19,6 @@ from gateway.policy import ResiliencePolicy, add_resilience_flags, policy_from_a
 from gateway.upstreams import Upstreams, UpstreamTargets
 from genmesh import mesh
 from genmesh.config import add_server_flags, parse
-from genmesh.health import wait_until_serving
 from genmesh.server import run
 from genmesh.v1 import gateway_pb2, gateway_pb2_grpc, jobs_pb2_grpc
 
@@ -72,12 +71,13 @@ class GatewayService:
         jobs_pb2_grpc.add_JobServiceServicer_to_server(JobServicer(self._jobs), server)
 
     async def start(self) -> None:
-        targets = (self._targets.retrieval, self._targets.tools, self._targets.inference)
-        await asyncio.gather(*(wait_until_serving(t, timeout_s=self._upstream_wait_s) for t in targets))
         if self._upstreams is not None:
-            self._upstreams.watch_health()
+            await self._upstreams.start(self._upstream_wait_s)
         if self._jobs is not None:
             await self._jobs.start()
+
+    def drain(self) -> None:
+        """Nothing to announce: health already reports NOT_SERVING."""
 
     async def stop(self) -> None:
         if self._jobs is not None:
@@ -94,14 +94,22 @@ def main(argv: Sequence[str] | None = None) -> None:
         flags.add(
             f"--{upstream.name}-target",
             default=f"127.0.0.1:{upstream.default_port}",
-            help=f"host:port of the {upstream.name} service",
+            help=f"the {upstream.name} replicas: host:port[,host:port...] or dns:///name:port (re-resolved)",
         )
+    flags.add(
+        "--inference-balancing",
+        choices=[policy.value for policy in Policy],
+        default=Policy.LEAST_LOAD.value,
+        help="how Generate calls are spread over inference replicas (gateway/balancing/choice.py)",
+    )
     flags.add("--upstream-wait", type=float, default=300.0, help="seconds to wait for upstreams at start-up")
     add_job_flags(flags)
     add_resilience_flags(flags)
     args = parse(parser, argv)
-    targets = UpstreamTargets(args.retrieval_target, args.tools_target, args.inference_target)
     try:
+        targets = UpstreamTargets(
+            args.retrieval_target, args.tools_target, args.inference_target, Policy(args.inference_balancing)
+        )
         jobs = JobConfig.from_args(args)
         policy = policy_from_args(args)
     except ValueError as error:

@@ -1,9 +1,13 @@
-"""The gateway's clients of the three upstream services: channels, circuit breakers fed by health checks, caches."""
+"""The gateway's clients of the three upstream services: channels, circuit breakers fed by health checks, caches.
+
+Retrieval and tools replicas are reached through one channel each, round-robin over the target's healthy
+addresses (gRPC's round_robin with client-side health checking); their breaker guards the service as a
+whole. Inference replicas are balanced by load, each with its own breaker (gateway.balancing).
+"""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import time
@@ -12,14 +16,17 @@ from typing import Any
 
 import grpc
 
+from gateway.balancing.choice import Policy
+from gateway.balancing.pool import InferencePool
 from gateway.circuit import CircuitBreaker, CircuitConfig
 from gateway.resilience import CircuitOpen, RetryRule, UpstreamGuard
+from genmesh import mesh
 from genmesh.channels import open_channel
-from genmesh.health import watch
+from genmesh.health import wait_until_serving, watch
+from genmesh.targets import TargetSpec, channel_target, parse_target
 from genmesh.tasks import cancel_and_wait
 from genmesh.v1 import (
     inference_pb2,
-    inference_pb2_grpc,
     retrieval_pb2_grpc,
     tools_pb2,
     tools_pb2_grpc,
@@ -35,25 +42,35 @@ MAX_TOOL_PAGES = 100
 
 @dataclass(frozen=True, slots=True)
 class UpstreamTargets:
-    """Where the upstream services listen (``host:port``)."""
+    """Where the upstream services' replicas listen: ``host:port[,host:port...]`` or ``dns:///name:port``
+    each (ValueError naming a bad one), and how inference replicas are balanced."""
 
     retrieval: str
     tools: str
     inference: str
+    balancing: Policy = Policy.LEAST_LOAD
+
+    def __post_init__(self) -> None:
+        for target in (self.retrieval, self.tools, self.inference):
+            parse_target(target)
+
+    def spec(self, name: str) -> TargetSpec:
+        """The parsed target of upstream ``name``."""
+        return parse_target(str(getattr(self, name)))
 
 
 class Upstreams:
     """Channels, stubs and circuit breakers of retrieval, tools and inference; owns their lifetimes."""
 
     def __init__(self, targets: UpstreamTargets, circuit: CircuitConfig | None = None) -> None:
+        self._targets = targets
         self._channels = {
-            "retrieval": open_channel(targets.retrieval),
-            "tools": open_channel(targets.tools),
-            "inference": open_channel(targets.inference),
+            spec.name: open_channel(channel_target(targets.spec(spec.name)), spec.grpc_service)
+            for spec in (mesh.RETRIEVAL, mesh.TOOLS)
         }
         self.retrieval = retrieval_pb2_grpc.RetrievalServiceStub(self._channels["retrieval"])
         self.tools = tools_pb2_grpc.ToolsServiceStub(self._channels["tools"])
-        self.inference = inference_pb2_grpc.InferenceServiceStub(self._channels["inference"])
+        self.inference = InferencePool(targets.spec("inference"), targets.balancing, circuit)
         self.breakers = {name: CircuitBreaker(name, circuit) for name in self._channels}
         self._watchers: list[asyncio.Task[None]] = []
         self._tool_schemas: dict[str, dict[str, Any]] = {}
@@ -63,8 +80,17 @@ class Upstreams:
         self._tools_fetched_at = float("-inf")
         self._context_length: int | None = None
 
-    def watch_health(self) -> None:
-        """Feed each upstream's health-check stream into its circuit breaker (until close)."""
+    async def start(self, wait_s: float) -> None:
+        """Wait up to ``wait_s`` until some replica of each upstream serves; then follow their health and load
+        (until close). TimeoutError names an upstream that never served."""
+        waits = [
+            wait_until_serving(channel_target(self._targets.spec(name)), timeout_s=wait_s) for name in self._channels
+        ]
+        await self.inference.start()
+        await asyncio.gather(*waits, self.inference.wait_until_any_serving(wait_s))
+        self._watch_health()
+
+    def _watch_health(self) -> None:
         for name, channel in self._channels.items():
             breaker = self.breakers[name]
 
@@ -75,18 +101,12 @@ class Upstreams:
 
             self._watchers.append(asyncio.create_task(watch(channel, on_status), name=f"health-{name}"))
 
-    async def ensure_connected(self, name: str, timeout_s: float) -> None:
-        """Wait up to ``timeout_s`` for the channel to ``name`` to connect (after a restart, say); a call made
-        on a channel still backing off after a failure would fail at once instead of reaching the service."""
-        channel = self._channels[name]
-        if channel.get_state(try_to_connect=True) == grpc.ChannelConnectivity.READY or timeout_s <= 0:
-            return
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(channel.channel_ready(), timeout_s)
-
     def guard(self, name: str, rule: RetryRule | None = None) -> UpstreamGuard:
-        """Calls to upstream ``name`` under its circuit breaker and ``rule`` (one attempt by default: gRPC's
-        retry policy retries idempotent unary calls on the channel)."""
+        """Calls to upstream ``name`` under its circuit breaker(s) and ``rule`` (one attempt by default: gRPC's
+        retry policy retries idempotent unary calls on the channel). Inference calls go to the replica the
+        pool chooses for each attempt."""
+        if name == mesh.INFERENCE.name:
+            return UpstreamGuard(self.inference.choose, rule, several=self.inference.several)
         return UpstreamGuard(self.breakers[name], rule)
 
     def is_idempotent(self, tool: str) -> bool:
@@ -130,14 +150,19 @@ class Upstreams:
         return pages
 
     async def context_length(self) -> int:
-        """The model's context length, asked once."""
+        """The model's context length, asked once (of any replica: they serve the same model)."""
         if self._context_length is None:
-            info = await self.inference.GetModelInfo(inference_pb2.GetModelInfoRequest(), timeout=METADATA_TIMEOUT_S)
+            replica = self.inference.choose(frozenset())
+            if replica is None:
+                raise CircuitOpen(f"no inference replica resolved from {self._targets.inference}")
+            request = inference_pb2.GetModelInfoRequest()
+            info = await replica.stub.GetModelInfo(request, timeout=METADATA_TIMEOUT_S)
             self._context_length = int(info.context_length)
         return self._context_length
 
     async def close(self) -> None:
-        """Stop watching health; close every channel."""
+        """Stop watching health and load; close every channel."""
         await cancel_and_wait(*self._watchers)
+        await self.inference.close()
         for channel in self._channels.values():
             await channel.close()

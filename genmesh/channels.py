@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -41,22 +42,50 @@ RETRY_SERVICE_CONFIG: dict[str, Any] = {
 }
 
 
-def channel_options() -> list[tuple[str, Any]]:
+def balanced_service_config(service: str) -> dict[str, Any]:
+    """The retry policy, plus round_robin over every address the target resolves to, skipping addresses
+    whose grpc.health.v1 status for ``service`` is not SERVING (gRPC's client-side health checking)."""
+    return {
+        **RETRY_SERVICE_CONFIG,
+        "loadBalancingConfig": [{"round_robin": {}}],
+        "healthCheckConfig": {"serviceName": service},
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class Keepalive:
+    """HTTP/2 keepalive pings of a channel: a ping unanswered for ``timeout_ms`` fails its calls UNAVAILABLE."""
+
+    time_ms: int = 30_000
+    timeout_ms: int = 10_000
+
+
+FAST_KEEPALIVE = Keepalive(2_000, 1_000)
+"""For channels whose calls must fail within about 3 s of a link going dead. Only for servers that send data
+at least every 2 s on the connection (an inference replica's WatchLoad stream does), or the server counts the
+pings as abuse (it wants 5 s between pings without data)."""
+
+
+def channel_options(
+    service_config: dict[str, Any] | None = None, keepalive: Keepalive = Keepalive()
+) -> list[tuple[str, Any]]:
     """Options shared by every client channel."""
     return [
         ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-        ("grpc.keepalive_time_ms", 30_000),
-        ("grpc.keepalive_timeout_ms", 10_000),
+        ("grpc.keepalive_time_ms", keepalive.time_ms),
+        ("grpc.keepalive_timeout_ms", keepalive.timeout_ms),
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.enable_retries", 1),
-        ("grpc.service_config", json.dumps(RETRY_SERVICE_CONFIG)),
+        ("grpc.service_config", json.dumps(service_config or RETRY_SERVICE_CONFIG)),
         # Reconnect quickly after an upstream restarts instead of backing off for minutes.
         ("grpc.initial_reconnect_backoff_ms", 100),
         ("grpc.max_reconnect_backoff_ms", 1_000),
     ]
 
 
-def open_channel(target: str) -> grpc.aio.Channel:
-    """An insecure channel to a mesh service at ``host:port``."""
-    return grpc.aio.insecure_channel(target, options=channel_options())
+def open_channel(target: str, balanced_service: str = "", keepalive: Keepalive = Keepalive()) -> grpc.aio.Channel:
+    """An insecure channel to a mesh service at ``target`` (``host:port`` or any gRPC target). With
+    ``balanced_service``, calls go round-robin to the target's healthy addresses."""
+    config = balanced_service_config(balanced_service) if balanced_service else None
+    return grpc.aio.insecure_channel(target, options=channel_options(config, keepalive))

@@ -79,11 +79,19 @@ class _ReplaceDefaultAppend(argparse.Action):
 
 
 def add_server_flags(parser: argparse.ArgumentParser, service: str, default_port: int) -> Flags:
-    """The flags every service has: where to listen, shutdown grace, logging, fault injection."""
+    """The flags every service has: where to listen, draining and shutdown grace, logging, fault injection."""
     flags = Flags(parser, f"GENMESH_{service.upper()}")
     flags.add("--host", default="127.0.0.1", help="address to listen on")
     flags.add("--port", type=int, default=default_port, help="port to listen on (0 picks a free one)")
-    flags.add("--grace", type=float, default=10.0, help="seconds in-flight RPCs may finish after SIGTERM")
+    flags.add(
+        "--drain-delay",
+        type=float,
+        default=0.0,
+        help="seconds a stopping service still serves calls while its health says NOT_SERVING, so that balancers "
+        "and readiness probes take it out first; a second SIGTERM/SIGINT cuts it short. 0 stops at once, right "
+        "for a process on its own; behind a balancer set its health-check period or more (e.g. 5)",
+    )
+    flags.add("--grace", type=float, default=10.0, help="seconds in-flight RPCs may finish once new calls are refused")
     flags.add("--faults", default="", help="fault-injection rules, e.g. 'Query:delay=200ms' (see genmesh/faults.py)")
     shared = Flags(parser, "GENMESH")
     shared.add("--log-level", default="info", help="log level", choices=["debug", "info", "warning", "error"])

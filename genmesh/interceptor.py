@@ -1,4 +1,5 @@
-"""The server interceptor of every service: request ids, one log line per RPC, error mapping, fault injection."""
+"""The server interceptor of every service: request ids, one log line per RPC, error mapping, fault injection,
+and the refusal of new calls while a replica drains."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from typing import Any, cast
 import grpc
 from grpc_status import rpc_status
 
-from genmesh.errors import GenmeshError, InvalidArgument, UpstreamError
+from genmesh.errors import GenmeshError, InvalidArgument, Unavailable, UpstreamError
 from genmesh.faults import FaultInjector
 from genmesh.logs import REQUEST_ID
 from genmesh.status import code_value, status_code_of, status_message, to_rpc_status
@@ -26,6 +27,7 @@ MAX_REQUEST_ID_CHARS = 128
 # A request id travels back in response metadata, so it must be a valid header value.
 _VALID_REQUEST_ID = re.compile(rf"[\x20-\x7e]{{1,{MAX_REQUEST_ID_CHARS}}}")
 _QUIET_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
+DRAINING_MESSAGE = "draining: this replica is shutting down; retry on another"
 
 
 def new_request_id() -> str:
@@ -48,6 +50,46 @@ def _request_id(request: Any, context: grpc.aio.ServicerContext) -> tuple[str, b
     return new_request_id(), True
 
 
+class Admission:
+    """Whether new calls are let in, and how many of those let in are still running.
+
+    Health and reflection calls are always let in and never counted: a draining replica keeps answering its
+    health checks (NOT_SERVING) until the server stops.
+    """
+
+    def __init__(self) -> None:
+        self.closed = False
+        self._running = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    @property
+    def running(self) -> int:
+        """Calls let in whose RPC has not ended yet."""
+        return self._running
+
+    def close(self) -> None:
+        """Refuse every new call from now on with UNAVAILABLE."""
+        self.closed = True
+
+    def admit(self, context: grpc.aio.ServicerContext) -> None:
+        """Count the call in until its RPC ends (its status sent); Unavailable once closed."""
+        if self.closed:
+            raise Unavailable(DRAINING_MESSAGE)
+        self._running += 1
+        self._idle.clear()
+        context.add_done_callback(self._leave)
+
+    def _leave(self, _context: grpc.aio.ServicerContext) -> None:
+        self._running -= 1
+        if self._running == 0:
+            self._idle.set()
+
+    async def idle(self) -> None:
+        """Return once no call that was let in is running."""
+        await self._idle.wait()
+
+
 class _Call:
     """Bookkeeping of one RPC: timing, the status it ended with, and the closing log line."""
 
@@ -60,7 +102,7 @@ class _Call:
         self.start = time.perf_counter()
         self.token = REQUEST_ID.set(self.request_id)
 
-    async def begin(self, faults: FaultInjector) -> None:
+    async def begin(self, faults: FaultInjector, admission: Admission) -> None:
         if self.request_id and not _VALID_REQUEST_ID.fullmatch(self.request_id):
             bad, self.request_id = self.request_id, new_request_id()  # log the call under an id that can be echoed
             raise InvalidArgument.field(
@@ -72,6 +114,8 @@ class _Call:
             self.context.set_trailing_metadata(((REQUEST_ID_HEADER, self.request_id),))
             if self.generated_id:
                 await self.context.send_initial_metadata(((REQUEST_ID_HEADER, self.request_id),))
+        if not self.quiet:
+            admission.admit(self.context)
         decision = faults.decide(self.method) if faults else None
         if decision is not None:
             if decision.delay_s:
@@ -115,10 +159,12 @@ Streaming = Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]]
 
 
 class ServiceInterceptor(grpc.aio.ServerInterceptor):
-    """Wraps every handler so that errors map to specific status codes and each RPC logs one line."""
+    """Wraps every handler so that errors map to specific status codes, each RPC logs one line, and ``admission``
+    decides whether a new call may run."""
 
-    def __init__(self, faults: FaultInjector | None = None) -> None:
+    def __init__(self, faults: FaultInjector | None = None, admission: Admission | None = None) -> None:
         self._faults = faults or FaultInjector([])
+        self._admission = admission or Admission()
 
     async def intercept_service(
         self,
@@ -145,7 +191,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
         async def handle(request: Any, context: grpc.aio.ServicerContext) -> Any:
             call = _Call(method, context, request if unary_request else None)
             try:
-                await call.begin(self._faults)
+                await call.begin(self._faults, self._admission)
                 return await inner(request, context)
             except BaseException as error:
                 await call.fail(error)
@@ -163,7 +209,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
         async def handle(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             call = _Call(method, context, request if unary_request else None)
             try:
-                await call.begin(self._faults)
+                await call.begin(self._faults, self._admission)
                 async for response in inner(request, context):
                     yield response
             except BaseException as error:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 
@@ -33,6 +34,37 @@ UPSTREAMS: dict[str, tuple[ServiceSpec, ...]] = {
 }
 
 
+@dataclass(frozen=True, slots=True)
+class Replica:
+    """One process of a service: replica ``index`` (1-based) of ``count``."""
+
+    spec: ServiceSpec
+    index: int = 1
+    count: int = 1
+
+    @property
+    def name(self) -> str:
+        """The service's name when it runs once, else ``<name>-<index>`` (``inference-2``): its log file's name."""
+        return self.spec.name if self.count == 1 else f"{self.spec.name}-{self.index}"
+
+
+def layout(counts: Mapping[str, int]) -> list[Replica]:
+    """Every process of a mesh with ``counts[name]`` replicas of each service (1 when absent), in start order;
+    the gateway runs once. ValueError for an unknown name or a count below 1."""
+    unknown = sorted(set(counts) - set(BY_NAME))
+    if unknown:
+        raise ValueError(f"no such service: {', '.join(unknown)}")
+    if counts.get(GATEWAY.name, 1) != 1:
+        raise ValueError("the gateway runs once")
+    replicas: list[Replica] = []
+    for spec in SERVICES:
+        count = counts.get(spec.name, 1)
+        if count < 1:
+            raise ValueError(f"{spec.name} needs at least one replica, got {count}")
+        replicas += [Replica(spec, index, count) for index in range(1, count + 1)]
+    return replicas
+
+
 def serve_args(spec: ServiceSpec, host: str, ports: dict[str, int], upstream_hosts: dict[str, str]) -> list[str]:
     """Arguments of ``genmesh`` that run ``spec``: what `genmesh up` spawns and docker-compose runs.
 
@@ -40,9 +72,16 @@ def serve_args(spec: ServiceSpec, host: str, ports: dict[str, int], upstream_hos
     and retrieval for the tools service's search_docs) to the host they are reached at (127.0.0.1 locally,
     the service name under docker-compose).
     """
-    args = ["serve", spec.name, "--host", host, "--port", str(ports[spec.name])]
+    targets = {up.name: [f"{upstream_hosts[up.name]}:{ports[up.name]}"] for up in UPSTREAMS.get(spec.name, ())}
+    return replica_args(spec, host, ports[spec.name], targets)
+
+
+def replica_args(spec: ServiceSpec, host: str, port: int, targets: Mapping[str, Sequence[str]]) -> list[str]:
+    """Arguments of ``genmesh`` that run one process of ``spec`` on ``port``; ``targets`` maps each of its
+    upstreams' names to the ``host:port`` of that upstream's replicas, passed as one comma-separated target."""
+    args = ["serve", spec.name, "--host", host, "--port", str(port)]
     for upstream in UPSTREAMS.get(spec.name, ()):
-        args += [f"--{upstream.name}-target", f"{upstream_hosts[upstream.name]}:{ports[upstream.name]}"]
+        args += [f"--{upstream.name}-target", ",".join(targets[upstream.name])]
     if spec is RETRIEVAL:
         args.append("--seed-demo")  # the demo collection the gateway searches by default, loaded once per data dir
     return args

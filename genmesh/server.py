@@ -1,9 +1,10 @@
-"""Server bootstrap shared by every service: interceptor, health, reflection, readiness, graceful shutdown."""
+"""Server bootstrap shared by every service: interceptor, health, reflection, readiness, draining shutdown."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import signal
 from collections.abc import Callable
@@ -15,7 +16,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from genmesh.faults import FaultInjector, parse_faults
-from genmesh.interceptor import ServiceInterceptor
+from genmesh.interceptor import Admission, ServiceInterceptor
 from genmesh.logs import configure_logging
 
 log = logging.getLogger("genmesh.server")
@@ -41,12 +42,15 @@ class ServerConfig:
     port: int
     grace_s: float = 10.0
     faults: str = ""
+    drain_delay_s: float = 0.0
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port {self.port} is out of range 0..65535")
         if self.grace_s < 0:
             raise ValueError("grace must not be negative")
+        if self.drain_delay_s < 0:
+            raise ValueError("drain delay must not be negative")
         parse_faults(self.faults)  # fail at start-up, not on the first call
 
 
@@ -65,15 +69,24 @@ class Service(Protocol):
     async def start(self) -> None:
         """Get ready to serve (load a model, open an index); health is SERVING after it returns."""
 
+    def drain(self) -> None:
+        """The service has begun to drain (health is NOT_SERVING; calls are still served): stop advertising for
+        new work, and end endless streams (load feeds) that would otherwise hold the grace period."""
+
     async def stop(self) -> None:
         """Release resources after the server stopped."""
 
 
 async def serve(service: Service, config: ServerConfig, stop: asyncio.Event | None = None) -> None:
-    """Run ``service`` until SIGTERM/SIGINT (or ``stop`` is set), then drain in-flight RPCs for the grace period."""
+    """Run ``service`` until SIGTERM/SIGINT (or ``stop`` is set), then drain: health turns NOT_SERVING while
+    calls are still served for the drain delay (skipped by a second signal, and by a service never ready), then
+    new calls are refused with UNAVAILABLE and those in flight get the grace to finish; health checks are
+    answered throughout. The server stops once nothing is in flight, or when the grace runs out."""
     stop = stop or asyncio.Event()
+    hurry = asyncio.Event()
+    admission = Admission()
     server = grpc.aio.server(
-        interceptors=[ServiceInterceptor(FaultInjector(parse_faults(config.faults)))],
+        interceptors=[ServiceInterceptor(FaultInjector(parse_faults(config.faults)), admission)],
         options=SERVER_OPTIONS,
     )
     health_servicer = health.aio.HealthServicer()
@@ -89,27 +102,42 @@ async def serve(service: Service, config: ServerConfig, stop: asyncio.Event | No
         for name in ("", *names):
             await health_servicer.set(name, status)
 
+    def on_signal() -> None:
+        (hurry if stop.is_set() else stop).set()
+
     await set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
     await server.start()
     log.info("listening", extra={"service": service.service_name, "host": config.host, "port": port})
 
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_signal)
     try:
         startup = asyncio.create_task(service.start())
         stopping = asyncio.create_task(stop.wait())
         await asyncio.wait({startup, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        drain_delay_s = 0.0  # a replica that never reported SERVING has no balancer to wait for
         if startup.done():
             startup.result()  # a failed start-up ends the process with its error
             await set_health(health_pb2.HealthCheckResponse.SERVING)
             log.info("ready", extra={"service": service.service_name})
+            drain_delay_s = config.drain_delay_s
             await stopping
         else:
             startup.cancel()
-        log.info("stopping", extra={"service": service.service_name, "grace_s": config.grace_s})
-        await set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
-        await server.stop(config.grace_s)
+        log.info(
+            "stopping",
+            extra={"service": service.service_name, "drain_delay_s": drain_delay_s, "grace_s": config.grace_s},
+        )
+        await health_servicer.enter_graceful_shutdown()  # NOT_SERVING for good, sent to every Watch stream
+        service.drain()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(hurry.wait(), drain_delay_s)
+        admission.close()
+        log.info("refusing new calls", extra={"service": service.service_name, "in_flight": admission.running})
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(admission.idle(), config.grace_s)
+        # Stopping now cancels what is left: calls past the grace, health Watch streams.
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
@@ -124,5 +152,5 @@ def run(name: str, args: argparse.Namespace, build: Callable[[], Service]) -> No
     ``args`` holds the flags of ``genmesh.config.add_server_flags``.
     """
     configure_logging(name, args.log_level, args.log_format)
-    config = ServerConfig(args.host, args.port, args.grace, args.faults)
+    config = ServerConfig(args.host, args.port, args.grace, args.faults, args.drain_delay)
     asyncio.run(serve(build(), config))

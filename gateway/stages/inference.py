@@ -1,13 +1,15 @@
 """The inference stage: the prompt from what the earlier stages found, then the relayed token stream.
 
-A Generate call that fails with UNAVAILABLE before its first message is tried again (after waiting for the
-channel to reconnect, then the guard's back-off) while attempts and time remain; once a message has been
-relayed it never is, and the failure goes to the client. While the inference circuit is open, calls are
-refused at once with UNAVAILABLE.
+Each attempt goes to the inference replica the pool chooses (the least loaded healthy one, by default). A
+Generate call that fails with UNAVAILABLE before its first message is tried again on another replica (after
+waiting for its channel to connect, then the guard's back-off) while attempts and time remain; once a message
+has been relayed it never is, and the failure goes to the client. When every replica's circuit is open, calls
+are refused at once with UNAVAILABLE. A request cancelled mid-stream is also aborted on its replica.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 
@@ -51,16 +53,21 @@ class InferenceStage:
         connect_until = time.monotonic() + self._connect_wait_s  # one reconnect wait per request, not per attempt
         try:
             async for attempt in upstreams.guard(STAGE, self._rule).attempts(deadline, "Generate"):
-                with attempt:
-                    await upstreams.ensure_connected(STAGE, min(left_s(connect_until), left_s(deadline)))
-                    call = upstreams.inference.Generate(request, timeout=timeout(deadline))
-                    async for message in relay(call):
-                        attempt.commit()
-                        if message.HasField("delta"):
-                            yield gateway_pb2.GatewayEvent(delta=message.delta)
-                        else:
-                            context.clock.spans[STAGE] = (start_ms, context.clock.now_ms())
-                            yield gateway_pb2.GatewayEvent(complete=message.complete)
+                replica = upstreams.inference.replicas[attempt.target.name]
+                with attempt, upstreams.inference.serving(replica, request.request_id):
+                    await replica.ensure_connected(min(left_s(connect_until), left_s(deadline)))
+                    call = replica.stub.Generate(request, timeout=timeout(deadline))
+                    try:
+                        async for message in relay(call):
+                            attempt.commit()
+                            if message.HasField("delta"):
+                                yield gateway_pb2.GatewayEvent(delta=message.delta)
+                            else:
+                                context.clock.spans[STAGE] = (start_ms, context.clock.now_ms())
+                                yield gateway_pb2.GatewayEvent(complete=message.complete)
+                    except (asyncio.CancelledError, GeneratorExit):
+                        upstreams.inference.abort_soon(request.request_id)  # while it still maps to the replica
+                        raise
                     return
         except grpc.aio.AioRpcError as error:
             raise from_rpc_error(error, _client_field) from None

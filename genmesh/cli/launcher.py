@@ -58,12 +58,17 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 @dataclass(slots=True)
 class ServiceProcess:
-    """One running service."""
+    """One running service process."""
 
     spec: mesh.ServiceSpec
     address: str
     process: asyncio.subprocess.Process
     log_path: Path | None
+    name: str = ""
+    """Its replica's name (``inference-2``), its key in a ``Mesh``; the service's name when left empty."""
+
+    def __post_init__(self) -> None:
+        self.name = self.name or self.spec.name
 
     def log_tail(self, lines: int = 30) -> str:
         """The end of the service's log, for error messages."""
@@ -74,25 +79,29 @@ class ServiceProcess:
 
 @dataclass(slots=True)
 class Mesh:
-    """The running services, by name."""
+    """The running service processes, by replica name (a service's name when it runs once)."""
 
     services: dict[str, ServiceProcess] = field(default_factory=dict)
+    drain_delay_s: float = 0.0
+    """The --drain-delay the services were started with."""
 
     def address(self, name: str) -> str:
         """``host:port`` of a service."""
         return self.services[name].address
 
     async def stop(self, grace_s: float = 10.0) -> None:
-        """SIGTERM the gateway first so that it drains, then the rest; SIGKILL what outlives the grace."""
-        order = [s for s in (mesh.GATEWAY, mesh.INFERENCE, mesh.TOOLS, mesh.RETRIEVAL) if s.name in self.services]
+        """SIGTERM the gateway first so that it drains, then the rest; SIGKILL what outlives the drain delay and
+        the grace."""
+        running = {p.spec for p in self.services.values()}
+        order = [s for s in (mesh.GATEWAY, mesh.INFERENCE, mesh.TOOLS, mesh.RETRIEVAL) if s in running]
         for group in (order[:1], order[1:]):
-            procs = [self.services[s.name].process for s in group]
+            procs = [p.process for p in self.services.values() if p.spec in group]
             for proc in procs:
                 if proc.returncode is None:
                     proc.send_signal(signal.SIGTERM)
             for proc in procs:
                 try:
-                    await asyncio.wait_for(proc.wait(), grace_s + 5.0)
+                    await asyncio.wait_for(proc.wait(), self.drain_delay_s + grace_s + 5.0)
                 except TimeoutError:
                     proc.kill()
                     await proc.wait()
@@ -104,13 +113,16 @@ async def start_service(
     address: str,
     log_dir: Path | None,
     env: Mapping[str, str] | None = None,
+    name: str = "",
 ) -> ServiceProcess:
-    """Spawn ``genmesh serve`` for one service, in its own process group, logging to ``log_dir``."""
+    """Spawn ``genmesh serve`` for one service, in its own process group, logging to ``log_dir``/``name``.log
+    (``name``: the replica's, the service's by default)."""
+    name = name or spec.name
     log_path = None
     stream: IO[bytes] | None = None
     if log_dir is not None:
         log_dir.mkdir(parents=True, exist_ok=True)
-        log_path = log_dir / f"{spec.name}.log"
+        log_path = log_dir / f"{name}.log"
         stream = log_path.open("ab")
     try:
         process = await asyncio.create_subprocess_exec(
@@ -127,7 +139,7 @@ async def start_service(
     finally:
         if stream is not None:
             stream.close()
-    return ServiceProcess(spec, address, process, log_path)
+    return ServiceProcess(spec, address, process, log_path, name)
 
 
 async def wait_ready(service: ServiceProcess, timeout_s: float) -> None:
@@ -140,12 +152,57 @@ async def wait_ready(service: ServiceProcess, timeout_s: float) -> None:
             ready.result()
             return
         raise RuntimeError(
-            f"{service.spec.name} exited with {service.process.returncode} before it was ready:\n{service.log_tail()}"
+            f"{service.name} exited with {service.process.returncode} before it was ready:\n{service.log_tail()}"
         )
     except TimeoutError as error:
-        raise RuntimeError(f"{service.spec.name} not ready: {error}\n{service.log_tail()}") from None
+        raise RuntimeError(f"{service.name} not ready: {error}\n{service.log_tail()}") from None
     finally:
         await cancel_and_wait(ready, exited)
+
+
+def _retrieval_data_dir(env: Mapping[str, str] | None) -> str:
+    """Where a retrieval service started with ``env`` keeps its store (its --data-dir's environment fallback)."""
+    from services.retrieval.server import DEFAULT_DATA_DIR  # imported here: only several replicas need it
+
+    return {**os.environ, **(env or {})}.get("GENMESH_RETRIEVAL_DATA_DIR") or DEFAULT_DATA_DIR
+
+
+@dataclass(frozen=True, slots=True)
+class Launch:
+    """One process of a mesh: which replica, where it listens, and the ``genmesh`` arguments that run it."""
+
+    replica: mesh.Replica
+    address: str
+    args: tuple[str, ...]
+
+
+def plan_mesh(
+    host: str,
+    ports: Mapping[str, int],
+    counts: Mapping[str, int] | None = None,
+    drain_delay_s: float = 0.0,
+    extra_args: Mapping[str, Sequence[str]] | None = None,
+    env: Mapping[str, str] | None = None,
+) -> list[Launch]:
+    """The processes of a mesh, upstreams first: ``counts[name]`` replicas of each service (1 when absent; one
+    gateway), replica ``r`` on ``ports[r.name]``.
+
+    Each service is given its upstreams' replicas as one comma-separated target, and ``--drain-delay`` (so that
+    stopping a local mesh is not slowed by a drain delay from the environment). Several retrieval replicas each
+    own a store: replica ``i`` gets ``--data-dir <dir>-<i>``, ``<dir>`` being where a single one started with
+    ``env`` keeps it. ``extra_args[name]`` (a service's name) come last, so they win.
+    """
+    layout = mesh.layout(counts or {})
+    targets = {s.name: [f"{host}:{ports[r.name]}" for r in layout if r.spec is s] for s in mesh.SERVICES}
+    plan = []
+    for replica in layout:
+        spec, port = replica.spec, ports[replica.name]
+        args = [*mesh.replica_args(spec, host, port, targets), "--drain-delay", str(drain_delay_s)]
+        if spec is mesh.RETRIEVAL and replica.count > 1:
+            args += ["--data-dir", f"{_retrieval_data_dir(env)}-{replica.index}"]
+        args += (extra_args or {}).get(spec.name, ())
+        plan.append(Launch(replica, f"{host}:{port}", tuple(args)))
+    return plan
 
 
 async def start_mesh(
@@ -155,16 +212,26 @@ async def start_mesh(
     extra_args: Mapping[str, Sequence[str]] | None = None,
     env: Mapping[str, str] | None = None,
     ready_timeout_s: float = 300.0,
+    replicas: Mapping[str, int] | None = None,
+    drain_delay_s: float = 0.0,
 ) -> Mesh:
-    """Start all four services (free ports unless given) and wait until every one is SERVING."""
-    spare = iter(free_ports(len(mesh.SERVICES), host))
-    chosen = {s.name: (ports or {}).get(s.name) or next(spare) for s in mesh.SERVICES}
-    upstream_hosts = {s.name: host for s in mesh.SERVICES}
-    running = Mesh()
+    """Start all four services and wait until every process is SERVING.
+
+    ``replicas[name]`` processes of a service (1 when absent), each logging to its own ``<replica name>.log``.
+    ``ports[name]`` is the port of a service's first replica; the others, and services without one, get free
+    ports. See ``plan_mesh`` for the arguments each process gets.
+    """
+    counts = replicas or {}
+    layout = mesh.layout(counts)
+    spare = iter(free_ports(len(layout), host))
+    chosen = {r.name: ((ports or {}).get(r.spec.name) if r.index == 1 else None) or next(spare) for r in layout}
+    plan = plan_mesh(host, chosen, counts, drain_delay_s, extra_args, env)
+    running = Mesh(drain_delay_s=drain_delay_s)
     try:
-        for spec in mesh.SERVICES:
-            args = mesh.serve_args(spec, host, chosen, upstream_hosts) + list((extra_args or {}).get(spec.name, ()))
-            running.services[spec.name] = await start_service(spec, args, f"{host}:{chosen[spec.name]}", log_dir, env)
+        for launch in plan:
+            name = launch.replica.name
+            service = await start_service(launch.replica.spec, launch.args, launch.address, log_dir, env, name)
+            running.services[name] = service
         waits = [asyncio.create_task(wait_ready(s, ready_timeout_s)) for s in running.services.values()]
         try:
             await asyncio.gather(*waits)

@@ -54,14 +54,38 @@ def _ask_options(question: str, args: argparse.Namespace) -> AskOptions:
     )
 
 
+def _count(text: str) -> int:
+    """A replica count: a whole number of at least 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    """A duration in seconds, not negative."""
+    value = float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative, got {value}")
+    return value
+
+
 async def _up(args: argparse.Namespace) -> int:
     ports = {s.name: getattr(args, f"{s.name}_port") for s in mesh.SERVICES}
+    replicas = {s.name: getattr(args, f"{s.name}_replicas") for s in mesh.SERVICES if s is not mesh.GATEWAY}
     log_dir = None if args.log_dir == "-" else Path(args.log_dir)
     print(f"starting the mesh (logs: {log_dir or 'stderr'}) ...", flush=True)
-    running = await start_mesh(args.host, ports, log_dir, ready_timeout_s=args.ready_timeout)
+    running = await start_mesh(
+        args.host,
+        ports,
+        log_dir,
+        ready_timeout_s=args.ready_timeout,
+        replicas=replicas,
+        drain_delay_s=args.drain_delay,
+    )
     try:
         for name, service in running.services.items():
-            print(f"  {name:<10} {service.address:<22} pid {service.process.pid}", flush=True)
+            print(f"  {name:<12} {service.address:<22} pid {service.process.pid}", flush=True)
         print(f"gateway ready at {running.address('gateway')}", flush=True)
         if args.demo:
             demo = AskOptions(
@@ -156,10 +180,28 @@ def main(argv: Sequence[str] | None = None) -> None:
     up = commands.add_parser("up", help="start the four services, wait until SERVING, stop them on Ctrl-C")
     up.add_argument("--host", default="127.0.0.1")
     for spec in mesh.SERVICES:
-        up.add_argument(f"--{spec.name}-port", type=int, default=spec.default_port)
+        first = "" if spec is mesh.GATEWAY else " (of the first replica)"
+        up.add_argument(f"--{spec.name}-port", type=int, default=spec.default_port, help=f"{spec.name} port{first}")
+    for spec in (mesh.INFERENCE, mesh.TOOLS, mesh.RETRIEVAL):
+        up.add_argument(
+            f"--{spec.name}-replicas",
+            type=_count,
+            default=1,
+            metavar="N",
+            help=f"{spec.name} processes, each on its own port (the first on --{spec.name}-port, the rest on free "
+            "ones); their callers get them all as one comma-separated target"
+            + ("; each has its own store (<data dir>-1, -2, ...)" if spec is mesh.RETRIEVAL else ""),
+        )
     up.add_argument("--log-dir", default=".genmesh/logs", help="where service logs go ('-' for stderr)")
     up.add_argument("--ready-timeout", type=float, default=300.0)
     up.add_argument("--grace", type=float, default=10.0, help="seconds services get to drain on stop")
+    up.add_argument(
+        "--drain-delay",
+        type=_seconds,
+        default=0.0,
+        help="seconds each service reports NOT_SERVING, still serving, before it refuses new calls on stop "
+        "(default 0: Ctrl-C stays fast, whatever GENMESH_*_DRAIN_DELAY says)",
+    )
     up.add_argument("--demo", action="store_true", help="ask a demo question once the mesh is up")
     up.add_argument("--question", help="the demo question")
     up.add_argument("--max-tokens", type=int, default=96, help="length of the demo answer")

@@ -20,6 +20,7 @@ from genmesh.server import run
 from genmesh.v1 import common_pb2, inference_pb2, inference_pb2_grpc
 from services.inference.engine import Engine, EngineConfig
 from services.inference.engine.types import Finished, FinishReason, GenerationRequest, TokenChunk
+from services.inference.load_feed import LoadFeed, new_replica_id, now_timestamp, report_interval_s
 from services.inference.models.loader import load_model
 
 log = logging.getLogger("genmesh.inference")
@@ -74,7 +75,11 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         deadline = None if remaining is None else time.monotonic() + remaining
         generation = GenerationRequest(REQUEST_ID.get(), request.prompt, sampling, deadline, request.truncate_prompt)
         async for item in engine.generate(generation):
-            yield _delta(item) if isinstance(item, TokenChunk) else _completion(item)
+            if isinstance(item, TokenChunk):
+                yield _delta(item)
+            else:
+                self._service.load_feed.finished(item.total_ms / 1000)
+                yield _completion(item)
 
     async def Abort(
         self, request: inference_pb2.AbortRequest, context: grpc.aio.ServicerContext
@@ -104,7 +109,27 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
             waiting=load.waiting,
             kv_used_tokens=load.kv_used_tokens,
             kv_capacity_tokens=load.kv_capacity_tokens,
+            replica_id=self._service.load_feed.replica_id,
+            report_time=now_timestamp(),
         )
+
+    async def WatchLoad(
+        self, request: inference_pb2.WatchLoadRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[inference_pb2.WatchLoadResponse]:
+        engine, feed = self._service.engine(), self._service.load_feed
+        interval_s = report_interval_s(request.report_interval, request.HasField("report_interval"))
+        async for snapshot in feed.watch(engine.load, interval_s):
+            stats = snapshot.stats
+            yield inference_pb2.WatchLoadResponse(
+                running_count=stats.running,
+                waiting_count=stats.waiting,
+                kv_used_tokens=stats.kv_used_tokens,
+                kv_capacity_tokens=stats.kv_capacity_tokens,
+                replica_id=feed.replica_id,
+                report_time=now_timestamp(),
+                accepting=snapshot.accepting,
+                named_metrics=feed.named_metrics(snapshot),
+            )
 
 
 class InferenceService:
@@ -119,6 +144,7 @@ class InferenceService:
         self._config = config
         self._threads = threads
         self._engine: Engine | None = None
+        self.load_feed = LoadFeed(new_replica_id(), config.max_running, config.max_waiting)
 
     def engine(self) -> Engine:
         """The engine, once the model is loaded."""
@@ -140,6 +166,10 @@ class InferenceService:
             extra={"model": loaded.name, "device": str(loaded.device), "dtype": str(loaded.dtype)},
         )
         self._engine = Engine(loaded, self._config)
+
+    def drain(self) -> None:
+        """Tell balancers (WatchLoad ``accepting=false``), and end the load streams."""
+        self.load_feed.drain()
 
     async def stop(self) -> None:
         if self._engine is not None:

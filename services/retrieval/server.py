@@ -208,6 +208,9 @@ class RetrievalService:
         self._retriever = retriever
         log.info("store open", extra={"data_dir": str(config.data_dir), "batch_window_ms": config.batch_window_ms})
 
+    def drain(self) -> None:
+        """Nothing to announce: health already reports NOT_SERVING."""
+
     async def stop(self) -> None:
         self._retriever = None
         if self._opened is not None:

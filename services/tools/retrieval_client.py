@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import grpc
 
+from genmesh import mesh
 from genmesh.channels import open_channel
 from genmesh.errors import DeadlineExceeded, GenmeshError, InvalidArgument, Unavailable
 from genmesh.logs import REQUEST_ID
 from genmesh.status import from_rpc_error
+from genmesh.targets import channel_target, parse_target
 from genmesh.v1 import retrieval_pb2, retrieval_pb2_grpc
 from services.tools.builtin.search_docs import FoundPassage
 
@@ -19,7 +21,7 @@ class RetrievalSearcher:
 
     def __init__(self, target: str) -> None:
         self.target = target
-        self._channel = open_channel(target)
+        self._channel = open_channel(channel_target(parse_target(target)), mesh.RETRIEVAL.grpc_service)
         self._stub = retrieval_pb2_grpc.RetrievalServiceStub(self._channel)
 
     async def __call__(self, query: str, top_k: int, collection: str, timeout_s: float | None) -> list[FoundPassage]:

@@ -243,6 +243,9 @@ class ToolsService:
                 log.warning("MCP server not up yet", extra={"server": provider.name, "error": provider.last_error})
         log.info("tools", extra={"tools": ",".join(t.name for t in self._registry.tools())})
 
+    def drain(self) -> None:
+        """Nothing to announce: health already reports NOT_SERVING."""
+
     async def stop(self) -> None:
         for provider in self._providers:
             await provider.stop()

@@ -1,4 +1,5 @@
-"""`genmesh up` brings the mesh up, streams the demo, and on Ctrl-C stops the gateway (draining) before the rest."""
+"""`genmesh up` brings the mesh up, streams the demo, and on Ctrl-C stops the gateway (draining) before the rest,
+without a drain delay."""
 
 from __future__ import annotations
 
@@ -35,13 +36,19 @@ async def test_up_demo_then_ctrl_c(tmp_path: Path) -> None:
         *ports,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
-        env={**os.environ, "GENMESH_RETRIEVAL_FAULTS": f"Query:delay={QUERY_DELAY_S}s"},  # answers wait on retrieval
+        env={
+            **os.environ,
+            "GENMESH_RETRIEVAL_FAULTS": f"Query:delay={QUERY_DELAY_S}s",  # answers wait on retrieval
+            # A drain delay from the environment must not slow Ctrl-C: `genmesh up` passes its own (0).
+            **{f"GENMESH_{spec.name.upper()}_DRAIN_DELAY": "120" for spec in mesh.SERVICES},
+        },
     )
     try:
         output = await _read_until_up(process)
     except BaseException:
-        process.kill()
-        await process.wait()
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
         raise
     assert "Sources:" in output and "Tool calculator [0]" in output and "Tool clock [1]" in output
     answer = re.search(r"^Answer: (.*?)^finish:", output, re.MULTILINE | re.DOTALL)

@@ -205,6 +205,12 @@ class ScriptedInference(inference_pb2_grpc.InferenceServiceServicer):
     async def GetLoad(self, request: object, context: grpc.aio.ServicerContext) -> inference_pb2.GetLoadResponse:
         await unimplemented(context)
 
+    async def WatchLoad(
+        self, request: inference_pb2.WatchLoadRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[inference_pb2.WatchLoadResponse]:
+        await unimplemented(context)
+        yield inference_pb2.WatchLoadResponse()  # never reached: makes this a streaming handler
+
     async def Generate(
         self, request: inference_pb2.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[inference_pb2.GenerateResponse]:

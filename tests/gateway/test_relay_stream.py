@@ -69,6 +69,12 @@ class Upstream(inference_pb2_grpc.InferenceServiceServicer):
     async def GetLoad(self, request: object, context: grpc.aio.ServicerContext) -> inference_pb2.GetLoadResponse:
         await unimplemented(context)
 
+    async def WatchLoad(
+        self, request: object, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[inference_pb2.WatchLoadResponse]:
+        await unimplemented(context)
+        yield inference_pb2.WatchLoadResponse()  # never reached: makes this a streaming handler
+
 
 @pytest.fixture
 async def upstream() -> AsyncIterator[tuple[Upstream, inference_pb2_grpc.InferenceServiceStub]]:

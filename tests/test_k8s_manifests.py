@@ -1,0 +1,359 @@
+"""deploy/k8s renders and validates offline (scripts/validate_k8s.py) and keeps what users rely on: gRPC probes on
+the services' ports, a drain that fits the termination grace, headless upstreams the gateway reaches by dns:///,
+a GPU for inference in overlays/gpu. Each promise is shown to catch a one-line mutation of the manifests."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+from genmesh import mesh
+
+ROOT = Path(__file__).resolve().parents[1]
+K8S = ROOT / "deploy" / "k8s"
+SCRIPT = ROOT / "scripts" / "validate_k8s.py"
+UPSTREAMS = (mesh.RETRIEVAL, mesh.TOOLS, mesh.INFERENCE)
+
+Obj = dict[str, Any]
+
+
+def _load_validator() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("validate_k8s", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the class is made
+    spec.loader.exec_module(module)
+    return module
+
+
+validator = _load_validator()
+
+
+@pytest.fixture(scope="module")
+def kubectl() -> str:
+    """kubectl (with its kustomize) is a dev tool that must be installed: missing, the test fails, not skips."""
+    try:
+        return str(validator.find_kubectl())
+    except validator.ValidationFailed as error:
+        pytest.fail(str(error))
+
+
+@pytest.fixture(scope="module")
+def rendered(kubectl: str) -> dict[str, list[Obj]]:
+    """Each kustomization's objects, by its path under deploy/k8s."""
+    return {str(path.relative_to(K8S)): validator.render(path, kubectl) for path in validator.kustomizations()}
+
+
+def _genmesh_containers(objs: list[Obj]) -> dict[str, Obj]:
+    """Service name → the container that runs `genmesh serve NAME`."""
+    return {name: c for _, c in validator.containers(objs) if (name := validator.serve_target(c)) is not None}
+
+
+def _workload(objs: list[Obj], name: str) -> Obj:
+    return next(o for o in objs if o["kind"] == "Deployment" and o["metadata"]["name"] == name)
+
+
+def _env(container: Obj, service: str, flag: str) -> str | None:
+    value: str | None = validator.env_value(container, f"GENMESH_{service.upper()}_{flag}")
+    return value
+
+
+# The promises: each returns what is wrong (nothing when kept).
+
+
+def probe_problems(objs: list[Obj]) -> list[str]:
+    """Readiness and liveness (and startup for retrieval and inference) are gRPC probes on the service's port."""
+    problems = []
+    containers = _genmesh_containers(objs)
+    for spec in mesh.SERVICES:
+        container = containers.get(spec.name)
+        if container is None:
+            problems.append(f"no container runs genmesh serve {spec.name}")
+            continue
+        ports = {p["containerPort"] for p in container["ports"]}
+        if spec.default_port not in ports or _env(container, spec.name, "PORT") != str(spec.default_port):
+            problems.append(f"{spec.name}: does not listen on {spec.default_port}")
+        probes = ["readinessProbe", "livenessProbe"]
+        probes += ["startupProbe"] if spec in (mesh.RETRIEVAL, mesh.INFERENCE) else []
+        for probe in probes:
+            port = container.get(probe, {}).get("grpc", {}).get("port")
+            if port != spec.default_port:
+                problems.append(f"{spec.name}: {probe} is no gRPC probe on {spec.default_port} (port {port})")
+    return problems
+
+
+def drain_problems(objs: list[Obj]) -> list[str]:
+    """Every service drains (drain delay > 0) and its pod may take longer than drain delay + grace to stop."""
+    problems = []
+    for name, container in _genmesh_containers(objs).items():
+        drain, grace = _env(container, name, "DRAIN_DELAY"), _env(container, name, "GRACE")
+        if drain is None or grace is None or float(drain) <= 0:
+            problems.append(f"{name}: drain delay {drain} and grace {grace} must both be set, the delay above 0")
+            continue
+        budget = _workload(objs, name)["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+        if not budget > float(drain) + float(grace):
+            problems.append(f"{name}: terminationGracePeriodSeconds {budget} <= drain {drain} + grace {grace}")
+    return problems
+
+
+def service_problems(objs: list[Obj]) -> list[str]:
+    """The upstreams' Services are headless; the gateway's is a ClusterIP with port 50051 named grpc."""
+    services = {o["metadata"]["name"]: o["spec"] for o in objs if o["kind"] == "Service"}
+    problems = [f"Service {s.name} is not headless" for s in UPSTREAMS if services[s.name].get("clusterIP") != "None"]
+    gateway = services["gateway"]
+    if gateway.get("clusterIP") == "None" or gateway.get("type", "ClusterIP") != "ClusterIP":
+        problems.append("Service gateway is not a plain ClusterIP")
+    if {"name": "grpc", "port": 50051} not in [{k: p.get(k) for k in ("name", "port")} for p in gateway["ports"]]:
+        problems.append("Service gateway has no port 50051 named grpc")
+    return problems
+
+
+def target_problems(objs: list[Obj]) -> list[str]:
+    """The gateway reaches each upstream as dns:///<its Service>:<port>."""
+    services = {o["metadata"]["name"]: o["spec"] for o in objs if o["kind"] == "Service"}
+    gateway = _genmesh_containers(objs)["gateway"]
+    problems = []
+    for spec in UPSTREAMS:
+        target = _env(gateway, "gateway", f"{spec.name.upper()}_TARGET")
+        ports = [p["port"] for p in services.get(spec.name, {}).get("ports", [])]
+        if target != f"dns:///{spec.name}:{spec.default_port}" or spec.default_port not in ports:
+            problems.append(f"gateway's {spec.name} target is {target}, Service ports {ports}")
+    return problems
+
+
+def gpu_problems(objs: list[Obj]) -> list[str]:
+    """Inference asks for one NVIDIA GPU, runs on cuda, and may land on a GPU node (toleration)."""
+    deployment = _workload(objs, "inference")
+    container = _genmesh_containers(objs)["inference"]
+    problems = []
+    if str(container["resources"].get("limits", {}).get("nvidia.com/gpu")) != "1":
+        problems.append("inference has no nvidia.com/gpu: 1 limit")
+    if _env(container, "inference", "DEVICE") != "cuda":
+        problems.append("inference does not run on cuda")
+    tolerations = deployment["spec"]["template"]["spec"].get("tolerations", [])
+    if not any(t.get("key") == "nvidia.com/gpu" for t in tolerations):
+        problems.append("inference does not tolerate the nvidia.com/gpu taint")
+    return problems
+
+
+def security_problems(objs: list[Obj]) -> list[str]:
+    """The services run as the image's uid 10001, non-root, on a read-only root filesystem."""
+    problems = []
+    for name, container in _genmesh_containers(objs).items():
+        pod = _workload(objs, name)["spec"]["template"]["spec"].get("securityContext", {})
+        if pod.get("runAsNonRoot") is not True or pod.get("runAsUser") != 10001:
+            problems.append(f"{name}: not runAsNonRoot as uid 10001")
+        if container.get("securityContext", {}).get("readOnlyRootFilesystem") is not True:
+            problems.append(f"{name}: root filesystem is writable")
+    return problems
+
+
+def validator_problems(objs: list[Obj]) -> list[str]:
+    """What scripts/validate_k8s.py finds: schemas and cross-references (not the --help check)."""
+    problems: list[str] = validator.check(objs).problems
+    return problems
+
+
+_FLAG_VARIABLES: dict[str, set[str] | str] = {}
+
+
+def unread_variable_problems(objs: list[Obj]) -> list[str]:
+    """GENMESH_* variables that no flag of the service reads (its --help, listed once per test session)."""
+    report = validator.Report()
+    validator.env_problems(objs, report, _FLAG_VARIABLES)
+    problems: list[str] = report.problems
+    return problems
+
+
+COMMON = {
+    "probes": probe_problems,
+    "drain": drain_problems,
+    "services": service_problems,
+    "targets": target_problems,
+    "security": security_problems,
+}
+
+
+def test_the_validation_script_passes() -> None:
+    result = subprocess.run([sys.executable, str(SCRIPT)], capture_output=True, text=True, check=False, cwd=ROOT)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert all(f"{path.relative_to(ROOT)}: " in result.stdout for path in validator.kustomizations())
+
+
+@pytest.mark.parametrize("promise", list(COMMON))
+def test_every_kustomization_keeps_the_promises(rendered: dict[str, list[Obj]], promise: str) -> None:
+    assert set(rendered) >= {"base", "overlays/postgres", "overlays/gpu"}
+    for name, objs in rendered.items():
+        assert COMMON[promise](objs) == [], name
+
+
+def test_only_the_gpu_overlay_asks_for_a_gpu(rendered: dict[str, list[Obj]]) -> None:
+    assert gpu_problems(rendered["overlays/gpu"]) == []
+    image = _genmesh_containers(rendered["overlays/gpu"])["inference"]["image"]
+    assert image == "genmesh/inference:0.1.0-cuda"
+    assert len(gpu_problems(rendered["base"])) == 3
+
+
+def test_the_base_reads_the_users_secret_and_the_postgres_overlay_makes_it(rendered: dict[str, list[Obj]]) -> None:
+    def jobs_db(objs: list[Obj]) -> Obj:
+        gateway = _genmesh_containers(objs)["gateway"]
+        ref: Obj = next(v for v in gateway["env"] if v["name"] == "GENMESH_GATEWAY_JOBS_DB")["valueFrom"][
+            "secretKeyRef"
+        ]
+        return ref
+
+    assert jobs_db(rendered["base"]) == {"name": "genmesh-jobs-db", "key": "url"}
+    assert not any(o["kind"] == "Secret" for o in rendered["base"])
+    assert _workload(rendered["base"], "gateway")["spec"]["replicas"] >= 2
+    ref = jobs_db(rendered["overlays/postgres"])
+    secret = next(o for o in rendered["overlays/postgres"] if o["metadata"]["name"] == ref["name"])
+    assert ref["name"].startswith("genmesh-jobs-db-") and secret["kind"] == "Secret"
+    assert any(
+        o["kind"] == "StatefulSet" and o["metadata"]["name"] == "postgres" for o in rendered["overlays/postgres"]
+    )
+
+
+def test_the_docs_combination_of_postgres_and_gpu_renders(kubectl: str, tmp_path: Path) -> None:
+    (tmp_path / "kustomization.yaml").write_text(
+        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n"
+        f"resources: [{os.path.relpath(K8S / 'overlays/postgres', tmp_path)}]\n"
+        f"components: [{os.path.relpath(K8S / 'components/gpu', tmp_path)}]\n"
+    )
+    objs = validator.render(tmp_path, kubectl)
+    assert gpu_problems(objs) == [] and validator_problems(objs) == []
+    assert any(o["kind"] == "StatefulSet" for o in objs)
+
+
+# One-line mutations: (file under deploy/k8s, text with the line to change, its replacement, the kustomization to
+# render, the promise that must catch it).
+MUTATIONS: list[tuple[str, str, str, str, Callable[[list[Obj]], list[str]]]] = [
+    (
+        "base/gateway.yaml",
+        "readinessProbe:\n            grpc:\n              port: 50051",
+        "readinessProbe:\n            grpc:\n              port: 50052",
+        "base",
+        probe_problems,
+    ),
+    (
+        "base/tools.yaml",
+        "livenessProbe:\n            grpc:",
+        "livenessProbe:\n            tcpSocket:",
+        "base",
+        probe_problems,
+    ),
+    (
+        "base/inference.yaml",
+        "startupProbe:\n            grpc:\n              port: 50054",
+        "startupProbe:\n            grpc:\n              port: 50051",
+        "base",
+        probe_problems,
+    ),
+    ("base/retrieval.yaml", '"50052"', '"50053"', "base", probe_problems),
+    (
+        "base/inference.yaml",
+        "terminationGracePeriodSeconds: 60",
+        "terminationGracePeriodSeconds: 40",
+        "base",
+        drain_problems,
+    ),
+    (
+        "base/gateway.yaml",
+        'GRACE\n              value: "30"',
+        'GRACE\n              value: "60"',
+        "base",
+        drain_problems,
+    ),
+    (
+        "base/tools.yaml",
+        'DRAIN_DELAY\n              value: "10"',
+        'DRAIN_DELAY\n              value: "0"',
+        "base",
+        drain_problems,
+    ),
+    ("base/inference.yaml", "  clusterIP: None\n", "", "base", service_problems),
+    (
+        "base/gateway.yaml",
+        "    - name: grpc\n      port: 50051",
+        "    - name: http\n      port: 50051",
+        "base",
+        service_problems,
+    ),
+    ("base/gateway.yaml", "value: dns:///inference:50054", "value: inference:50054", "base", target_problems),
+    ("base/gateway.yaml", "value: dns:///tools:50053", "value: dns:///tools:50052", "base", target_problems),
+    ("components/gpu/inference-gpu.yaml", "              nvidia.com/gpu: 1\n", "", "overlays/gpu", gpu_problems),
+    ("components/gpu/inference-gpu.yaml", "value: cuda", "value: cpu", "overlays/gpu", gpu_problems),
+    ("base/retrieval.yaml", "readOnlyRootFilesystem: true", "readOnlyRootFilesystem: false", "base", security_problems),
+    ("base/gateway.yaml", "runAsUser: 10001", "runAsUser: 1000", "base", security_problems),
+    (
+        "base/gateway.yaml",
+        "- name: GENMESH_GATEWAY_UPSTREAM_WAIT",
+        "- name: GENMESH_GATEWAY_UPSTREAMS_WAIT",
+        "base",
+        unread_variable_problems,
+    ),
+    # What only the validator catches: a misspelt field (strict schema), a selector that selects nothing, a probe
+    # on a port the container does not have, a Secret without the key read, a target to a non-headless Service.
+    (
+        "base/tools.yaml",
+        "periodSeconds: 5\n            failureThreshold: 24",
+        "periodSecond: 5\n            failureThreshold: 24",
+        "base",
+        validator_problems,
+    ),
+    (
+        "base/inference.yaml",
+        "  maxUnavailable: 1\n  selector:\n    matchLabels:\n      app.kubernetes.io/name: inference",
+        "  maxUnavailable: 1\n  selector:\n    matchLabels:\n      app.kubernetes.io/name: inferense",
+        "base",
+        validator_problems,
+    ),
+    (
+        "base/retrieval.yaml",
+        "livenessProbe:\n            grpc:\n              port: 50052",
+        "livenessProbe:\n            grpc:\n              port: 50059",
+        "base",
+        validator_problems,
+    ),
+    (
+        "overlays/postgres/kustomization.yaml",
+        "- url=postgresql://",
+        "- uri=postgresql://",
+        "overlays/postgres",
+        validator_problems,
+    ),
+    ("base/tools.yaml", "  clusterIP: None\n", "", "base", validator_problems),
+]
+
+
+@pytest.mark.parametrize(
+    ("path", "old", "new", "kustomization", "promise"),
+    MUTATIONS,
+    ids=[f"{m[4].__name__}:{m[0]}:{m[1].splitlines()[-1].strip()}" for m in MUTATIONS],
+)
+def test_each_promise_catches_a_one_line_mutation(
+    kubectl: str,
+    tmp_path: Path,
+    path: str,
+    old: str,
+    new: str,
+    kustomization: str,
+    promise: Callable[[list[Obj]], list[str]],
+) -> None:
+    original = (K8S / path).read_text()
+    assert original.count(old) == 1, f"{old!r} must occur once in {path}"
+    changed = original.replace(old, new)
+    assert len(set(original.splitlines()) ^ set(changed.splitlines())) <= 2, "not a one-line mutation"
+    copy = tmp_path / "k8s"
+    shutil.copytree(K8S, copy)
+    (copy / path).write_text(changed)
+    assert promise(validator.render(K8S / kustomization, kubectl)) == []
+    assert promise(validator.render(copy / kustomization, kubectl)) != []
