@@ -101,6 +101,7 @@ class _Call:
         self.code = grpc.StatusCode.OK
         self.start = time.perf_counter()
         self.token = REQUEST_ID.set(self.request_id)
+        self._logged = False
 
     async def begin(self, faults: FaultInjector, admission: Admission) -> None:
         if self.request_id and not _VALID_REQUEST_ID.fullmatch(self.request_id):
@@ -128,6 +129,7 @@ class _Call:
         if isinstance(error, GenmeshError):
             status = to_rpc_status(error)
             self.code = status_code_of(error)
+            self._log()  # before abort(), which sends the status: whoever saw the status finds the line
             await self.context.abort(status.code, status.details, status.trailing_metadata)
         if isinstance(error, asyncio.CancelledError | GeneratorExit):
             self.code = grpc.StatusCode.CANCELLED
@@ -142,12 +144,20 @@ class _Call:
         status = rpc_status.to_status(
             status_message(grpc.StatusCode.INTERNAL, f"internal error (request_id={self.request_id})")
         )
+        self._log()
         await self.context.abort(status.code, status.details, status.trailing_metadata)
 
-    def end(self) -> None:
+    def _log(self) -> None:
+        """The call's one log line (written once)."""
+        if self._logged:
+            return
+        self._logged = True
         duration_ms = (time.perf_counter() - self.start) * 1000.0
         level = logging.DEBUG if self.quiet else logging.INFO
         log.log(level, "rpc", extra={"method": self.method, "status": self.code.name, "duration_ms": duration_ms})
+
+    def end(self) -> None:
+        self._log()
         try:
             REQUEST_ID.reset(self.token)
         except ValueError:  # a stream closed from another context (its task is gone)

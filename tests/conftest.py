@@ -8,6 +8,7 @@ from pathlib import Path
 import grpc
 import pytest
 import pytest_asyncio
+from support.postgres import create_database, running_postgres
 
 from genmesh.channels import open_channel
 from genmesh.cli.launcher import Mesh, start_mesh
@@ -41,6 +42,19 @@ def gateway_jobs_db(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("GENMESH_GATEWAY_JOBS_DB", str(path))
         yield path
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[str]:
+    """A Postgres server of the session's own (tests/support/postgres.py), started on first use; its URL."""
+    with running_postgres() as url:
+        yield url
+
+
+@pytest.fixture
+def postgres_url(postgres_server: str) -> str:
+    """A fresh, empty database of that server, for one test."""
+    return create_database(postgres_server)
 
 
 @pytest_asyncio.fixture(scope="session")

@@ -1,16 +1,23 @@
-"""The jobs of one gateway: store, recovery at start, worker pool, watchers, retention."""
+"""The jobs of one gateway: store, recovery, worker pool, watchers, retention.
+
+One gateway's SQLite file is recovered once, at start. A Postgres queue is shared: recovery (taking over
+the jobs whose lease expired) runs every ``lease / 3``, and the store's notifications wake this gateway's
+watchers and workers and pass on cancels requested on other gateways.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
 
 from gateway.jobs.config import JobConfig
-from gateway.jobs.model import JobEvent, JobRecord, JobState, NewJob
-from gateway.jobs.store import JobNotFound, JobStore, QueueFull, SqliteJobStore
+from gateway.jobs.model import JobEvent, JobRecord, JobState, NewJob, RecoveryReport
+from gateway.jobs.store import JobNotFound, JobStore, Listener, QueueFull
+from gateway.jobs.stores import make_store
 from gateway.jobs.watch import JobFeed, watch
 from gateway.jobs.workers import Answer, WorkerPool
 from genmesh.errors import Unavailable
@@ -20,6 +27,10 @@ log = logging.getLogger("genmesh.gateway.jobs")
 
 #: Longest pause between two retention sweeps.
 MAX_PURGE_INTERVAL_S = 60.0
+#: A shared store's watchers read it at least this often, should a notification be missed.
+POLL_S = 1.0
+#: How long CancelJob waits for a running job to record its end.
+CANCEL_WAIT_S = 5.0
 
 
 class JobRuntime:
@@ -27,20 +38,21 @@ class JobRuntime:
 
     def __init__(self, config: JobConfig, answer: Answer, store: JobStore | None = None) -> None:
         self.config = config
-        self._store = store or SqliteJobStore(config.db_path)
+        self._store = store or make_store(config)
         self._feed = JobFeed()
-        self._pool = WorkerPool(self._store, self._feed, answer, config.workers, config.timeout_s)
+        self._pool = WorkerPool(self._store, self._feed, answer, config.workers, config.timeout_s, config.lease_s)
+        self._poll_s = POLL_S if self._store.shared else None
         self._started = False
-        self._purger: asyncio.Task[None] | None = None
+        self._background: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
         """Open the store, recover what a dead gateway left running, start the workers."""
         await self._store.open()
-        report = await self._store.recover(self.config.max_attempts, time.time())
+        report = await self._recover()
         log.info(
             "jobs recovered",
             extra={
-                "db": str(self.config.db_path),
+                "db": self.config.db_label,
                 "requeued": report.requeued,
                 "failed": report.failed,
                 "cancelled": report.cancelled,
@@ -48,8 +60,14 @@ class JobRuntime:
             },
         )
         await self._purge()
-        self._pool.start(report.queued)
-        self._purger = asyncio.create_task(self._purge_forever())
+        listener = Listener(changed=self._feed.notify, cancel_requested=self._pool.interrupt, queued=self._pool.queued)
+        self._background = [
+            asyncio.create_task(self._purge_forever()),
+            asyncio.create_task(self._store.follow(listener)),
+        ]
+        if self._store.shared:
+            self._background.append(asyncio.create_task(self._recover_forever()))
+        self._pool.start()
         self._started = True
 
     async def stop(self) -> None:
@@ -57,7 +75,7 @@ class JobRuntime:
         if not self._started:
             return
         self._started = False
-        await cancel_and_wait(self._purger)
+        await cancel_and_wait(*self._background)
         await self._pool.stop()
         await self._store.close()
 
@@ -86,15 +104,27 @@ class JobRuntime:
         return record
 
     async def cancel(self, job_id: str) -> JobRecord:
-        """Cancel a queued or running job; a finished one is returned as it is."""
+        """Cancel a queued or running job (here or on another gateway); a finished one is returned as it is."""
         record = await self._ready().request_cancel(job_id, time.time())
         if record is None:
             raise JobNotFound(job_id)
         if record.state is JobState.RUNNING:
-            await self._pool.cancel(job_id)
-            record = await self.get(job_id)
+            await self._pool.cancel(job_id, CANCEL_WAIT_S)
+            record = await self._settled(job_id, CANCEL_WAIT_S)
         self._feed.notify(job_id)
         return record
+
+    async def _settled(self, job_id: str, wait_s: float) -> JobRecord:
+        """The job once final, or as it is after ``wait_s`` seconds."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            wakeup = self._feed.wakeup(job_id)
+            record = await self.get(job_id)
+            left = deadline - time.monotonic()
+            if record.state.final or left <= 0:
+                return record
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wakeup.wait(), min(left, POLL_S))
 
     async def list(self, state: JobState | None, before_seq: int | None, limit: int) -> list[JobRecord]:
         """A page of jobs, newest first."""
@@ -102,7 +132,27 @@ class JobRuntime:
 
     def watch(self, job_id: str, after_seq: int) -> AsyncIterator[JobEvent | JobRecord]:
         """The job's events from ``after_seq`` on, live, then the job in its final state."""
-        return watch(self._ready(), self._feed, job_id, after_seq)
+        return watch(self._ready(), self._feed, job_id, after_seq, self._poll_s)
+
+    async def _recover(self) -> RecoveryReport:
+        return await self._store.recover(self.config.max_attempts, time.time())
+
+    async def _recover_forever(self) -> None:
+        """Take over the jobs of gateways that died; wake workers for what is queued (should a NOTIFY be lost)."""
+        while True:
+            await asyncio.sleep(self.config.lease_s / 3)
+            try:
+                report = await self._recover()
+            except Exception:
+                log.exception("taking over the jobs of dead gateways failed")
+                continue
+            if report.requeued or report.failed or report.cancelled:
+                log.info(
+                    "jobs of a dead gateway taken over",
+                    extra={"requeued": report.requeued, "failed": report.failed, "cancelled": report.cancelled},
+                )
+            for _ in range(min(report.queued, self.config.workers)):
+                self._pool.queued()
 
     async def _purge(self) -> None:
         purged = await self._store.purge(time.time() - self.config.retention_s)

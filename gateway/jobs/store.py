@@ -1,60 +1,26 @@
-"""Where jobs live: a small JobStore interface and its SQLite (WAL) implementation.
+"""The JobStore interface every job store implements, and the errors they share.
 
-Every SQLite call runs on one dedicated thread that owns the only connection: the event loop never
-blocks on the disk, and there is a single writer, so each method is one atomic transaction.
+Two implementations: ``sqlite_store.SqliteJobStore`` (a file of one gateway, the embedded default) and
+``postgres_store.PostgresJobStore`` (one queue shared by any number of gateways, with leases).
 """
 
 from __future__ import annotations
 
-import asyncio
-import sqlite3
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 from gateway.jobs.model import JobEvent, JobRecord, JobState, NewJob, Outcome, RecoveryReport
-from genmesh.errors import FailedPrecondition, InvalidArgument, NotFound, Reason, ResourceExhausted
-
-T = TypeVar("T")
+from genmesh.errors import NotFound, Reason, ResourceExhausted
 
 CANCELLED_CODE = 1  # google.rpc.Code CANCELLED
 ABORTED_CODE = 10  # google.rpc.Code ABORTED
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS jobs (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    id TEXT NOT NULL UNIQUE,
-    idempotency_key TEXT UNIQUE,
-    state INTEGER NOT NULL,
-    priority INTEGER NOT NULL,
-    request BLOB NOT NULL,
-    created REAL NOT NULL,
-    started REAL,
-    finished REAL,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    cancel_requested INTEGER NOT NULL DEFAULT 0,
-    error_code INTEGER NOT NULL DEFAULT 0,
-    error_message TEXT NOT NULL DEFAULT '',
-    result BLOB NOT NULL DEFAULT x'',
-    seq_base INTEGER NOT NULL DEFAULT 0
-);
-CREATE INDEX IF NOT EXISTS jobs_by_queue ON jobs (state, priority DESC, seq);
-CREATE INDEX IF NOT EXISTS jobs_by_finish ON jobs (finished) WHERE finished IS NOT NULL;
-CREATE TABLE IF NOT EXISTS events (
-    job_id TEXT NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
-    seq INTEGER NOT NULL,
-    attempt INTEGER NOT NULL,
-    payload BLOB NOT NULL,
-    PRIMARY KEY (job_id, seq)
-) WITHOUT ROWID;
-"""
-
-_COLUMNS = (
+#: The columns of a stored job, in the order ``record_of`` reads them.
+COLUMNS = (
     "seq, id, state, priority, idempotency_key, request, created, started, finished, attempts,"
     " cancel_requested, error_code, error_message, result, seq_base"
 )
-_FINAL = tuple(int(s) for s in JobState if s.final)
 
 
 class QueueFull(ResourceExhausted):
@@ -78,8 +44,41 @@ class JobNotFound(NotFound):
         super().__init__(f"no job {job_id!r} (it may have expired)")
 
 
+class LeaseLost(Exception):
+    """This gateway no longer holds the job's lease: another one took it over; the run must stop, writing nothing.
+
+    Internal to the worker pool; never reaches a client."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"the lease of job {job_id!r} was lost")
+
+
+@dataclass(frozen=True, slots=True)
+class Renewal:
+    """What a heartbeat found: jobs no longer this gateway's to run, and jobs whose cancel was requested."""
+
+    lost: frozenset[str]
+    cancel_requested: frozenset[str]
+
+
+@dataclass(frozen=True, slots=True)
+class Listener:
+    """Where a shared store reports what other gateways did, as it learns it."""
+
+    #: A job has new events or a new state.
+    changed: Callable[[str], None]
+    #: A cancel was requested for a running job.
+    cancel_requested: Callable[[str], None]
+    #: A job joined the queue (or may have: notifications were missed).
+    queued: Callable[[], None]
+
+
 class JobStore(Protocol):
     """What the job runtime needs from a store. Every method is atomic."""
+
+    #: Whether other gateways share the store: they take over a job whose lease expired, so ``recover``
+    #: runs periodically, not only at start.
+    shared: bool
 
     async def open(self) -> None:
         """Create or open the store."""
@@ -98,241 +97,50 @@ class JobStore(Protocol):
 
     async def claim_next(self, now: float) -> JobRecord | None:
         """Mark the queued job of highest priority, oldest first, RUNNING (attempts + 1) and return it;
-        the events of an earlier, interrupted attempt are dropped."""
+        the events of an earlier, interrupted attempt are dropped. A shared store leases it to this gateway."""
 
     async def append_event(self, job_id: str, attempt: int, seq: int, payload: bytes) -> None:
-        """Persist one event of a run."""
+        """Persist one event of a run; LeaseLost when that attempt is no longer this gateway's to run."""
 
     async def finish(self, job_id: str, outcome: Outcome, now: float) -> JobRecord | None:
-        """Record the end of a RUNNING job's run; None when it is not running (any more)."""
+        """Record the end of a RUNNING job's run; None when it is not running here (any more)."""
+
+    async def renew(self, job_ids: Collection[str]) -> Renewal:
+        """The heartbeat of the jobs running here: extend their leases; which were lost, which to cancel."""
 
     async def request_cancel(self, job_id: str, now: float) -> JobRecord | None:
         """Cancel a QUEUED job at once, or flag a RUNNING one (its worker ends it); None when unknown."""
 
     async def requeue(self, job_id: str) -> None:
-        """Put a RUNNING job back in the queue without counting the attempt (graceful shutdown)."""
+        """Put a job running here back in the queue without counting the attempt (graceful shutdown)."""
 
     async def snapshot(self, job_id: str, after_seq: int, limit: int) -> tuple[JobRecord | None, list[JobEvent]]:
-        """The job and up to ``limit`` of its events after ``after_seq``, read together."""
+        """The job and up to ``limit`` of its events after ``after_seq``, the job read first."""
 
     async def list(self, state: JobState | None, before_seq: int | None, limit: int) -> list[JobRecord]:
         """Jobs newest first (by ``seq``), optionally of one state, older than ``before_seq``."""
 
     async def recover(self, max_attempts: int, now: float) -> RecoveryReport:
-        """After a crash: RUNNING jobs go back to the queue, or fail once they ran ``max_attempts`` times."""
+        """Jobs whose gateway died while they ran go back to the queue, or fail once they ran ``max_attempts``
+        times, or end CANCELLED when a cancel was under way. One gateway's file: every RUNNING job (at start);
+        a shared store: those whose lease expired."""
 
     async def purge(self, finished_before: float) -> int:
         """Delete jobs (and their events) that finished before ``finished_before``; returns how many."""
 
-
-class SqliteJobStore:
-    """JobStore on one SQLite file in WAL mode; ``synchronous=NORMAL``: a commit survives a killed process."""
-
-    def __init__(self, path: Path) -> None:
-        self._path = path
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="jobs-sqlite")
-        self._db: sqlite3.Connection | None = None
-
-    async def _call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        def run() -> T:
-            if self._db is None:
-                raise FailedPrecondition("the job store is not open")
-            with self._db:  # one transaction: commit on success, roll back on error
-                return fn(self._db)
-
-        return await asyncio.get_running_loop().run_in_executor(self._executor, run)
-
-    async def open(self) -> None:
-        def connect() -> None:
-            self._path.parent.mkdir(parents=True, exist_ok=True)
-            db = sqlite3.connect(self._path, check_same_thread=False, isolation_level=None)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")
-            db.execute("PRAGMA foreign_keys=ON")
-            db.execute("PRAGMA busy_timeout=5000")
-            db.executescript(_SCHEMA)
-            db.isolation_level = "DEFERRED"
-            self._db = db
-
-        await asyncio.get_running_loop().run_in_executor(self._executor, connect)
-
-    async def close(self) -> None:
-        def disconnect() -> None:
-            if self._db is not None:
-                self._db.close()
-                self._db = None
-
-        await asyncio.get_running_loop().run_in_executor(self._executor, disconnect)
-        self._executor.shutdown(wait=True)
-
-    async def submit(self, job: NewJob, queue_max: int) -> tuple[JobRecord, bool]:
-        def run(db: sqlite3.Connection) -> tuple[JobRecord, bool]:
-            if job.idempotency_key:
-                existing = _one(db, "idempotency_key = ?", (job.idempotency_key,))
-                if existing is not None:
-                    if existing.request != job.request:
-                        raise InvalidArgument.field(
-                            "idempotency_key", f"was used for job {existing.id} with a different request"
-                        )
-                    return existing, False
-            (queued,) = db.execute("SELECT COUNT(*) FROM jobs WHERE state = ?", (int(JobState.QUEUED),)).fetchone()
-            if queued >= queue_max:
-                raise QueueFull(int(queued))
-            db.execute(
-                "INSERT INTO jobs (id, idempotency_key, state, priority, request, created) VALUES (?, ?, ?, ?, ?, ?)",
-                (job.id, job.idempotency_key or None, int(JobState.QUEUED), job.priority, job.request, job.created),
-            )
-            record = _one(db, "id = ?", (job.id,))
-            assert record is not None
-            return record, True
-
-        return await self._call(run)
-
-    async def get(self, job_id: str) -> JobRecord | None:
-        return await self._call(lambda db: _one(db, "id = ?", (job_id,)))
-
-    async def claim_next(self, now: float) -> JobRecord | None:
-        def run(db: sqlite3.Connection) -> JobRecord | None:
-            row = db.execute(
-                "SELECT id FROM jobs WHERE state = ? ORDER BY priority DESC, seq LIMIT 1", (int(JobState.QUEUED),)
-            ).fetchone()
-            if row is None:
-                return None
-            (job_id,) = row
-            (last,) = db.execute("SELECT COALESCE(MAX(seq), 0) FROM events WHERE job_id = ?", (job_id,)).fetchone()
-            db.execute("DELETE FROM events WHERE job_id = ?", (job_id,))
-            db.execute(
-                "UPDATE jobs SET state = ?, attempts = attempts + 1, started = ?, seq_base = MAX(seq_base, ?)"
-                " WHERE id = ?",
-                (int(JobState.RUNNING), now, last, job_id),
-            )
-            return _one(db, "id = ?", (job_id,))
-
-        return await self._call(run)
-
-    async def append_event(self, job_id: str, attempt: int, seq: int, payload: bytes) -> None:
-        def run(db: sqlite3.Connection) -> None:
-            db.execute(
-                "INSERT INTO events (job_id, seq, attempt, payload) VALUES (?, ?, ?, ?)",
-                (job_id, seq, attempt, payload),
-            )
-
-        await self._call(run)
-
-    async def finish(self, job_id: str, outcome: Outcome, now: float) -> JobRecord | None:
-        def run(db: sqlite3.Connection) -> JobRecord | None:
-            changed = db.execute(
-                "UPDATE jobs SET state = ?, finished = ?, error_code = ?, error_message = ?, result = ?"
-                " WHERE id = ? AND state = ?",
-                (
-                    int(outcome.state),
-                    now,
-                    outcome.error_code,
-                    outcome.error_message,
-                    outcome.result,
-                    job_id,
-                    int(JobState.RUNNING),
-                ),
-            ).rowcount
-            return _one(db, "id = ?", (job_id,)) if changed else None
-
-        return await self._call(run)
-
-    async def request_cancel(self, job_id: str, now: float) -> JobRecord | None:
-        def run(db: sqlite3.Connection) -> JobRecord | None:
-            db.execute(
-                "UPDATE jobs SET state = ?, finished = ?, error_code = ?, error_message = ? WHERE id = ? AND state = ?",
-                (int(JobState.CANCELLED), now, CANCELLED_CODE, "cancelled before it ran", job_id, int(JobState.QUEUED)),
-            )
-            db.execute(
-                "UPDATE jobs SET cancel_requested = 1 WHERE id = ? AND state = ?", (job_id, int(JobState.RUNNING))
-            )
-            return _one(db, "id = ?", (job_id,))
-
-        return await self._call(run)
-
-    async def requeue(self, job_id: str) -> None:
-        def run(db: sqlite3.Connection) -> None:
-            db.execute(
-                "UPDATE jobs SET state = ?, attempts = attempts - 1 WHERE id = ? AND state = ?",
-                (int(JobState.QUEUED), job_id, int(JobState.RUNNING)),
-            )
-
-        await self._call(run)
-
-    async def snapshot(self, job_id: str, after_seq: int, limit: int) -> tuple[JobRecord | None, list[JobEvent]]:
-        def run(db: sqlite3.Connection) -> tuple[JobRecord | None, list[JobEvent]]:
-            job = _one(db, "id = ?", (job_id,))
-            if job is None:
-                return None, []
-            rows = db.execute(
-                "SELECT seq, attempt, payload FROM events WHERE job_id = ? AND seq > ? ORDER BY seq LIMIT ?",
-                (job_id, after_seq, limit),
-            ).fetchall()
-            return job, [JobEvent(seq, attempt, payload) for seq, attempt, payload in rows]
-
-        return await self._call(run)
-
-    async def list(self, state: JobState | None, before_seq: int | None, limit: int) -> list[JobRecord]:
-        where, params = ["seq < ?"], [before_seq if before_seq is not None else 2**63 - 1]
-        if state is not None:
-            where.append("state = ?")
-            params.append(int(state))
-
-        def run(db: sqlite3.Connection) -> list[JobRecord]:
-            rows = db.execute(
-                f"SELECT {_COLUMNS} FROM jobs WHERE {' AND '.join(where)} ORDER BY seq DESC LIMIT ?", (*params, limit)
-            ).fetchall()
-            return [_record(row) for row in rows]
-
-        return await self._call(run)
-
-    async def recover(self, max_attempts: int, now: float) -> RecoveryReport:
-        def run(db: sqlite3.Connection) -> RecoveryReport:
-            running = int(JobState.RUNNING)
-            cancelled = db.execute(
-                "UPDATE jobs SET state = ?, finished = ?, error_code = ?,"
-                " error_message = 'cancelled; the gateway stopped while the cancel was under way'"
-                " WHERE state = ? AND cancel_requested = 1",
-                (int(JobState.CANCELLED), now, CANCELLED_CODE, running),
-            ).rowcount
-            failed = db.execute(
-                "UPDATE jobs SET state = ?, finished = ?, error_code = ?, error_message = 'gave up: the gateway"
-                " stopped during attempt ' || attempts || ', the last of ' || ? || ' (--job-max-attempts)'"
-                " WHERE state = ? AND attempts >= ?",
-                (int(JobState.FAILED), now, ABORTED_CODE, max_attempts, running, max_attempts),
-            ).rowcount
-            requeued = db.execute("UPDATE jobs SET state = ? WHERE state = ?", (int(JobState.QUEUED), running)).rowcount
-            (queued,) = db.execute("SELECT COUNT(*) FROM jobs WHERE state = ?", (int(JobState.QUEUED),)).fetchone()
-            return RecoveryReport(requeued=requeued, failed=failed, cancelled=cancelled, queued=int(queued))
-
-        return await self._call(run)
-
-    async def purge(self, finished_before: float) -> int:
-        def run(db: sqlite3.Connection) -> int:
-            marks = ", ".join("?" * len(_FINAL))
-            return int(
-                db.execute(
-                    f"DELETE FROM jobs WHERE finished < ? AND state IN ({marks})", (finished_before, *_FINAL)
-                ).rowcount
-            )
-
-        return await self._call(run)
+    async def follow(self, listener: Listener) -> None:
+        """Report other gateways' changes to ``listener`` until cancelled; returns at once when there are none."""
 
 
-def _one(db: sqlite3.Connection, where: str, params: tuple[object, ...]) -> JobRecord | None:
-    row = db.execute(f"SELECT {_COLUMNS} FROM jobs WHERE {where}", params).fetchone()
-    return None if row is None else _record(row)
-
-
-def _record(row: Any) -> JobRecord:
+def record_of(row: Any) -> JobRecord:
+    """The job of a row of ``COLUMNS``."""
     return JobRecord(
         seq=row[0],
         id=row[1],
         state=JobState(row[2]),
         priority=row[3],
         idempotency_key=row[4] or "",
-        request=row[5],
+        request=bytes(row[5]),
         created=row[6],
         started=row[7],
         finished=row[8],
@@ -340,6 +148,6 @@ def _record(row: Any) -> JobRecord:
         cancel_requested=bool(row[10]),
         error_code=row[11],
         error_message=row[12],
-        result=row[13],
+        result=bytes(row[13]),
         seq_base=row[14],
     )

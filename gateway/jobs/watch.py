@@ -1,12 +1,14 @@
 """WatchJob's stream: replay a job's stored events, then follow new ones live, then its final state.
 
 Watchers hold no buffer of events: a watcher reads the store from its last sequence number and sleeps
-on the job's wake-up until a worker stores more, so a slow watcher costs nothing but its cursor.
+on the job's wake-up until a worker stores more, so a slow watcher costs nothing but its cursor. With a
+shared store the wake-up comes from another gateway's NOTIFY, and a poll every ``poll_s`` is the safety net.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 
 from gateway.jobs.model import JobEvent, JobRecord
@@ -33,8 +35,12 @@ class JobFeed:
             wakeup.set()
 
 
-async def watch(store: JobStore, feed: JobFeed, job_id: str, after_seq: int) -> AsyncIterator[JobEvent | JobRecord]:
-    """The job's events after ``after_seq`` as stored and as they come, then the job in its final state."""
+async def watch(
+    store: JobStore, feed: JobFeed, job_id: str, after_seq: int, poll_s: float | None = None
+) -> AsyncIterator[JobEvent | JobRecord]:
+    """The job's events after ``after_seq`` as stored and as they come, then the job in its final state.
+
+    ``poll_s``: read the store at least that often even without a wake-up (None: only on wake-ups)."""
     last = after_seq
     while True:
         wakeup = feed.wakeup(job_id)
@@ -50,4 +56,5 @@ async def watch(store: JobStore, feed: JobFeed, job_id: str, after_seq: int) -> 
         if job.state.final:
             yield job
             return
-        await wakeup.wait()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(wakeup.wait(), poll_s)

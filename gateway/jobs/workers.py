@@ -6,13 +6,14 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 
 import grpc
 
 from gateway.jobs.model import JobRecord, JobState, Outcome
 from gateway.jobs.result import ResultCollector
-from gateway.jobs.store import CANCELLED_CODE, JobStore
+from gateway.jobs.store import CANCELLED_CODE, JobStore, LeaseLost
 from gateway.jobs.watch import JobFeed
 from genmesh.errors import GenmeshError
 from genmesh.logs import REQUEST_ID
@@ -24,33 +25,51 @@ log = logging.getLogger("genmesh.gateway.jobs")
 
 #: The pipeline: ``Orchestrator.answer(request, time_remaining)``.
 Answer = Callable[[gateway_pb2.GatewayRequest, float | None], AsyncIterator[gateway_pb2.GatewayEvent]]
+#: Pause before a worker claims again after the store failed.
+CLAIM_RETRY_S = 1.0
 
 
 class WorkerPool:
-    """Runs queued jobs, ``workers`` at a time, and cancels a running one on request."""
+    """Runs queued jobs, ``workers`` at a time, and cancels a running one on request.
 
-    def __init__(self, store: JobStore, feed: JobFeed, answer: Answer, workers: int, timeout_s: float) -> None:
+    Every ``lease_s / 3`` a heartbeat renews the leases of the jobs running here; a run whose lease was lost
+    (another gateway took the job over) or could not be renewed in time stops at once and writes nothing.
+    """
+
+    def __init__(
+        self, store: JobStore, feed: JobFeed, answer: Answer, workers: int, timeout_s: float, lease_s: float
+    ) -> None:
         self._store = store
         self._feed = feed
         self._answer = answer
         self._workers = workers
         self._timeout_s = timeout_s
-        # One permit per job queued and not yet claimed: a worker sleeps until there is work.
-        self._queued = asyncio.Semaphore(0)
+        self._lease_s = lease_s
+        # Idle workers wait on a future each; ``queued`` wakes one. The generation tells a worker whose claim
+        # found nothing whether a job was queued meanwhile.
+        self._idle: deque[asyncio.Future[None]] = deque()
+        self._generation = 0
         self._tasks: list[asyncio.Task[None]] = []
         self._running: dict[str, asyncio.Task[object]] = {}
         self._cancelling: set[str] = set()
+        self._lost: set[str] = set()
+        #: When each running job's lease ends unless renewed (monotonic clock).
+        self._lease_end: dict[str, float] = {}
         self._mean_run_s = 0.0
 
-    def start(self, queued: int) -> None:
-        """Start the workers; ``queued`` jobs are waiting in the store."""
-        for _ in range(queued):
-            self._queued.release()
+    def start(self) -> None:
+        """Start the workers (each claims at once) and the heartbeat."""
         self._tasks = [asyncio.create_task(self._work(), name=f"job-worker-{i}") for i in range(self._workers)]
+        self._tasks.append(asyncio.create_task(self._heartbeat(), name="job-heartbeat"))
 
     def queued(self) -> None:
-        """A job was added to the queue."""
-        self._queued.release()
+        """A job joined the queue, here or on another gateway: an idle worker claims."""
+        self._generation += 1
+        while self._idle:
+            waiter = self._idle.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
 
     def retry_after_s(self) -> float:
         """About how long until a queue slot frees: the mean run time over the number of workers."""
@@ -70,6 +89,13 @@ class WorkerPool:
         with contextlib.suppress(TimeoutError, asyncio.CancelledError):
             await asyncio.wait_for(asyncio.shield(task), wait_s)
 
+    def interrupt(self, job_id: str) -> None:
+        """A cancel was requested on another gateway: cancel the job's run if it runs here (it records it)."""
+        task = self._running.get(job_id)
+        if task is not None and job_id not in self._cancelling:
+            self._cancelling.add(job_id)
+            task.cancel()
+
     async def stop(self) -> None:
         """Stop the workers; runs in progress are cancelled and their jobs go back to the queue."""
         await cancel_and_wait(*self._tasks)
@@ -77,10 +103,7 @@ class WorkerPool:
 
     async def _work(self) -> None:
         while True:
-            await self._queued.acquire()
-            job = await self._claim()
-            if job is None:  # the job this permit stood for was cancelled while queued
-                continue
+            job = await self._next_job()
             self._feed.notify(job.id)
             run = asyncio.create_task(self._run(job), name=f"job-{job.id}")
             try:
@@ -92,8 +115,57 @@ class WorkerPool:
             except Exception:
                 log.exception("job worker error", extra={"job": job.id})
             finally:
-                self._running.pop(job.id, None)
-                self._cancelling.discard(job.id)
+                if self._running.get(job.id, run) is run:  # not a later run of the job, claimed again
+                    self._running.pop(job.id, None)
+                    self._cancelling.discard(job.id)
+                    self._lost.discard(job.id)
+                    self._lease_end.pop(job.id, None)
+
+    async def _next_job(self) -> JobRecord:
+        """Claim until a job comes, sleeping while the queue is empty."""
+        while True:
+            generation, claimed_at = self._generation, time.monotonic()
+            try:
+                job = await self._claim()
+            except Exception:
+                log.exception("claiming a job failed")
+                await asyncio.sleep(CLAIM_RETRY_S)
+                continue
+            if job is not None:
+                self._lease_end[job.id] = claimed_at + self._lease_s
+                return job
+            if generation == self._generation:  # nothing was queued since the claim began
+                waiter = asyncio.get_running_loop().create_future()
+                self._idle.append(waiter)
+                await waiter
+
+    async def _heartbeat(self) -> None:
+        """Renew the leases of the jobs running here; stop the runs lost, or cancelled on another gateway."""
+        while True:
+            await asyncio.sleep(self._lease_s / 3)
+            jobs = list(self._running)
+            if not jobs:
+                continue
+            sent = time.monotonic()
+            cancel: set[str] = set()
+            try:
+                renewal = await self._store.renew(jobs)
+            except Exception:
+                log.exception("renewing the leases of running jobs failed")
+                # Past its lease end another gateway may run the job (a shared store): stop without writing.
+                now = time.monotonic()
+                lost = {j for j in jobs if self._store.shared and self._lease_end.get(j, sent) <= now}
+            else:
+                self._lease_end.update((j, sent + self._lease_s) for j in jobs if j in self._lease_end)
+                lost, cancel = set(renewal.lost), set(renewal.cancel_requested)
+            for job_id in lost:
+                if (task := self._running.get(job_id)) is not None and not task.done():
+                    log.warning("job lease lost; its run stops here", extra={"job": job_id})
+                    self._lost.add(job_id)
+                    task.cancel()
+            for job_id in cancel - lost:
+                self.interrupt(job_id)
+            self._cancelling &= set(self._running)  # cancels of jobs that ran on other gateways
 
     async def _claim(self) -> JobRecord | None:
         """The next job, marked running; when the pool stops meanwhile, the job goes back to the queue."""
@@ -137,11 +209,16 @@ class WorkerPool:
                         self._feed.notify(job.id)
                     outcome = _succeeded(collector)
         except asyncio.CancelledError:
+            if job.id in self._lost:  # another gateway runs it now
+                raise
             if job.id not in self._cancelling:  # the gateway is stopping: run it again next time
                 await self._store.requeue(job.id)
                 log.info("job requeued", extra={"job": job.id})
                 raise
             outcome = Outcome(JobState.CANCELLED, CANCELLED_CODE, "cancelled while running")
+        except LeaseLost:
+            log.warning("job lease lost; its run stops here", extra={"job": job.id})
+            return
         except GenmeshError as error:
             outcome = Outcome(JobState.FAILED, code_value(status_code_of(error)), error.message)
         except Exception as error:

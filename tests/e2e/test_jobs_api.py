@@ -159,7 +159,11 @@ async def test_cancelling_a_running_job_cancels_its_inference(
     lines: list[str] = []
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
-        lines = [ln for ln in log.read_text().splitlines() if "request_id=job-cancel-me-1" in ln and "method=" in ln]
+        lines = [
+            ln
+            for ln in log.read_text().splitlines()
+            if "request_id=job-cancel-me-1" in ln and "method=/genmesh.v1.InferenceService/Generate" in ln
+        ]
         if lines:
             break
         await asyncio.sleep(0.05)

@@ -15,7 +15,8 @@ import pytest_asyncio
 from support import jobs_writer
 
 from gateway.jobs.model import JobState, NewJob, Outcome
-from gateway.jobs.store import QueueFull, SqliteJobStore
+from gateway.jobs.sqlite_store import SqliteJobStore
+from gateway.jobs.store import QueueFull
 from genmesh.errors import InvalidArgument
 
 NOW = 1_800_000_000.0

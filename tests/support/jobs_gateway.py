@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from gateway.jobs.model import JobEvent, JobRecord
-from gateway.jobs.store import SqliteJobStore
+from gateway.jobs.sqlite_store import SqliteJobStore
 from genmesh import mesh as topology
 from genmesh.cli.launcher import Mesh, ServiceProcess, free_port, start_service, wait_ready
 from genmesh.v1 import jobs_pb2, jobs_pb2_grpc
@@ -16,9 +16,9 @@ FINAL = (jobs_pb2.JOB_STATE_SUCCEEDED, jobs_pb2.JOB_STATE_FAILED, jobs_pb2.JOB_S
 
 
 async def start_jobs_gateway(
-    upstreams: Mesh, db: Path, log_dir: Path, *flags: str, port: int | None = None
+    upstreams: Mesh, db: Path | str, log_dir: Path, *flags: str, port: int | None = None
 ) -> ServiceProcess:
-    """A gateway with its own job queue file, calling the upstream services of ``upstreams``."""
+    """A gateway with its own job queue file (or a Postgres URL), calling the upstream services of ``upstreams``."""
     ports = {name: int(service.address.rsplit(":", 1)[1]) for name, service in upstreams.services.items()}
     ports[topology.GATEWAY.name] = port or free_port()
     hosts = {s.name: "127.0.0.1" for s in topology.SERVICES}

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from gateway.jobs.model import JobState, NewJob, Outcome
-from gateway.jobs.store import SqliteJobStore
+from gateway.jobs.sqlite_store import SqliteJobStore
 
 NOW = 1_800_000_000.0
 DONE = "job-done"
