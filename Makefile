@@ -82,6 +82,7 @@ bench: install  ## quick benchmarks (about a minute each), as CI runs them
 	$(PY) -m bench.retrieval --quick
 	$(PY) -m bench.jobs --quick
 	$(PY) -m bench.resilience --quick
+	$(PY) -m bench.scale --quick
 
 bench-full: install  ## full benchmarks, the figures of docs/BENCHMARKS.md and docs/RESILIENCE.md
 	$(PY) -m bench.gateway
@@ -90,6 +91,7 @@ bench-full: install  ## full benchmarks, the figures of docs/BENCHMARKS.md and d
 	$(PY) -m bench.retrieval
 	$(PY) -m bench.jobs
 	$(PY) -m bench.resilience
+	$(PY) -m bench.scale
 
 clean:  ## remove the virtual environment and generated stubs
 	rm -rf $(VENV) genmesh/v1 *.egg-info .mypy_cache .ruff_cache .pytest_cache

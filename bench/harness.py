@@ -65,9 +65,11 @@ async def serving(
     log_dir: Path,
     ready_timeout_s: float,
     env: Mapping[str, str] | None = None,
+    name: str = "",
 ) -> AsyncIterator[ServiceProcess]:
-    """One service (``genmesh`` with ``args``), SERVING at ``address`` for the block and terminated after it."""
-    service = await start_service(spec, args, address, log_dir, env)
+    """One service (``genmesh`` with ``args``), SERVING at ``address`` for the block and terminated after it;
+    ``name`` (a replica's, e.g. ``inference-2``; the service's by default) names it and its log file."""
+    service = await start_service(spec, args, address, log_dir, env, name)
     try:
         await wait_ready(service, ready_timeout_s)
         yield service
