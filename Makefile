@@ -51,7 +51,7 @@ test: install  ## run the test suite
 mutants: install  ## apply each curated one-line mutant of load-bearing code; fail if its tests still pass
 	$(PY) scripts/mutants.py
 
-lint: install  ## buf lint, buf breaking (against the published contract), ruff, mypy, hadolint, k8s manifests
+lint: install  ## buf lint, buf breaking (against the published contract), ruff, mypy, hadolint, k8s manifests, mutants still apply
 	$(BIN)/buf lint
 	$(BIN)/buf breaking --against $(CONTRACT_IMAGE)
 	$(BIN)/ruff check .
@@ -59,6 +59,7 @@ lint: install  ## buf lint, buf breaking (against the published contract), ruff,
 	$(BIN)/mypy .
 	$(BIN)/hadolint Dockerfile
 	$(PY) scripts/validate_k8s.py
+	$(PY) scripts/mutants.py --check
 
 compose-test: install  ## build the images (local Debian base, local wheels, no registry) and run docker-compose.yml's stack under podman: one answer, then two inference replicas
 	$(PY) scripts/compose_test.py

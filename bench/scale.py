@@ -76,7 +76,7 @@ class Settings:
     """Length of the failover and drain runs; the replica goes down a third of the way in."""
 
 
-QUICK = Settings(max_tokens=48, throughput_requests=64, throughput_trials=2, lb_requests=30, lb_trials=1, churn_s=6.0)
+QUICK = Settings(max_tokens=48, throughput_requests=128, throughput_trials=2, lb_requests=30, lb_trials=1, churn_s=6.0)
 FULL = Settings(max_tokens=64, throughput_requests=128, throughput_trials=4, lb_requests=150, lb_trials=2, churn_s=20.0)
 
 

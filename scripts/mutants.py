@@ -53,7 +53,7 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "every-attempt-counts-against-the-circuit",
         "gateway/resilience.py",
-        'self._record(Outcome.NEUTRAL, "")  # retried: only the last attempt\'s outcome counts',
+        'self._record(Outcome.of(code) if self._guard.several() else Outcome.NEUTRAL, "")',
         'self._record(Outcome.FAILURE, "")',
         ("tests/gateway/test_resilience.py",),
     ),
@@ -323,8 +323,8 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "faults-from-flags-and-environment-ignored",
         "genmesh/server.py",
-        "config = ServerConfig(args.host, args.port, args.grace, args.faults)",
-        'config = ServerConfig(args.host, args.port, args.grace, "")',
+        "config = ServerConfig(args.host, args.port, args.grace, args.faults, args.drain_delay)",
+        'config = ServerConfig(args.host, args.port, args.grace, "", args.drain_delay)',
         ("tests/e2e/test_faults_and_health.py::test_the_environment_configures_faults",),
     ),
     Mutant(
@@ -429,8 +429,8 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "sigterm-does-not-drain",
         "genmesh/server.py",
-        "await server.stop(config.grace_s)",
-        "await server.stop(0)",
+        "await asyncio.wait_for(admission.idle(), config.grace_s)",
+        "await asyncio.wait_for(admission.idle(), 0)",
         ("tests/e2e/test_lifecycle.py::test_sigterm_lets_an_inflight_stream_finish",),
     ),
     Mutant(
@@ -510,15 +510,31 @@ MUTANTS: tuple[Mutant, ...] = (
 )
 
 
+def _line_of(mutant: Mutant, lines: list[str]) -> int:
+    """The index of the mutant's line in ``lines``; LookupError unless it is there exactly once."""
+    matches = [i for i, line in enumerate(lines) if line.strip() == mutant.original]
+    if len(matches) != 1:
+        raise LookupError(f"{mutant.name}: expected the line once in {mutant.path}, found it {len(matches)} times")
+    return matches[0]
+
+
+def stale(mutants: list[Mutant]) -> list[str]:
+    """Why each mutant that no longer applies (its line changed or moved) does not."""
+    problems = []
+    for mutant in mutants:
+        try:
+            _line_of(mutant, (ROOT / mutant.path).read_text().splitlines())
+        except (LookupError, OSError) as error:
+            problems.append(str(error))
+    return problems
+
+
 def _apply(mutant: Mutant) -> tuple[Path, str]:
     """Write the mutant into its file; returns the file and its original text."""
     path = ROOT / mutant.path
     text = path.read_text()
     lines = text.splitlines(keepends=True)
-    matches = [i for i, line in enumerate(lines) if line.strip() == mutant.original]
-    if len(matches) != 1:
-        raise LookupError(f"{mutant.name}: expected the line once in {mutant.path}, found it {len(matches)} times")
-    i = matches[0]
+    i = _line_of(mutant, lines)
     indent = lines[i][: len(lines[i]) - len(lines[i].lstrip())]
     lines[i] = f"{indent}{mutant.replacement}\n"
     path.write_text("".join(lines))
@@ -550,6 +566,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", action="append", default=[], help="run only the mutant of this name (repeatable)")
     parser.add_argument("--list", action="store_true", help="list the mutants and exit")
+    parser.add_argument("--check", action="store_true", help="check that every mutant still applies; run nothing")
     args = parser.parse_args()
     chosen = [m for m in MUTANTS if not args.only or m.name in args.only]
     unknown = set(args.only) - {m.name for m in MUTANTS}
@@ -558,6 +575,12 @@ def main() -> None:
     if args.list:
         for mutant in chosen:
             print(f"{mutant.name:45} {mutant.path}")
+        return
+    problems = stale(chosen)
+    if problems:
+        sys.exit("mutants that no longer apply (update them with the code they guard):\n" + "\n".join(problems))
+    if args.check:
+        print(f"mutants: all {len(chosen)} apply")
         return
     survivors: list[str] = []
     for mutant in chosen:
