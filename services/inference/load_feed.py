@@ -8,7 +8,6 @@ request duration: crude, but it grows with the backlog and with slowness, which 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import socket
 import time
@@ -63,13 +62,11 @@ class LoadFeed:
         self.accepting = True
         """False once the replica drains."""
         self._mean_duration_s = 0.0
-        self._draining = asyncio.Event()
 
     def drain(self) -> None:
         """The replica drains: streams report ``accepting=false`` once more, then end (they must not hold the
         grace period); a stream opened later reports it and ends at once."""
         self.accepting = False
-        self._draining.set()
 
     def finished(self, duration_s: float) -> None:
         """A request took ``duration_s`` from admission to its end."""
@@ -103,8 +100,7 @@ class LoadFeed:
                 yield current
             if not current.accepting:
                 return
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._draining.wait(), SAMPLE_S)
+            await asyncio.sleep(SAMPLE_S)
 
 
 def now_timestamp() -> timestamp_pb2.Timestamp:
