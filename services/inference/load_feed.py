@@ -36,7 +36,8 @@ def report_interval_s(requested: duration_pb2.Duration, was_set: bool) -> float:
     """The interval a WatchLoad client asked for: 1 s when unset, never under 100 ms."""
     if not was_set:
         return DEFAULT_INTERVAL_S
-    return max(MIN_INTERVAL_S, requested.ToTimedelta().total_seconds())
+    # Arithmetic on the fields, not ToTimedelta(): a Duration out of timedelta's range must not fail the call.
+    return max(MIN_INTERVAL_S, requested.seconds + requested.nanos / 1e9)
 
 
 @dataclass(frozen=True, slots=True)

@@ -54,7 +54,7 @@ class Upstream(inference_pb2_grpc.InferenceServiceServicer):
             usage = common_pb2.Usage(completion_tokens=self.deltas)
             yield inference_pb2.GenerateResponse(complete=common_pb2.Completion(usage=usage))
             self.sent.set()
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, GeneratorExit):  # cancelled at an await, or closed at a yield
             self.cancelled.set()
             raise
 

@@ -64,3 +64,5 @@ def test_the_report_interval_defaults_to_a_second_and_is_at_least_100_ms() -> No
     assert report_interval_s(duration_pb2.Duration(), was_set=False) == 1.0
     assert report_interval_s(duration_pb2.Duration(nanos=1_000_000), was_set=True) == 0.1
     assert report_interval_s(duration_pb2.Duration(seconds=5), was_set=True) == 5.0
+    assert report_interval_s(duration_pb2.Duration(seconds=-3), was_set=True) == 0.1
+    assert report_interval_s(duration_pb2.Duration(seconds=315_576_000_000), was_set=True) == 315_576_000_000
