@@ -64,9 +64,11 @@ class Upstreams:
 
     def __init__(self, targets: UpstreamTargets, circuit: CircuitConfig | None = None) -> None:
         self._targets = targets
+        # resolved once: a list's host names are looked up here
+        balanced = (mesh.RETRIEVAL, mesh.TOOLS)
+        self._channel_targets = {spec.name: channel_target(targets.spec(spec.name)) for spec in balanced}
         self._channels = {
-            spec.name: open_channel(channel_target(targets.spec(spec.name)), spec.grpc_service)
-            for spec in (mesh.RETRIEVAL, mesh.TOOLS)
+            spec.name: open_channel(self._channel_targets[spec.name], spec.grpc_service) for spec in balanced
         }
         self.retrieval = retrieval_pb2_grpc.RetrievalServiceStub(self._channels["retrieval"])
         self.tools = tools_pb2_grpc.ToolsServiceStub(self._channels["tools"])
@@ -83,9 +85,7 @@ class Upstreams:
     async def start(self, wait_s: float) -> None:
         """Wait up to ``wait_s`` until some replica of each upstream serves; then follow their health and load
         (until close). TimeoutError names an upstream that never served."""
-        waits = [
-            wait_until_serving(channel_target(self._targets.spec(name)), timeout_s=wait_s) for name in self._channels
-        ]
+        waits = [wait_until_serving(target, timeout_s=wait_s) for target in self._channel_targets.values()]
         await self.inference.start()
         await asyncio.gather(*waits, self.inference.wait_until_any_serving(wait_s))
         self._watch_health()

@@ -8,9 +8,11 @@ resolved once, at start-up.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import socket
 from dataclasses import dataclass
+from typing import Any
 
 DNS_SCHEME = "dns:///"
 
@@ -61,20 +63,31 @@ def _literal(host: str) -> bool:
     return True
 
 
+def _entries(spec: TargetSpec) -> list[tuple[str, str, int, bool]]:
+    """Each address of a fixed list as (item, host, port, whether the host is an IP address)."""
+    entries = []
+    for item in spec.addresses:
+        host, port = _split_host_port(item, spec.text)
+        entries.append((item, host, port, _literal(host)))
+    return entries
+
+
 def literal_addresses(spec: TargetSpec) -> list[str]:
     """The target's addresses when they need no lookup (a fixed list of IP addresses); else none."""
-    if spec.is_dns or not all(_literal(_split_host_port(item, spec.text)[0]) for item in spec.addresses):
+    entries = _entries(spec)
+    if spec.is_dns or not all(literal for *_, literal in entries):
         return []
     return list(spec.addresses)
 
 
-def _join(ip: str, port: int) -> str:
-    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+def _addresses(infos: list[Any], port: int) -> list[str]:
+    """The ``ip:port`` addresses of getaddrinfo's answer, sorted, each once."""
+    ips = {str(info[4][0]) for info in infos}
+    return sorted(f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}" for ip in ips)
 
 
 async def _lookup(host: str, port: int) -> list[str]:
-    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    return sorted({_join(str(info[4][0]), port) for info in infos})
+    return _addresses(await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM), port)
 
 
 def channel_target(spec: TargetSpec) -> str:
@@ -84,16 +97,15 @@ def channel_target(spec: TargetSpec) -> str:
     if spec.is_dns or len(spec.addresses) == 1:
         return spec.text
     found: list[str] = []
-    for item in spec.addresses:
-        host, port = _split_host_port(item, spec.text)
-        if _literal(host):
+    for item, host, port, literal in _entries(spec):
+        if literal:
             found.append(item)
             continue
         try:
             infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
         except OSError as error:
             raise ValueError(f"target {spec.text!r}: cannot resolve {host!r} ({error}); use dns:///name:port") from None
-        found.extend(sorted({_join(str(info[4][0]), port) for info in infos}))
+        found.extend(_addresses(infos, port))
     family = "ipv6" if any(a.startswith("[") for a in found) else "ipv4"
     return f"{family}:{','.join(dict.fromkeys(found))}"
 
@@ -106,13 +118,10 @@ async def resolve(spec: TargetSpec) -> list[str]:
         except OSError:
             return []
     found: list[str] = []
-    for item in spec.addresses:
-        host, port = _split_host_port(item, spec.text)
-        if _literal(host):
+    for item, host, port, literal in _entries(spec):
+        if literal:
             found.append(item)
             continue
-        try:
+        with contextlib.suppress(OSError):
             found.extend(await _lookup(host, port))
-        except OSError:
-            continue
     return sorted(set(found))
