@@ -28,6 +28,20 @@ class Reason(enum.StrEnum):
     UNAVAILABLE = "UNAVAILABLE"
     FAILED_PRECONDITION = "FAILED_PRECONDITION"
     CANCELLED = "CANCELLED"
+    #: The request could not be parsed as the RPC's message (INVALID_ARGUMENT).
+    MALFORMED_REQUEST = "MALFORMED_REQUEST"
+    #: No ``authorization: Bearer <key>`` metadata on a gateway that requires keys (UNAUTHENTICATED).
+    API_KEY_MISSING = "API_KEY_MISSING"
+    #: The key is unknown, revoked or expired (UNAUTHENTICATED).
+    API_KEY_INVALID = "API_KEY_INVALID"
+    #: The key lacks the scope the RPC needs (PERMISSION_DENIED).
+    SCOPE_MISSING = "SCOPE_MISSING"
+    #: The key may not call this tool (PERMISSION_DENIED, reported in the call's own ToolResult).
+    TOOL_NOT_ALLOWED = "TOOL_NOT_ALLOWED"
+    #: A per-minute limit or the concurrent-stream limit of the key is reached (RESOURCE_EXHAUSTED).
+    RATE_LIMITED = "RATE_LIMITED"
+    #: The key's daily token quota is spent (RESOURCE_EXHAUSTED).
+    QUOTA_EXHAUSTED = "QUOTA_EXHAUSTED"
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,8 +96,17 @@ class NotFound(GenmeshError):
     reason = Reason.NOT_FOUND
 
 
+@dataclass(frozen=True, slots=True)
+class QuotaViolation:
+    """One limit a request ran into: whose (``apiKeys/0123abcd4567``) and which (``tokens_per_minute: 1000``)."""
+
+    subject: str
+    description: str
+
+
 class ResourceExhausted(GenmeshError):
-    """A bounded queue or cap is full; the client may retry after ``retry_after_s``."""
+    """A bounded queue, cap or quota is full; the client may retry after ``retry_after_s``. Quota errors name the
+    limits they hit (sent as a google.rpc.QuotaFailure)."""
 
     reason = Reason.OVERLOADED
 
@@ -94,9 +117,23 @@ class ResourceExhausted(GenmeshError):
         *,
         reason: str = "",
         metadata: Mapping[str, str] | None = None,
+        quota_violations: list[QuotaViolation] | None = None,
     ) -> None:
         super().__init__(message, reason=reason, metadata=metadata)
         self.retry_after_s = retry_after_s
+        self.quota_violations = list(quota_violations or [])
+
+
+class Unauthenticated(GenmeshError):
+    """The caller did not prove who it is: no API key, or one the gateway does not accept."""
+
+    reason = Reason.API_KEY_INVALID
+
+
+class PermissionDenied(GenmeshError):
+    """The caller is known but may not do this (a scope or a tool its key does not grant)."""
+
+    reason = Reason.SCOPE_MISSING
 
 
 class DeadlineExceeded(GenmeshError):

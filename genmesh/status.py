@@ -23,6 +23,8 @@ _CODES: dict[type[errors.GenmeshError], grpc.StatusCode] = {
     errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
     errors.FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
     errors.Cancelled: grpc.StatusCode.CANCELLED,
+    errors.Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    errors.PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
 }
 
 
@@ -58,6 +60,14 @@ def status_of(error: errors.GenmeshError) -> status_pb2.Status:
         delay = duration_pb2.Duration()
         delay.FromMilliseconds(int(error.retry_after_s * 1000))
         details.append(_pack(error_details_pb2.RetryInfo(retry_delay=delay)))
+        if error.quota_violations:
+            quota = error_details_pb2.QuotaFailure(
+                violations=[
+                    error_details_pb2.QuotaFailure.Violation(subject=v.subject, description=v.description)
+                    for v in error.quota_violations
+                ]
+            )
+            details.append(_pack(quota))
     return status_pb2.Status(code=code_value(code), message=error.message, details=details)
 
 
