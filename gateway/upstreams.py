@@ -25,6 +25,7 @@ from genmesh.channels import open_channel
 from genmesh.health import wait_until_serving, watch
 from genmesh.targets import TargetSpec, channel_target, parse_target
 from genmesh.tasks import cancel_and_wait
+from genmesh.tls import ClientTLS, server_name
 from genmesh.v1 import (
     inference_pb2,
     retrieval_pb2_grpc,
@@ -49,14 +50,22 @@ class UpstreamTargets:
     tools: str
     inference: str
     balancing: Policy = Policy.LEAST_LOAD
+    tls: ClientTLS | None = None
+    """TLS (and the client certificate) of every upstream channel; plaintext when None."""
 
     def __post_init__(self) -> None:
         for target in (self.retrieval, self.tools, self.inference):
-            parse_target(target)
+            spec = parse_target(target)
+            if self.tls is not None:
+                server_name(spec)  # one name to check each upstream's certificates for
 
     def spec(self, name: str) -> TargetSpec:
         """The parsed target of upstream ``name``."""
         return parse_target(str(getattr(self, name)))
+
+    def tls_for(self, name: str) -> ClientTLS | None:
+        """The TLS of upstream ``name``'s channels: its certificates are checked for its target's host name."""
+        return None if self.tls is None else self.tls.for_server(server_name(self.spec(name)))
 
 
 class Upstreams:
@@ -68,11 +77,14 @@ class Upstreams:
         balanced = (mesh.RETRIEVAL, mesh.TOOLS)
         self._channel_targets = {spec.name: channel_target(targets.spec(spec.name)) for spec in balanced}
         self._channels = {
-            spec.name: open_channel(self._channel_targets[spec.name], spec.grpc_service) for spec in balanced
+            spec.name: open_channel(self._channel_targets[spec.name], spec.grpc_service, tls=targets.tls_for(spec.name))
+            for spec in balanced
         }
         self.retrieval = retrieval_pb2_grpc.RetrievalServiceStub(self._channels["retrieval"])
         self.tools = tools_pb2_grpc.ToolsServiceStub(self._channels["tools"])
-        self.inference = InferencePool(targets.spec("inference"), targets.balancing, circuit)
+        self.inference = InferencePool(
+            targets.spec("inference"), targets.balancing, circuit, tls=targets.tls_for(mesh.INFERENCE.name)
+        )
         self.breakers = {name: CircuitBreaker(name, circuit) for name in self._channels}
         self._watchers: list[asyncio.Task[None]] = []
         self._tool_schemas: dict[str, dict[str, Any]] = {}
@@ -85,7 +97,10 @@ class Upstreams:
     async def start(self, wait_s: float) -> None:
         """Wait up to ``wait_s`` until some replica of each upstream serves; then follow their health and load
         (until close). TimeoutError names an upstream that never served."""
-        waits = [wait_until_serving(target, timeout_s=wait_s) for target in self._channel_targets.values()]
+        waits = [
+            wait_until_serving(target, timeout_s=wait_s, tls=self._targets.tls_for(name))
+            for name, target in self._channel_targets.items()
+        ]
         await self.inference.start()
         await asyncio.gather(*waits, self.inference.wait_until_any_serving(wait_s))
         self._watch_health()

@@ -8,7 +8,9 @@ from typing import Any
 
 import grpc
 
+from genmesh.bearer import BearerKey
 from genmesh.server import MAX_MESSAGE_BYTES
+from genmesh.tls import ClientTLS
 
 # Idempotent unary methods are retried by gRPC itself on UNAVAILABLE: up to 5 attempts (gRPC's ceiling), with
 # exponential backoff and full jitter (each wait is uniform in [0, min(0.02 s * 2^n, 0.25 s)]), inside the
@@ -84,8 +86,22 @@ def channel_options(
     ]
 
 
-def open_channel(target: str, balanced_service: str = "", keepalive: Keepalive = Keepalive()) -> grpc.aio.Channel:
-    """An insecure channel to a mesh service at ``target`` (``host:port`` or any gRPC target). With
-    ``balanced_service``, calls go round-robin to the target's healthy addresses."""
+def open_channel(
+    target: str,
+    balanced_service: str = "",
+    keepalive: Keepalive = Keepalive(),
+    tls: ClientTLS | None = None,
+    api_key: str = "",
+) -> grpc.aio.Channel:
+    """A channel to a mesh service at ``target`` (``host:port`` or any gRPC target): plaintext, or TLS with
+    ``tls`` (its ``server_name``, when set, is the name the server's certificate is checked for). With
+    ``balanced_service``, calls go round-robin to the target's healthy addresses. With ``api_key``, every call
+    sends it as ``authorization: Bearer <key>`` (a gateway that requires keys)."""
     config = balanced_service_config(balanced_service) if balanced_service else None
-    return grpc.aio.insecure_channel(target, options=channel_options(config, keepalive))
+    options = channel_options(config, keepalive)
+    interceptors = [BearerKey(api_key)] if api_key else None
+    if tls is None:
+        return grpc.aio.insecure_channel(target, options=options, interceptors=interceptors)
+    if tls.server_name:
+        options.append(("grpc.ssl_target_name_override", tls.server_name))
+    return grpc.aio.secure_channel(target, tls.credentials(), options=options, interceptors=interceptors)

@@ -93,10 +93,40 @@ def add_server_flags(parser: argparse.ArgumentParser, service: str, default_port
     )
     flags.add("--grace", type=float, default=10.0, help="seconds in-flight RPCs may finish once new calls are refused")
     flags.add("--faults", default="", help="fault-injection rules, e.g. 'Query:delay=200ms' (see genmesh/faults.py)")
+    flags.add(
+        "--reflection",
+        type=parse_bool,
+        default=True,
+        metavar="on|off",
+        help="serve gRPC server reflection (grpc.reflection.v1 and v1alpha) for grpcurl, Postman and grpcui",
+    )
+    add_server_tls_flags(flags)
     shared = Flags(parser, "GENMESH")
     shared.add("--log-level", default="info", help="log level", choices=["debug", "info", "warning", "error"])
     shared.add("--log-format", default="text", help="log line format", choices=["text", "json"])
     return flags
+
+
+def add_server_tls_flags(flags: Flags) -> None:
+    """--tls-cert/--tls-key/--tls-ca/--tls-client-auth: serve TLS (docs/SECURITY.md); files reload on SIGHUP."""
+    flags.add("--tls-cert", default="", help="PEM certificate chain to serve TLS with (plaintext without it)")
+    flags.add("--tls-key", default="", help="PEM private key of --tls-cert")
+    flags.add("--tls-ca", default="", help="PEM CA that client certificates must chain to (mutual TLS)")
+    flags.add(
+        "--tls-client-auth",
+        default="none",
+        choices=["none", "request", "require"],
+        help="require: refuse clients without a certificate signed by --tls-ca; none: ask for none; request: the "
+        "same as none (grpcio cannot ask for an optional certificate; docs/SECURITY.md)",
+    )
+
+
+def add_upstream_tls_flags(flags: Flags) -> None:
+    """--upstream-tls-ca/--upstream-tls-cert/--upstream-tls-key: TLS (and mutual TLS) on every channel to the
+    service's upstreams; plaintext when none is given."""
+    flags.add("--upstream-tls-ca", default="", help="PEM CA the upstreams' certificates must chain to (enables TLS)")
+    flags.add("--upstream-tls-cert", default="", help="PEM client certificate presented to upstreams (mutual TLS)")
+    flags.add("--upstream-tls-key", default="", help="PEM private key of --upstream-tls-cert")
 
 
 def parse_bool(text: str) -> bool:

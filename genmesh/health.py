@@ -10,6 +10,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from genmesh.channels import open_channel
+from genmesh.tls import ClientTLS
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 
@@ -24,11 +25,14 @@ async def check(channel: grpc.aio.Channel, service: str = "", timeout_s: float =
     return str(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))
 
 
-async def wait_until_serving(target: str, service: str = "", timeout_s: float = 60.0, poll_s: float = 0.1) -> None:
-    """Return once ``target`` reports SERVING; TimeoutError naming the last status otherwise."""
+async def wait_until_serving(
+    target: str, service: str = "", timeout_s: float = 60.0, poll_s: float = 0.1, tls: ClientTLS | None = None
+) -> None:
+    """Return once ``target`` reports SERVING (over TLS with ``tls``); TimeoutError naming the last status
+    otherwise."""
     deadline = time.monotonic() + timeout_s
     status = "UNREACHABLE"
-    async with open_channel(target) as channel:
+    async with open_channel(target, tls=tls) as channel:
         while time.monotonic() < deadline:
             status = await check(channel, service, timeout_s=min(1.0, max(0.05, deadline - time.monotonic())))
             if status == "SERVING":

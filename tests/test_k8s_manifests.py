@@ -70,8 +70,28 @@ def _env(container: Obj, service: str, flag: str) -> str | None:
 # The promises: each returns what is wrong (nothing when kept).
 
 
+def _checks_health(probe: Obj, container: Obj, service: str, port: int) -> bool:
+    """A gRPC probe on ``port``; or, for a service serving TLS (the kubelet's gRPC probe speaks none),
+    `genmesh health 127.0.0.1:<port>` presenting the service's own certificate and trusting its CA."""
+    if probe.get("grpc", {}).get("port") == port:
+        return True
+    files = [_env(container, service, f"TLS_{name}") for name in ("CA", "CERT", "KEY")]
+    flags = [arg for pair in zip(("--tls-ca", "--tls-cert", "--tls-key"), files, strict=True) for arg in pair]
+    command = probe.get("exec", {}).get("command", [])
+    return None not in files and command[:3] == ["genmesh", "health", f"127.0.0.1:{port}"] and _has(command, flags)
+
+
+def _has(command: list[str], pairs: list[str | None]) -> bool:
+    """Whether each flag of ``pairs`` (flag, value, flag, value...) is in ``command`` with its value."""
+    return all(
+        flag in command[:-1] and command[command.index(flag) + 1] == value
+        for flag, value in zip(pairs[::2], pairs[1::2], strict=True)
+    )
+
+
 def probe_problems(objs: list[Obj]) -> list[str]:
-    """Readiness and liveness (and startup for retrieval and inference) are gRPC probes on the service's port."""
+    """Readiness and liveness (and startup for retrieval and inference) check the gRPC health of the service's
+    port (``_checks_health``)."""
     problems = []
     containers = _genmesh_containers(objs)
     for spec in mesh.SERVICES:
@@ -85,9 +105,8 @@ def probe_problems(objs: list[Obj]) -> list[str]:
         probes = ["readinessProbe", "livenessProbe"]
         probes += ["startupProbe"] if spec in (mesh.RETRIEVAL, mesh.INFERENCE) else []
         for probe in probes:
-            port = container.get(probe, {}).get("grpc", {}).get("port")
-            if port != spec.default_port:
-                problems.append(f"{spec.name}: {probe} is no gRPC probe on {spec.default_port} (port {port})")
+            if not _checks_health(container.get(probe, {}), container, spec.name, spec.default_port):
+                problems.append(f"{spec.name}: {probe} checks no gRPC health on {spec.default_port}")
     return problems
 
 
@@ -191,7 +210,7 @@ def test_the_validation_script_passes() -> None:
 
 @pytest.mark.parametrize("promise", list(COMMON))
 def test_every_kustomization_keeps_the_promises(rendered: dict[str, list[Obj]], promise: str) -> None:
-    assert set(rendered) >= {"base", "overlays/postgres", "overlays/gpu"}
+    assert set(rendered) >= {"base", "overlays/postgres", "overlays/gpu", "overlays/tls"}
     for name, objs in rendered.items():
         assert COMMON[promise](objs) == [], name
 

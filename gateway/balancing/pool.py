@@ -25,6 +25,7 @@ from gateway.balancing.replica import Replica
 from gateway.circuit import CircuitConfig, CircuitState
 from genmesh.targets import TargetSpec, literal_addresses, resolve
 from genmesh.tasks import cancel_and_wait
+from genmesh.tls import ClientTLS
 from genmesh.v1 import inference_pb2
 
 log = logging.getLogger("genmesh.gateway")
@@ -42,8 +43,10 @@ class InferencePool:
         policy: Policy,
         circuit: CircuitConfig | None = None,
         resolver: Callable[[TargetSpec], Awaitable[list[str]]] = resolve,
+        tls: ClientTLS | None = None,
     ) -> None:
         self.spec = spec
+        self._tls = tls
         self._resolve = resolver
         self._chooser = Chooser(policy)
         self._circuit = circuit
@@ -54,7 +57,7 @@ class InferencePool:
         self._retiring: set[asyncio.Task[object]] = set()
         """Background work to cancel on close: replicas waiting for their calls to end, aborts in flight."""
         for name in literal_addresses(spec):  # known without a lookup: usable before ``start``
-            self.replicas[name] = Replica(name, circuit)
+            self.replicas[name] = Replica(name, circuit, tls)
 
     async def start(self) -> None:
         """Resolve the target, start following every replica, and keep re-resolving it."""
@@ -147,7 +150,7 @@ class InferencePool:
         for name in names:
             if name not in self.replicas:
                 log.info("inference replica added", extra={"replica": name})
-                replica = Replica(name, self._circuit)
+                replica = Replica(name, self._circuit, self._tls)
                 replica.start()
                 self.replicas[name] = replica
         for name in set(self.replicas) - set(names):

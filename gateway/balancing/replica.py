@@ -29,6 +29,7 @@ from gateway.circuit import CircuitBreaker, CircuitConfig, CircuitState
 from genmesh.channels import FAST_KEEPALIVE, open_channel
 from genmesh.health import watch
 from genmesh.tasks import cancel_and_wait
+from genmesh.tls import ClientTLS
 from genmesh.v1 import inference_pb2, inference_pb2_grpc
 
 log = logging.getLogger("genmesh.gateway")
@@ -43,9 +44,9 @@ FEED_RETRY_S = 0.2
 class Replica:
     """One replica; ``name`` is its ``ip:port``."""
 
-    def __init__(self, name: str, circuit: CircuitConfig | None) -> None:
+    def __init__(self, name: str, circuit: CircuitConfig | None, tls: ClientTLS | None = None) -> None:
         self.name = name
-        self.channel = open_channel(name, keepalive=FAST_KEEPALIVE)
+        self.channel = open_channel(name, keepalive=FAST_KEEPALIVE, tls=tls)
         self.stub = inference_pb2_grpc.InferenceServiceStub(self.channel)
         self.breaker = CircuitBreaker("inference", circuit)
         self.serving = False

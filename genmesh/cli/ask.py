@@ -11,6 +11,7 @@ import grpc
 
 from genmesh.channels import open_channel
 from genmesh.status import field_violations
+from genmesh.tls import ClientTLS
 from genmesh.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
 
 
@@ -121,9 +122,12 @@ class EventPrinter:
         _print_event(event, self.out)
 
 
-async def ask(target: str, options: AskOptions, out: TextIO = sys.stdout) -> common_pb2.Completion:
-    """Stream an answer from the gateway at ``target``, printing each event as it arrives."""
-    async with open_channel(target) as channel:
+async def ask(
+    target: str, options: AskOptions, out: TextIO = sys.stdout, tls: ClientTLS | None = None, api_key: str = ""
+) -> common_pb2.Completion:
+    """Stream an answer from the gateway at ``target`` (over TLS with ``tls``, sending ``api_key`` when the
+    gateway requires one), printing each event as it arrives."""
+    async with open_channel(target, tls=tls, api_key=api_key) as channel:
         stub = gateway_pb2_grpc.GatewayServiceStub(channel)
         print(f"Question: {options.question}", file=out)
         call = stub.Generate(build_request(options), timeout=options.timeout_s)

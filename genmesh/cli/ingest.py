@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from genmesh.channels import open_channel
 from genmesh.tasks import cancel_and_wait
+from genmesh.tls import ClientTLS
 from genmesh.v1 import retrieval_pb2, retrieval_pb2_grpc
 from services.retrieval.corpus import Document, load_folder, load_python_reference
 
@@ -37,6 +38,7 @@ class IngestOptions:
     restart: bool = False
     retries: int = 3
     poll_s: float = 0.5
+    tls: ClientTLS | None = None
 
 
 def demo_documents() -> list[Document]:
@@ -93,7 +95,7 @@ async def _progress(
 
 async def ingest(options: IngestOptions, documents: Sequence[Document], out: TextIO = sys.stderr) -> int:
     """Load ``documents``; returns the documents committed in total by this ingest id. Raises AioRpcError."""
-    async with open_channel(options.target) as channel:
+    async with open_channel(options.target, tls=options.tls) as channel:
         stub = retrieval_pb2_grpc.RetrievalServiceStub(channel)
         start, resume = 0, False
         before = None if options.restart else await _progress(stub, options.ingest_id)

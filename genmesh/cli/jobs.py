@@ -15,6 +15,7 @@ from google.protobuf import timestamp_pb2
 from genmesh import mesh
 from genmesh.channels import open_channel
 from genmesh.cli.ask import AskOptions, EventPrinter, build_request, describe_rpc_error
+from genmesh.cli.client_flags import add_api_key_flag, add_client_tls_flags, client_tls
 from genmesh.v1 import common_pb2, jobs_pb2, jobs_pb2_grpc
 
 STATES: dict[str, jobs_pb2.JobState.ValueType] = {
@@ -33,6 +34,8 @@ def add_jobs_parser(
     def verb(name: str, help: str) -> argparse.ArgumentParser:
         parser = verbs.add_parser(name, help=help)
         parser.add_argument("--target", default=f"127.0.0.1:{mesh.GATEWAY.default_port}", help="the gateway")
+        add_client_tls_flags(parser)
+        add_api_key_flag(parser)
         return parser
 
     submit = verb("submit", "queue a question; prints the job id (the same --idempotency-key gives the same job)")
@@ -61,7 +64,7 @@ def run_jobs(args: argparse.Namespace, ask_options: Callable[[str, argparse.Name
 
 
 async def _run(args: argparse.Namespace, ask_options: Callable[[str, argparse.Namespace], AskOptions]) -> int:
-    async with open_channel(args.target) as channel:
+    async with open_channel(args.target, tls=client_tls(args), api_key=args.api_key) as channel:
         stub = jobs_pb2_grpc.JobServiceStub(channel)
         if args.verb == "submit":
             request = jobs_pb2.SubmitJobRequest(

@@ -15,8 +15,10 @@ from pathlib import Path
 from typing import IO
 
 from genmesh import mesh
+from genmesh.cli.certs import CertDir
 from genmesh.health import wait_until_serving
 from genmesh.tasks import cancel_and_wait
+from genmesh.tls import ClientTLS
 
 LAUNCHER_PID_ENV = "GENMESH_LAUNCHER_PID"
 _PR_SET_PDEATHSIG = 1
@@ -66,6 +68,8 @@ class ServiceProcess:
     log_path: Path | None
     name: str = ""
     """Its replica's name (``inference-2``), its key in a ``Mesh``; the service's name when left empty."""
+    tls: ClientTLS | None = None
+    """How to reach it when it serves TLS (readiness checks)."""
 
     def __post_init__(self) -> None:
         self.name = self.name or self.spec.name
@@ -84,6 +88,12 @@ class Mesh:
     services: dict[str, ServiceProcess] = field(default_factory=dict)
     drain_delay_s: float = 0.0
     """The --drain-delay the services were started with."""
+    tls: CertDir | None = None
+    """The certificates when every service serves TLS and requires client certificates."""
+
+    def client_tls(self) -> ClientTLS | None:
+        """TLS with the client certificate, for calls to any service of a TLS mesh; None for plaintext."""
+        return None if self.tls is None else self.tls.client()
 
     def address(self, name: str) -> str:
         """``host:port`` of a service."""
@@ -114,6 +124,7 @@ async def start_service(
     log_dir: Path | None,
     env: Mapping[str, str] | None = None,
     name: str = "",
+    tls: ClientTLS | None = None,
 ) -> ServiceProcess:
     """Spawn ``genmesh serve`` for one service, in its own process group, logging to ``log_dir``/``name``.log
     (``name``: the replica's, the service's by default)."""
@@ -139,12 +150,12 @@ async def start_service(
     finally:
         if stream is not None:
             stream.close()
-    return ServiceProcess(spec, address, process, log_path, name)
+    return ServiceProcess(spec, address, process, log_path, name, tls)
 
 
 async def wait_ready(service: ServiceProcess, timeout_s: float) -> None:
     """Wait until the service reports SERVING; fail early, with its log, if it exits."""
-    ready = asyncio.create_task(wait_until_serving(service.address, timeout_s=timeout_s))
+    ready = asyncio.create_task(wait_until_serving(service.address, timeout_s=timeout_s, tls=service.tls))
     exited = asyncio.create_task(service.process.wait())
     try:
         done, _ = await asyncio.wait({ready, exited}, return_when=asyncio.FIRST_COMPLETED)
@@ -183,6 +194,7 @@ def plan_mesh(
     drain_delay_s: float = 0.0,
     extra_args: Mapping[str, Sequence[str]] | None = None,
     env: Mapping[str, str] | None = None,
+    tls: CertDir | None = None,
 ) -> list[Launch]:
     """The processes of a mesh, upstreams first: ``counts[name]`` replicas of each service (1 when absent; one
     gateway), replica ``r`` on ``ports[r.name]``.
@@ -190,7 +202,8 @@ def plan_mesh(
     Each service is given its upstreams' replicas as one comma-separated target, and ``--drain-delay`` (so that
     stopping a local mesh is not slowed by a drain delay from the environment). Several retrieval replicas each
     own a store: replica ``i`` gets ``--data-dir <dir>-<i>``, ``<dir>`` being where a single one started with
-    ``env`` keeps it. ``extra_args[name]`` (a service's name) come last, so they win.
+    ``env`` keeps it. With ``tls``, each serves TLS with its certificate, requires client certificates, and
+    presents its certificate to its upstreams. ``extra_args[name]`` (a service's name) come last, so they win.
     """
     layout = mesh.layout(counts or {})
     targets = {s.name: [f"{host}:{ports[r.name]}" for r in layout if r.spec is s] for s in mesh.SERVICES}
@@ -200,6 +213,8 @@ def plan_mesh(
         args = [*mesh.replica_args(spec, host, port, targets), "--drain-delay", str(drain_delay_s)]
         if spec is mesh.RETRIEVAL and replica.count > 1:
             args += ["--data-dir", f"{_retrieval_data_dir(env)}-{replica.index}"]
+        if tls is not None:
+            args += [*tls.server_args(spec.name), *tls.upstream_args(spec.name)]
         args += (extra_args or {}).get(spec.name, ())
         plan.append(Launch(replica, f"{host}:{port}", tuple(args)))
     return plan
@@ -214,8 +229,11 @@ async def start_mesh(
     ready_timeout_s: float = 300.0,
     replicas: Mapping[str, int] | None = None,
     drain_delay_s: float = 0.0,
+    tls: CertDir | None = None,
 ) -> Mesh:
     """Start all four services and wait until every process is SERVING.
+
+    With ``tls`` (``genmesh certs``' files), every hop is mutual TLS; ``Mesh.client_tls()`` reaches any service.
 
     ``replicas[name]`` processes of a service (1 when absent), each logging to its own ``<replica name>.log``.
     ``ports[name]`` is the port of a service's first replica; the others, and services without one, get free
@@ -225,12 +243,13 @@ async def start_mesh(
     layout = mesh.layout(counts)
     spare = iter(free_ports(len(layout), host))
     chosen = {r.name: ((ports or {}).get(r.spec.name) if r.index == 1 else None) or next(spare) for r in layout}
-    plan = plan_mesh(host, chosen, counts, drain_delay_s, extra_args, env)
-    running = Mesh(drain_delay_s=drain_delay_s)
+    plan = plan_mesh(host, chosen, counts, drain_delay_s, extra_args, env, tls)
+    running = Mesh(drain_delay_s=drain_delay_s, tls=tls)
+    client = running.client_tls()
     try:
         for launch in plan:
             name = launch.replica.name
-            service = await start_service(launch.replica.spec, launch.args, launch.address, log_dir, env, name)
+            service = await start_service(launch.replica.spec, launch.args, launch.address, log_dir, env, name, client)
             running.services[name] = service
         waits = [asyncio.create_task(wait_ready(s, ready_timeout_s)) for s in running.services.values()]
         try:

@@ -10,6 +10,7 @@ from genmesh.errors import DeadlineExceeded, GenmeshError, InvalidArgument, Unav
 from genmesh.logs import REQUEST_ID
 from genmesh.status import from_rpc_error
 from genmesh.targets import channel_target, parse_target
+from genmesh.tls import ClientTLS, server_name
 from genmesh.v1 import retrieval_pb2, retrieval_pb2_grpc
 from services.tools.builtin.search_docs import FoundPassage
 
@@ -19,9 +20,11 @@ _RENAMES = {"text": "query", "top_k": "top_k", "collection": "collection"}
 class RetrievalSearcher:
     """Calls ``RetrievalService.Query`` at ``target``; open it inside the running event loop, ``close()`` it."""
 
-    def __init__(self, target: str) -> None:
+    def __init__(self, target: str, tls: ClientTLS | None = None) -> None:
         self.target = target
-        self._channel = open_channel(channel_target(parse_target(target)), mesh.RETRIEVAL.grpc_service)
+        spec = parse_target(target)
+        tls = None if tls is None else tls.for_server(server_name(spec))
+        self._channel = open_channel(channel_target(spec), mesh.RETRIEVAL.grpc_service, tls=tls)
         self._stub = retrieval_pb2_grpc.RetrievalServiceStub(self._channel)
 
     async def __call__(self, query: str, top_k: int, collection: str, timeout_s: float | None) -> list[FoundPassage]:

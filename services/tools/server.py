@@ -13,13 +13,15 @@ from dataclasses import dataclass
 import grpc
 
 from genmesh import mesh
-from genmesh.config import add_server_flags, parse, parse_bool
+from genmesh.config import add_server_flags, add_upstream_tls_flags, parse, parse_bool
 from genmesh.deadlines import DEADLINE_MARGIN_S
-from genmesh.errors import FieldViolation, GenmeshError, InvalidArgument
-from genmesh.limits import MAX_CALL_ID_CHARS
+from genmesh.errors import FieldViolation, GenmeshError, InvalidArgument, quote
+from genmesh.limits import call_id_violation
 from genmesh.paging import check_page_size, decode_page_token, encode_page_token, fitting
 from genmesh.server import run
 from genmesh.status import code_value, status_code_of, status_message, status_of
+from genmesh.targets import parse_target
+from genmesh.tls import ClientTLS, server_name
 from genmesh.v1 import common_pb2, tools_pb2, tools_pb2_grpc
 from services.tools.builtin.search_docs import search_docs_tool
 from services.tools.fanout import DEFAULT_MAX_CONCURRENCY, MAX_CALLS, CallOutcome, CallSpec, invoke_many
@@ -82,6 +84,8 @@ class ToolsServicer(tools_pb2_grpc.ToolsServiceServicer):
         self, request: tools_pb2.InvokeRequest, context: grpc.aio.ServicerContext
     ) -> tools_pb2.InvokeResponse:
         call = request.call
+        if (violation := call_id_violation(call.call_id, "call.call_id")) is not None:
+            raise InvalidArgument(violation)
         if not call.name:
             raise InvalidArgument.field("call.name", "must not be empty")
         budgets = [context.time_remaining()]
@@ -142,11 +146,11 @@ def _plan_calls(request: tools_pb2.InvokeManyRequest) -> tuple[list[CallSpec], l
     bad_ids: list[FieldViolation] = []
     for i, call in enumerate(request.calls):
         call_id = call.call_id or str(i)
-        if len(call_id) > MAX_CALL_ID_CHARS:
-            bad_ids.append(FieldViolation(f"calls[{i}].call_id", f"must be at most {MAX_CALL_ID_CHARS} characters"))
-        if call_id in seen:
+        if (violation := call_id_violation(call_id, f"calls[{i}].call_id")) is not None:
+            bad_ids.append(violation)
+        elif call_id in seen:
             bad_ids.append(
-                FieldViolation(f"calls[{i}].call_id", f"duplicate call id {call_id!r} (as calls[{seen[call_id]}])")
+                FieldViolation(f"calls[{i}].call_id", f"duplicate call id {quote(call_id)} (as calls[{seen[call_id]}])")
             )
         seen.setdefault(call_id, i)
         timeout_s = call.timeout_ms / 1000.0 if call.HasField("timeout_ms") else None
@@ -200,10 +204,14 @@ class ToolsConfig:
     mcp_servers: tuple[McpServerConfig, ...] = ()
     mcp_timeout_s: float = DEFAULT_TOOL_TIMEOUT_S
     mcp_start_timeout_s: float = 30.0
+    retrieval_tls: ClientTLS | None = None
+    """TLS of the channel to retrieval (search_docs); plaintext when None."""
 
     def __post_init__(self) -> None:
         if not 1 <= self.max_concurrency <= MAX_CALLS:
             raise ValueError(f"max concurrency must be between 1 and {MAX_CALLS}")
+        if self.retrieval_tls is not None and self.retrieval_target:
+            server_name(parse_target(self.retrieval_target))  # one name to check retrieval's certificates for
 
 
 class ToolsService:
@@ -211,6 +219,7 @@ class ToolsService:
 
     service_name = mesh.TOOLS.grpc_service
     also_serves: tuple[str, ...] = ()
+    interceptors: tuple[grpc.aio.ServerInterceptor, ...] = ()
 
     def __init__(self, config: ToolsConfig) -> None:
         self._config = config
@@ -228,7 +237,7 @@ class ToolsService:
     def register(self, server: grpc.aio.Server) -> None:
         # The retrieval channel belongs to the running event loop, so it is opened here, not in __init__.
         if self._config.retrieval_target:
-            self._searcher = RetrievalSearcher(self._config.retrieval_target)
+            self._searcher = RetrievalSearcher(self._config.retrieval_target, self._config.retrieval_tls)
             self._registry.register(search_docs_tool(self._searcher))
         servicer = ToolsServicer(self._registry, self._config.max_concurrency)
         tools_pb2_grpc.add_ToolsServiceServicer_to_server(servicer, server)
@@ -270,6 +279,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         default=f"127.0.0.1:{mesh.RETRIEVAL.default_port}",
         help="host:port of the retrieval service, for the search_docs tool ('' leaves the tool out)",
     )
+    add_upstream_tls_flags(flags)
     flags.add_repeated("--tools-module", metavar="MODULE[:ATTR]", help="load plugin tools from a module", separator=",")
     flags.add(
         "--plugin-entry-points",
@@ -296,6 +306,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             mcp_servers=tuple(parse_mcp_server(text) for text in args.mcp_server),
             mcp_timeout_s=args.mcp_timeout,
             mcp_start_timeout_s=args.mcp_start_timeout,
+            retrieval_tls=ClientTLS.from_flags(args.upstream_tls_ca, args.upstream_tls_cert, args.upstream_tls_key),
         )
     except ValueError as error:
         parser.error(str(error))
