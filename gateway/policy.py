@@ -48,6 +48,13 @@ def add_resilience_flags(flags: Flags) -> None:
         help="budget of the tool calls inside the request's deadline; calls past it report DEADLINE_EXCEEDED",
     )
     flags.add(
+        "--stage-deadline-share",
+        type=float,
+        default=budgets.deadline_share,
+        help="most of a client deadline (of what is left when the request starts) retrieval and the tool calls "
+        "may take, in (0, 1]; the rest is kept for inference",
+    )
+    flags.add(
         "--generate-attempts",
         type=int,
         default=GENERATE_ATTEMPTS,
@@ -78,7 +85,9 @@ def policy_from_args(args: argparse.Namespace) -> ResiliencePolicy:
     if args.connect_wait < 0:
         raise ValueError(f"--connect-wait must not be negative, got {args.connect_wait}")
     return ResiliencePolicy(
-        budgets=StageBudgets(args.retrieval_budget_ms / 1000.0, args.tools_budget_ms / 1000.0),
+        budgets=StageBudgets(
+            args.retrieval_budget_ms / 1000.0, args.tools_budget_ms / 1000.0, args.stage_deadline_share
+        ),
         circuit=CircuitConfig(args.circuit_failures, args.circuit_cooldown),
         generate_attempts=args.generate_attempts,
         connect_wait_s=args.connect_wait,

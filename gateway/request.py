@@ -8,8 +8,8 @@ from typing import Any
 
 from gateway.deadlines import MAX_BUDGET_MS
 from genmesh.convert import sampling_from_proto
-from genmesh.errors import FieldViolation, InvalidArgument
-from genmesh.limits import MAX_CALL_ID_CHARS
+from genmesh.errors import FieldViolation, InvalidArgument, quote
+from genmesh.limits import call_id_violation
 from genmesh.logs import REQUEST_ID
 from genmesh.mesh import DEFAULT_COLLECTION
 from genmesh.sampling import SamplingParams
@@ -31,6 +31,8 @@ class ToolCallPlan:
     name: str
     arguments_json: str
     timeout_ms: int | None
+    permitted: bool = True
+    """Whether the caller's key may call the tool; a call that may not is never sent (TOOL_NOT_ALLOWED)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,8 +57,12 @@ def plan_request(
     request: gateway_pb2.GatewayRequest,
     tool_schemas: dict[str, dict[str, Any]] | None,
     unverifiable_prefixes: tuple[str, ...] = (),
+    allowed_tools: frozenset[str] = frozenset(),
 ) -> AnswerPlan:
     """Check every field of ``request``; raises InvalidArgument naming all bad fields.
+
+    ``allowed_tools``: the tools the caller's key may call (empty: all). A call of another tool is planned as
+    not ``permitted``, its name and arguments unchecked: the key learns nothing of tools it may not call.
 
     ``tool_schemas`` maps tool names to their argument schemas; None when the tools service
     could not be asked, in which case names and arguments are left for it to check. Names that
@@ -77,7 +83,7 @@ def plan_request(
     if budget_ms is not None and not 1 <= budget_ms <= MAX_BUDGET_MS:
         bad.append(FieldViolation("retrieval.timeout_ms", f"must be between 1 and {MAX_BUDGET_MS}"))
 
-    calls = _plan_tool_calls(request, tool_schemas, unverifiable_prefixes, bad)
+    calls = _plan_tool_calls(request, tool_schemas, unverifiable_prefixes, allowed_tools, bad)
     try:
         sampling = sampling_from_proto(request.sampling)
     except InvalidArgument as error:
@@ -102,6 +108,7 @@ def _plan_tool_calls(
     request: gateway_pb2.GatewayRequest,
     tool_schemas: dict[str, dict[str, Any]] | None,
     unverifiable_prefixes: tuple[str, ...],
+    allowed_tools: frozenset[str],
     bad: list[FieldViolation],
 ) -> tuple[ToolCallPlan, ...]:
     if len(request.tool_calls) > MAX_TOOL_CALLS:
@@ -112,22 +119,24 @@ def _plan_tool_calls(
     for i, call in enumerate(request.tool_calls):
         field = f"tool_calls[{i}]"
         call_id = call.call_id or str(i)
-        if len(call_id) > MAX_CALL_ID_CHARS:
-            bad.append(FieldViolation(f"{field}.call_id", f"must be at most {MAX_CALL_ID_CHARS} characters"))
-        if call_id in seen:
-            bad.append(FieldViolation(f"{field}.call_id", f"duplicate call id {call_id!r}"))
+        if (violation := call_id_violation(call_id, f"{field}.call_id")) is not None:
+            bad.append(violation)
+        elif call_id in seen:
+            bad.append(FieldViolation(f"{field}.call_id", f"duplicate call id {quote(call_id)}"))
         seen.add(call_id)
+        permitted = may_call_tool(allowed_tools, call.name)
         if not call.name:
             bad.append(FieldViolation(f"{field}.name", "must not be empty"))
         elif (
-            tool_schemas is not None
+            permitted
+            and tool_schemas is not None
             and call.name not in tool_schemas
             and not (unverifiable_prefixes and call.name.startswith(unverifiable_prefixes))
         ):
             known = ", ".join(sorted(tool_schemas)) or "none"
-            bad.append(FieldViolation(f"{field}.name", f"unknown tool {call.name!r} (known: {known})"))
+            bad.append(FieldViolation(f"{field}.name", f"unknown tool {quote(call.name)} (known: {known})"))
         arguments_json = call.arguments_json or "{}"
-        if tool_schemas is not None and call.name in tool_schemas:
+        if permitted and tool_schemas is not None and call.name in tool_schemas:
             try:
                 validate_arguments(tool_schemas[call.name], arguments_json, f"{field}.arguments_json")
             except InvalidArgument as error:
@@ -137,8 +146,14 @@ def _plan_tool_calls(
         if call.HasField("timeout_ms") and call.timeout_ms == 0:
             bad.append(FieldViolation(f"{field}.timeout_ms", "must be positive"))
         timeout_ms = call.timeout_ms if call.HasField("timeout_ms") else None
-        calls.append(ToolCallPlan(i, call_id, call.name, arguments_json, timeout_ms))
+        calls.append(ToolCallPlan(i, call_id, call.name, arguments_json, timeout_ms, permitted))
     return tuple(calls)
+
+
+def may_call_tool(allowed_tools: frozenset[str], name: str) -> bool:
+    """Whether a key limited to ``allowed_tools`` (empty: no limit) may call the tool ``name``; an MCP tool
+    by its registry name (``<server>__<tool>``), like any other."""
+    return not allowed_tools or name in allowed_tools
 
 
 def _is_json_object(text: str) -> bool:

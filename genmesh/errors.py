@@ -44,6 +44,18 @@ class Reason(enum.StrEnum):
     QUOTA_EXHAUSTED = "QUOTA_EXHAUSTED"
 
 
+QUOTED_CHARS = 64
+"""How much of a client's string an error message quotes."""
+
+
+def quote(text: str, limit: int = QUOTED_CHARS) -> str:
+    """A client's string for an error message: its ``repr``, of the first ``limit`` characters when longer (then
+    with its length), so that a 10,000-character name never comes back whole in a status or a log line."""
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}… ({len(text)} characters)"
+
+
 @dataclass(frozen=True, slots=True)
 class FieldViolation:
     """One bad field of a request: its path (``sampling.max_tokens``) and what is wrong."""

@@ -15,6 +15,7 @@ from typing import Any, cast
 import grpc
 from grpc_status import rpc_status
 
+from genmesh.decoding import check, checked, guarded
 from genmesh.errors import GenmeshError, InvalidArgument, Unavailable, UpstreamError
 from genmesh.faults import FaultInjector
 from genmesh.logs import REQUEST_ID
@@ -106,6 +107,7 @@ class _Call:
     async def begin(self, faults: FaultInjector, admission: Admission) -> None:
         if self.request_id and not _VALID_REQUEST_ID.fullmatch(self.request_id):
             bad, self.request_id = self.request_id, new_request_id()  # log the call under an id that can be echoed
+            REQUEST_ID.set(self.request_id)  # and never the rejected one, which may be a megabyte
             raise InvalidArgument.field(
                 "request_id", f"must be 1..{MAX_REQUEST_ID_CHARS} printable ASCII characters, got {len(bad)} characters"
             )
@@ -164,6 +166,14 @@ class _Call:
             REQUEST_ID.set("")
 
 
+def _parsed(request: Any, unary_request: bool) -> Any:
+    """The request for the handler: a unary request checked now, a request stream checked message by message."""
+    if not unary_request:
+        return checked(request)
+    check(request)
+    return request
+
+
 Unary = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
 Streaming = Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]]
 
@@ -186,7 +196,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
             return handler
         method: str = handler_call_details.method
         codec = {
-            "request_deserializer": handler.request_deserializer,
+            "request_deserializer": guarded(handler.request_deserializer),
             "response_serializer": handler.response_serializer,
         }
         if handler.unary_unary:
@@ -202,7 +212,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
             call = _Call(method, context, request if unary_request else None)
             try:
                 await call.begin(self._faults, self._admission)
-                return await inner(request, context)
+                return await inner(_parsed(request, unary_request), context)
             except BaseException as error:
                 await call.fail(error)
             finally:
@@ -220,7 +230,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
             call = _Call(method, context, request if unary_request else None)
             try:
                 await call.begin(self._faults, self._admission)
-                async for response in inner(request, context):
+                async for response in inner(_parsed(request, unary_request), context):
                     yield response
             except BaseException as error:
                 await call.fail(error)

@@ -12,6 +12,19 @@ from typing import Any
 REQUEST_ID: contextvars.ContextVar[str] = contextvars.ContextVar("genmesh_request_id", default="")
 
 _RESERVED = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+MAX_FIELD_CHARS = 2048
+"""The most of a log line's message or of one field's value that is written; clients' strings can be megabytes."""
+MAX_EXC_CHARS = 16_384
+
+
+def _bounded(value: Any, limit: int = MAX_FIELD_CHARS) -> Any:
+    """``value``, or the start of its text noting the whole length when longer than ``limit`` characters."""
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    text = value if isinstance(value, str) else str(value)
+    if len(text) <= limit:
+        return value
+    return f"{text[:limit]}… ({len(text)} characters)"
 
 
 def _fields(record: logging.LogRecord) -> dict[str, Any]:
@@ -19,14 +32,14 @@ def _fields(record: logging.LogRecord) -> dict[str, Any]:
         "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
         "level": record.levelname.lower(),
         "logger": record.name,
-        "msg": record.getMessage(),
+        "msg": _bounded(record.getMessage()),
     }
     request_id = REQUEST_ID.get()
     if request_id:
-        fields["request_id"] = request_id
-    fields.update({k: v for k, v in vars(record).items() if k not in _RESERVED and not k.startswith("_")})
+        fields["request_id"] = _bounded(request_id)
+    fields.update({k: _bounded(v) for k, v in vars(record).items() if k not in _RESERVED and not k.startswith("_")})
     if record.exc_info:
-        fields["exc"] = logging.Formatter().formatException(record.exc_info)
+        fields["exc"] = _bounded(logging.Formatter().formatException(record.exc_info), MAX_EXC_CHARS)
     return fields
 
 

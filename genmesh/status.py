@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from typing import TypeVar
 
 import grpc
 from google.protobuf import any_pb2, duration_pb2
@@ -12,8 +13,20 @@ from grpc_status import rpc_status
 
 from genmesh import errors
 
+_Violation = TypeVar(
+    "_Violation", error_details_pb2.BadRequest.FieldViolation, error_details_pb2.QuotaFailure.Violation
+)
+
 ERROR_DOMAIN = "genmesh.dev"
 """The google.rpc.ErrorInfo domain of every genmesh error."""
+
+# Bounds on what a status carries, whatever a caller sent: its trailers (grpc-message and the details, base64)
+# stay under about 4 KB, far below the 8 KB of metadata clients accept by default.
+MAX_MESSAGE_BYTES = 512
+MAX_TEXT_BYTES = 256
+"""A field violation's field or description, an ErrorInfo metadata value, a quota violation's subject or text."""
+MAX_VIOLATIONS_BYTES = 1536
+"""Field or quota violations beyond it are left out; ErrorInfo metadata ``omittedViolations`` counts them."""
 
 _CODES: dict[type[errors.GenmeshError], grpc.StatusCode] = {
     errors.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
@@ -47,28 +60,53 @@ def status_of(error: errors.GenmeshError) -> status_pb2.Status:
     """The google.rpc.Status of a genmesh error: its code and message, an ErrorInfo, and BadRequest or RetryInfo
     where the error has them. In-band errors (ToolError, Degraded, JobError) carry it as their ``status``."""
     code = status_code_of(error)
-    details = [_pack(_error_info(code, error.reason, error.metadata))]
+    metadata = dict(error.metadata)
+    details: list[any_pb2.Any] = []
     if isinstance(error, errors.InvalidArgument):
-        bad = error_details_pb2.BadRequest(
-            field_violations=[
-                error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
-                for v in error.violations
-            ]
+        field_violations = _within_budget(
+            error_details_pb2.BadRequest.FieldViolation(field=bounded(v.field), description=bounded(v.description))
+            for v in error.violations
         )
-        details.append(_pack(bad))
+        details.append(_pack(error_details_pb2.BadRequest(field_violations=field_violations)))
+        if len(field_violations) < len(error.violations):
+            metadata["omittedViolations"] = str(len(error.violations) - len(field_violations))
     if isinstance(error, errors.ResourceExhausted):
         delay = duration_pb2.Duration()
         delay.FromMilliseconds(int(error.retry_after_s * 1000))
         details.append(_pack(error_details_pb2.RetryInfo(retry_delay=delay)))
         if error.quota_violations:
             quota = error_details_pb2.QuotaFailure(
-                violations=[
-                    error_details_pb2.QuotaFailure.Violation(subject=v.subject, description=v.description)
+                violations=_within_budget(
+                    error_details_pb2.QuotaFailure.Violation(
+                        subject=bounded(v.subject), description=bounded(v.description)
+                    )
                     for v in error.quota_violations
-                ]
+                )
             )
             details.append(_pack(quota))
-    return status_pb2.Status(code=code_value(code), message=error.message, details=details)
+    details.insert(0, _pack(_error_info(code, error.reason, metadata)))
+    message = bounded(error.message, MAX_MESSAGE_BYTES)
+    return status_pb2.Status(code=code_value(code), message=message, details=details)
+
+
+def bounded(text: str, limit: int = MAX_TEXT_BYTES) -> str:
+    """``text`` if its UTF-8 is at most ``limit`` bytes, else its first ``limit`` bytes noting its length."""
+    data = text.encode()
+    if len(data) <= limit:
+        return text
+    return f"{data[:limit].decode(errors='ignore')}… ({len(text)} characters)"
+
+
+def _within_budget(violations: Iterable[_Violation]) -> list[_Violation]:
+    """The leading violations whose encoding fits in MAX_VIOLATIONS_BYTES (the first always)."""
+    kept: list[_Violation] = []
+    size = 0
+    for violation in violations:
+        size += violation.ByteSize() + 4  # its tag and length inside the detail
+        if kept and size > MAX_VIOLATIONS_BYTES:
+            break
+        kept.append(violation)
+    return kept
 
 
 def status_message(
@@ -77,14 +115,17 @@ def status_message(
     """A google.rpc.Status for an error known only by its code and message (a stage's Degraded event, a ToolError
     the gateway makes): the two, plus an ErrorInfo whose reason defaults to that of the code's error class."""
     return status_pb2.Status(
-        code=code_value(code), message=message, details=[_pack(_error_info(code, reason, metadata or {}))]
+        code=code_value(code),
+        message=bounded(message, MAX_MESSAGE_BYTES),
+        details=[_pack(_error_info(code, reason, metadata or {}))],
     )
 
 
 def _error_info(code: grpc.StatusCode, reason: str, metadata: Mapping[str, str]) -> error_details_pb2.ErrorInfo:
     """An ErrorInfo whose reason defaults to that of the code's error class (to the code's name when none)."""
     default = next((cls.reason for cls, mapped in _CODES.items() if mapped == code), code.name)
-    return error_details_pb2.ErrorInfo(reason=str(reason or default), domain=ERROR_DOMAIN, metadata=metadata)
+    values = {key: bounded(value) for key, value in metadata.items()}
+    return error_details_pb2.ErrorInfo(reason=str(reason or default), domain=ERROR_DOMAIN, metadata=values)
 
 
 def _pack(message: Message) -> any_pb2.Any:
@@ -184,6 +225,7 @@ def code_of_value(value: int) -> grpc.StatusCode:
 
 
 __all__ = [
+    "bounded",
     "code_of_value",
     "code_value",
     "error_for_code",

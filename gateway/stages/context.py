@@ -44,6 +44,9 @@ class StageContext:
     clock: StageClock
     deadline: float | None
     """The client's deadline (time.monotonic), None without one."""
+    stage_deadline: float | None
+    """When retrieval and the tool calls must be done: a share of the client's deadline (StageBudgets), so that
+    inference keeps the rest; None without a client deadline."""
     gathered: Gathered = field(default_factory=Gathered)
 
 

@@ -1,4 +1,5 @@
-"""The retrieval stage: one Query inside its budget; its passages become the Sources event, its failure a Degraded."""
+"""The retrieval stage: one Query inside its budget and its share of the client's deadline; its passages become the
+Sources event, its failure a Degraded."""
 
 from __future__ import annotations
 
@@ -32,19 +33,23 @@ class RetrievalStage:
         circuit open; a client mistake (bad top_k, unknown collection) fails the request."""
         plan = context.plan
         budget_s = plan.retrieval_budget_s or self._budget_s
-        limit = timeout(context.deadline)
-        by_budget = limit is None or budget_s < limit
-        missed = f"{STAGE} missed its {budget_s * 1000:.0f} ms budget"
+        limit = timeout(context.stage_deadline)
+        # A miss of the stage's own budget counts against retrieval's circuit; a miss of the client's share
+        # (a short client deadline) does not.
+        if limit is None or budget_s < limit:
+            by_budget, missed = True, f"{STAGE} missed its {budget_s * 1000:.0f} ms budget"
+        else:
+            by_budget, missed = False, f"{STAGE} missed its {limit * 1000:.0f} ms share of the request's deadline"
         query = retrieval_pb2.QueryRequest(
             request_id=plan.request_id, text=plan.question, top_k=plan.top_k, collection=plan.collection
         )
         stub = context.upstreams.retrieval
         response = retrieval_pb2.QueryResponse()
         try:
-            async for attempt in context.upstreams.guard(STAGE).attempts(context.deadline, "Query"):
+            async for attempt in context.upstreams.guard(STAGE).attempts(context.stage_deadline, "Query"):
                 with attempt:
                     try:
-                        call = stub.Query(query, timeout=budget_timeout(context.deadline, budget_s))
+                        call = stub.Query(query, timeout=budget_timeout(context.stage_deadline, budget_s))
                         response = await context.clock.timed(STAGE, call)
                     except grpc.aio.AioRpcError as error:
                         if error.code() == grpc.StatusCode.DEADLINE_EXCEEDED and by_budget:
@@ -58,7 +63,7 @@ class RetrievalStage:
             if mistake is not None:
                 raise mistake from None
             code, message = error.code(), error.details() or ""
-            if code == grpc.StatusCode.DEADLINE_EXCEEDED and by_budget:
+            if code == grpc.StatusCode.DEADLINE_EXCEEDED:
                 message = missed
             yield degraded(STAGE, code, message)
             return

@@ -137,6 +137,7 @@ class InferenceService:
 
     service_name = mesh.INFERENCE.grpc_service
     also_serves: tuple[str, ...] = ()
+    interceptors: tuple[grpc.aio.ServerInterceptor, ...] = ()
 
     def __init__(self, model_dir: Path, device: str | None, config: EngineConfig, threads: int) -> None:
         self._model_dir = model_dir

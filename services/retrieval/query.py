@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from genmesh.errors import NotFound
+from genmesh.errors import NotFound, quote
 from services.retrieval import catalog, documents
 from services.retrieval.catalog import CollectionRow
 from services.retrieval.indexes import IndexCache
@@ -60,7 +60,7 @@ def run_queries(
             found[params.collection] = catalog.get_collection(conn, params.collection)
         collection = found[params.collection]
         if collection is None:
-            results[i] = NotFound(f"collection {params.collection!r} does not exist")
+            results[i] = NotFound(f"collection {quote(params.collection)} does not exist")
         elif vectors[i] is not None:
             depth = candidate_depth(params.top_k, params.mode is SearchMode.HYBRID)
             groups.setdefault((collection.id, tuple(sorted(params.filters.items())), depth), []).append(i)

@@ -24,7 +24,7 @@ from typing import TypeVar
 
 import numpy as np
 
-from genmesh.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
+from genmesh.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound, quote
 from genmesh.tasks import cancel_and_wait
 from services.retrieval import catalog, documents
 from services.retrieval.batcher import BatchStats, MicroBatcher
@@ -229,7 +229,7 @@ class Retriever:
         if name in self._known:
             return
         if await self._read(lambda conn: catalog.get_collection(conn, name)) is None:
-            raise NotFound(f"collection {name!r} does not exist")
+            raise NotFound(f"collection {quote(name)} does not exist")
         self._known.add(name)
 
     async def query(self, params: QueryParams) -> list[Hit]:
@@ -299,7 +299,7 @@ class Retriever:
                     self._indexes.get(found.id, found.dim).generation = found.generation
                 elif found.embedder != self.embedder.name:
                     raise FailedPrecondition(
-                        f"collection {collection!r} holds vectors of {found.embedder}; this service embeds with "
+                        f"collection {quote(collection)} holds vectors of {found.embedder}; this service embeds with "
                         f"{self.embedder.name} (restart it to re-embed the collection)"
                     )
                 outcome = documents.upsert_documents(conn, found, writes) if writes else None
@@ -335,7 +335,7 @@ class Retriever:
             try:
                 found = catalog.get_collection(conn, collection)
                 if found is None:
-                    raise NotFound(f"collection {collection!r} does not exist")
+                    raise NotFound(f"collection {quote(collection)} does not exist")
                 outcome = documents.delete_documents(conn, found, document_ids, filters)
             except BaseException:
                 conn.execute("ROLLBACK")
@@ -356,7 +356,7 @@ class Retriever:
             if collection:
                 rows = [r for r in rows if r.name == collection]
                 if not rows:
-                    raise NotFound(f"collection {collection!r} does not exist")
+                    raise NotFound(f"collection {quote(collection)} does not exist")
             result = []
             for row in rows:
                 index = self._indexes.get(row.id, row.dim)
@@ -394,5 +394,5 @@ class Retriever:
             raise InvalidArgument.field("ingest_id", "must be 1-256 characters")
         record = await self.recorded_progress(ingest_id)
         if record is None:
-            raise NotFound(f"no ingest {ingest_id!r}")
+            raise NotFound(f"no ingest {quote(ingest_id)}")
         return record

@@ -154,6 +154,7 @@ class RetrievalService:
 
     service_name = mesh.RETRIEVAL.grpc_service
     also_serves: tuple[str, ...] = ()
+    interceptors: tuple[grpc.aio.ServerInterceptor, ...] = ()
 
     def __init__(self, args: argparse.Namespace) -> None:
         self._args = args

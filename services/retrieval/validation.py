@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from genmesh.errors import FieldViolation, InvalidArgument
+from genmesh.errors import FieldViolation, InvalidArgument, quote
 from genmesh.mesh import DEFAULT_COLLECTION
 from services.retrieval.corpus import Document
 
@@ -64,7 +64,7 @@ def metadata_violations(metadata: Mapping[str, str], path: str) -> list[FieldVio
         bad.append(FieldViolation(path, f"at most {MAX_METADATA_ENTRIES} entries, got {len(metadata)}"))
     for key, value in metadata.items():
         if not isinstance(key, str) or not _METADATA_KEY.fullmatch(key):
-            bad.append(FieldViolation(path, f"key {key!r} must be 1-64 characters of [A-Za-z0-9_.-]"))
+            bad.append(FieldViolation(path, f"key {quote(key)} must be 1-64 characters of [A-Za-z0-9_.-]"))
         elif not isinstance(value, str) or len(value) > MAX_METADATA_VALUE_CHARS:
             bad.append(
                 FieldViolation(f"{path}.{key}", f"must be a string of at most {MAX_METADATA_VALUE_CHARS} characters")
@@ -117,7 +117,7 @@ def document_violations(documents: Sequence[Document], path: str = "documents") 
         elif len(doc.doc_id) > MAX_DOC_ID_CHARS:
             bad.append(FieldViolation(f"{at}.id", f"must be at most {MAX_DOC_ID_CHARS} characters"))
         elif doc.doc_id in seen:
-            bad.append(FieldViolation(f"{at}.id", f"repeats {path}[{seen[doc.doc_id]}].id {doc.doc_id!r}"))
+            bad.append(FieldViolation(f"{at}.id", f"repeats {path}[{seen[doc.doc_id]}].id {quote(doc.doc_id)}"))
         else:
             seen[doc.doc_id] = i
         if len(doc.title) > MAX_TITLE_CHARS:

@@ -13,7 +13,7 @@ import time
 from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 
-from genmesh.errors import DeadlineExceeded, FieldViolation, GenmeshError, InvalidArgument
+from genmesh.errors import DeadlineExceeded, FieldViolation, GenmeshError, InvalidArgument, quote
 from genmesh.tasks import cancel_and_wait
 from services.tools.registry import ToolRegistry
 
@@ -60,7 +60,7 @@ def check_calls(calls: Sequence[CallSpec], field: str = "calls") -> None:
             bad.append(
                 FieldViolation(
                     f"{field}[{call.index}].call_id",
-                    f"duplicate call id {call.call_id!r} (as calls[{seen[call.call_id]}])",
+                    f"duplicate call id {quote(call.call_id)} (as calls[{seen[call.call_id]}])",
                 )
             )
         else:
@@ -103,7 +103,8 @@ async def invoke_many(
                     await slots.acquire()
             except TimeoutError:
                 raise DeadlineExceeded(
-                    f"tool call {call.call_id!r} ({call.name}) found no free slot within the fan-out's {timeout_s:g} s"
+                    f"tool call {quote(call.call_id)} ({quote(call.name)}) found no free slot within the fan-out's "
+                    f"{timeout_s:g} s"
                 ) from None
             try:
                 started = time.monotonic()

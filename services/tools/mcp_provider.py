@@ -23,7 +23,7 @@ from mcp.types import CallToolResult, Implementation
 from mcp.types import Tool as McpTool
 from mcp_types.jsonrpc import CONNECTION_CLOSED
 
-from genmesh.errors import InvalidArgument, Unavailable
+from genmesh.errors import InvalidArgument, Unavailable, quote
 from genmesh.schema import check_schema
 from genmesh.tasks import cancel_and_wait
 from services.tools.tool import DEFAULT_TOOL_TIMEOUT_S, MAX_ERROR_CHARS, Tool, ToolFailed
@@ -125,7 +125,7 @@ class McpProvider:
     def lookup(self, name: str) -> Tool | None:
         tool = self._tools.get(name)
         if tool is None and not self._tools and not self.available:
-            raise Unavailable(f"tool {name!r}: MCP server {self.config.name!r} is not running ({self.last_error})")
+            raise Unavailable(f"tool {quote(name)}: MCP server {self.config.name!r} is not running ({self.last_error})")
         return tool
 
     async def start(self) -> None:

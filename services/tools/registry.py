@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from genmesh.errors import DeadlineExceeded, GenmeshError, InvalidArgument, NotFound, Unavailable
+from genmesh.errors import DeadlineExceeded, GenmeshError, InvalidArgument, NotFound, Unavailable, quote
 from genmesh.schema import check_schema, validate_arguments
 from services.tools.builtin.calculator import calculator_tool
 from services.tools.builtin.clock import clock_tool
@@ -137,7 +137,7 @@ class ToolRegistry:
             if provider is not None:
                 tool = provider.lookup(name)
         if tool is None:
-            raise NotFound(f"tool {name!r} does not exist")
+            raise NotFound(f"tool {quote(name)} does not exist")
         return tool
 
     def tools(self) -> list[Tool]:

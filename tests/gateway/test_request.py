@@ -132,7 +132,7 @@ def test_duplicate_call_ids_including_defaulted_ones() -> None:
 def test_call_ids_are_bounded() -> None:
     calls = [Call(call_id="c" * 64, name="clock"), Call(call_id="c" * 65, name="clock")]
     assert bad_fields(Request(question="q", tool_calls=calls)) == {
-        "tool_calls[1].call_id": "must be at most 64 characters"
+        "tool_calls[1].call_id": "must be at most 64 printable ASCII characters, got 65 characters"
     }
 
 

@@ -278,3 +278,19 @@ def test_a_finish_needs_exactly_one_of_reason_and_error() -> None:
     with pytest.raises(ValueError, match="either a reason or an error"):
         scheduler.finish_running(FinishReason.CANCELLED, RuntimeError("both"))
     assert a.status is D and a.row == 0
+
+
+def test_load_counts_a_queued_sequence_with_a_free_row_as_running_so_waiting_stays_in_bounds() -> None:
+    scheduler = make_scheduler(running=2, waiting=1)
+    a, b, c = make_seq("a"), make_seq("b"), make_seq("c")
+    add(scheduler, a, b, c)  # before the first step: rows are free for a and b, only c waits for one
+    assert (scheduler.load().running, scheduler.load().waiting) == (2, 1)
+    assert scheduler.waiting_count == 3, "all three are still queued"
+    with pytest.raises(ResourceExhausted) as info:
+        add(scheduler, make_seq("d"))
+    assert "(2 running, 1 waiting)" in info.value.message
+    assert step_prefill(scheduler) == [a, b]
+    load = scheduler.load()
+    assert (load.running, load.waiting, load.kv_capacity_tokens) == (2, 1, 2 * 16), "admission moves no count"
+    scheduler.postprocess([(a, FinishReason.LENGTH)], [])
+    assert (scheduler.load().running, scheduler.load().waiting) == (2, 0), "a row is free for c now"

@@ -23,7 +23,7 @@ from collections.abc import AsyncGenerator
 
 import torch
 
-from genmesh.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument
+from genmesh.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument, quote
 from services.inference.engine.config import EngineConfig
 from services.inference.engine.kv_cache import SlotKVCache
 from services.inference.engine.output import OutputProcessor, SequenceOutput
@@ -112,13 +112,8 @@ class Engine:
         return self._scheduler.abort(found[0])
 
     def load(self) -> LoadStats:
-        """Current occupancy."""
-        return LoadStats(
-            running=self._scheduler.running_count,
-            waiting=self._scheduler.waiting_count,
-            kv_used_tokens=self._cache.used_tokens(),
-            kv_capacity_tokens=self._cache.capacity_tokens,
-        )
+        """Current occupancy, every figure read at one moment (``Scheduler.load``)."""
+        return self._scheduler.load()
 
     def info(self) -> ModelInfo:
         """What this engine serves."""
@@ -151,7 +146,9 @@ class Engine:
         if self._closed:
             raise FailedPrecondition("the inference engine is closed")
         if request.request_id in self._active:
-            raise InvalidArgument.field("request_id", f"a request with id {request.request_id!r} is already active")
+            raise InvalidArgument.field(
+                "request_id", f"a request with id {quote(request.request_id)} is already active"
+            )
         if request.deadline is not None and request.deadline <= time.monotonic():
             raise DeadlineExceeded(f"request {request.request_id} reached its deadline before it started")
         loaded = self._loaded

@@ -6,7 +6,7 @@ sequences, admits waiting ones into free cache rows (oldest first) and plans the
 promoted to decoding, ended ones finished and their rows freed. The decode batch is kept in the first
 rows of the cache, ``decode_batch()[i].row == i``, so a decode pass reads one contiguous block.
 
-``add``, ``abort``, ``close`` and the counts are called from the event loop; the rest from the engine
+``add``, ``abort``, ``close``, ``load`` and the counts are called from the event loop; the rest from the engine
 thread.
 """
 
@@ -21,7 +21,7 @@ from genmesh.errors import DeadlineExceeded, Reason, ResourceExhausted
 from services.inference.engine.config import EngineConfig
 from services.inference.engine.kv_cache import SlotKVCache
 from services.inference.engine.sequence import Sequence, SequenceStatus
-from services.inference.engine.types import FinishReason
+from services.inference.engine.types import FinishReason, LoadStats
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,21 +82,31 @@ class Scheduler:
         """Sequences holding a cache row (prefilling or decoding)."""
         return len(self._prefilling) + len(self._decoding)
 
+    def load(self) -> LoadStats:
+        """Occupancy as balancers see it, read at one moment (under the lock the engine thread takes to change it).
+
+        A queued sequence for which a row is free counts as running: the next step admits it, it does not
+        wait for a row. So ``running`` never exceeds ``max_running``, nor ``waiting`` ``max_waiting``.
+        """
+        with self._lock:
+            running, waiting = self._occupancy()
+            return LoadStats(running, waiting, self.cache.used_tokens(), self.cache.capacity_tokens)
+
     def add(self, seq: Sequence, retry_after_s: float) -> None:
         """Queue a new sequence; ResourceExhausted at once when the waiting queue is full.
 
         The queue holds ``max_waiting`` sequences beyond the rows still free, so a burst on an idle
-        engine is not refused before its first step admits it.
+        engine is not refused before its first step admits it (those count as running in ``load``).
         """
         with self._lock:
             if self._closed:
                 raise RuntimeError("the scheduler is closed")
             if seq.status is not SequenceStatus.WAITING or seq.row >= 0:
                 raise ValueError(f"sequence {seq.request_id} was already scheduled ({seq.status.value})")
-            free_rows = max(0, self.config.max_running - self.running_count)
-            if len(self._waiting) >= self.config.max_waiting + free_rows:
+            running, waiting = self._occupancy()
+            if waiting >= self.config.max_waiting and running >= self.config.max_running:
                 raise ResourceExhausted(
-                    f"the inference engine is busy ({len(self._waiting)} requests waiting)",
+                    f"the inference engine is busy ({running} running, {waiting} waiting)",
                     retry_after_s,
                     reason=Reason.INFERENCE_QUEUE_FULL,
                     metadata={"maxWaiting": str(self.config.max_waiting)},
@@ -203,7 +213,13 @@ class Scheduler:
                 self._finish(seq, reason, error)
             return running
 
-    # -- transitions (under the lock) ----------------------------------------------------------------------
+    # -- under the lock ----------------------------------------------------------------------------------
+
+    def _occupancy(self) -> tuple[int, int]:
+        """(running, waiting), the queued sequences a free row awaits counted as running."""
+        holding = self.running_count
+        reserved = min(len(self._waiting), max(0, self.config.max_running - holding))
+        return holding + reserved, len(self._waiting) - reserved
 
     def _promote(self, seq: Sequence) -> None:
         """PREFILLING → DECODING: the sequence joins the end of the decode block."""

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
 
-from genmesh.errors import InvalidArgument
+from genmesh.errors import InvalidArgument, quote
 from services.tools.tool import Tool
 
 MAX_ABS_VALUE = 1e300
@@ -116,7 +116,7 @@ def convert(value: float, from_unit: str, to_unit: str) -> float:
         raise InvalidArgument.field("value", f"must be within ±{MAX_ABS_VALUE:g}")
     for field, unit in (("from_unit", from_unit), ("to_unit", to_unit)):
         if unit not in UNITS:
-            raise InvalidArgument.field(field, f"unknown unit {unit!r}")
+            raise InvalidArgument.field(field, f"unknown unit {quote(unit)}")
     source, target = dimension(from_unit), dimension(to_unit)
     if source != target:
         raise InvalidArgument.field("to_unit", f"cannot convert {source} ({from_unit}) to {target} ({to_unit})")
