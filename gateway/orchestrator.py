@@ -6,12 +6,14 @@ which keeps the per-token cost of the gateway low.
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 
+from gateway.auth.caller import current_caller
 from gateway.clock import StageClock
 from gateway.fan_in import merge
 from gateway.policy import ResiliencePolicy
-from gateway.request import plan_request
+from gateway.request import may_call_tool, plan_request
 from gateway.stages.context import Stage, StageContext
 from gateway.stages.inference import InferenceStage
 from gateway.stages.retrieval import RetrievalStage
@@ -28,24 +30,35 @@ class Orchestrator:
     def __init__(self, upstreams: Upstreams, policy: ResiliencePolicy | None = None) -> None:
         policy = policy or ResiliencePolicy()
         self._upstreams = upstreams
+        self._budgets = policy.budgets
         self._retrieval = RetrievalStage(policy.budgets.retrieval_s)
         self._tools = ToolStage(policy.budgets.tools_s, policy.tool_attempts)
         self._inference = InferenceStage(policy.generate_attempts, policy.connect_wait_s)
 
     async def answer(
-        self, request: gateway_pb2.GatewayRequest, time_remaining: float | None
+        self,
+        request: gateway_pb2.GatewayRequest,
+        time_remaining: float | None,
+        allowed_tools: frozenset[str] | None = None,
     ) -> AsyncIterator[gateway_pb2.GatewayEvent]:
         """Stream the events of one answer; raises GenmeshError for failures the client must see.
 
         Sources, tool results and Degraded events come as the fan-out produces them (or a failed stage fails
         the request, when it set ``require_all_stages``); then the answer's deltas and its Completion.
+        ``allowed_tools``: the tools the request may call (empty: all); None: those of the RPC's caller.
         """
+        if allowed_tools is None:
+            caller = current_caller()
+            allowed_tools = caller.allowed_tools if caller is not None else frozenset()
         clock = StageClock()
         deadline = deadline_after(time_remaining)
-        names = {call.name for call in request.tool_calls}
+        stage_deadline = self._budgets.stage_deadline(deadline, time.monotonic())
+        names = {call.name for call in request.tool_calls if may_call_tool(allowed_tools, call.name)}
         schemas = await self._upstreams.tool_schemas(names) if names else {}
-        plan = plan_request(request, schemas, self._upstreams.unverifiable_tool_prefixes)
-        context = StageContext(self._upstreams, plan, clock, deadline)
+        if schemas is not None and allowed_tools:  # unknown-tool errors list only the tools the key may call
+            schemas = {name: schema for name, schema in schemas.items() if name in allowed_tools}
+        plan = plan_request(request, schemas, self._upstreams.unverifiable_tool_prefixes, allowed_tools)
+        context = StageContext(self._upstreams, plan, clock, deadline, stage_deadline)
 
         fan_out: list[Stage] = []
         if plan.retrieval_enabled:

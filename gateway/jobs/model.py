@@ -30,6 +30,10 @@ class NewJob:
     idempotency_key: str
     priority: int
     created: float
+    #: The API key that submitted it ("apiKeys/{id}"); "" on a gateway without keys.
+    owner: str = ""
+    #: The tools its run may call (the key's at submission); empty: every tool.
+    allowed_tools: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +56,10 @@ class JobRecord:
     result: bytes
     #: The sequence number the next attempt's first event follows (sequence numbers never go back).
     seq_base: int
+    #: The API key that submitted it; "" on a gateway without keys.
+    owner: str = ""
+    #: The tools its run may call (the key's at submission); empty: every tool.
+    allowed_tools: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)

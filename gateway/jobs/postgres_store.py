@@ -22,7 +22,17 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from gateway.jobs.model import JobEvent, JobRecord, JobState, NewJob, Outcome, RecoveryReport
-from gateway.jobs.store import ABORTED_CODE, CANCELLED_CODE, COLUMNS, LeaseLost, Listener, QueueFull, Renewal, record_of
+from gateway.jobs.store import (
+    ABORTED_CODE,
+    CANCELLED_CODE,
+    COLUMNS,
+    LeaseLost,
+    Listener,
+    QueueFull,
+    Renewal,
+    record_of,
+    tools_column,
+)
 from genmesh.errors import FailedPrecondition, InvalidArgument, Unavailable
 
 log = logging.getLogger("genmesh.gateway.jobs")
@@ -40,7 +50,7 @@ _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS jobs (
     seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     id TEXT NOT NULL UNIQUE,
-    idempotency_key TEXT UNIQUE,
+    idempotency_key TEXT,
     state SMALLINT NOT NULL,
     priority INTEGER NOT NULL,
     request BYTEA NOT NULL,
@@ -53,9 +63,23 @@ CREATE TABLE IF NOT EXISTS jobs (
     error_message TEXT NOT NULL DEFAULT '',
     result BYTEA NOT NULL DEFAULT '',
     seq_base BIGINT NOT NULL DEFAULT 0,
-    owner TEXT,
-    lease_until DOUBLE PRECISION
+    owner TEXT, -- the gateway (store) holding the lease; owner_key is the API key the job belongs to
+    lease_until DOUBLE PRECISION,
+    owner_key TEXT NOT NULL DEFAULT '',
+    allowed_tools TEXT NOT NULL DEFAULT '[]'
 );
+-- A table made before jobs had owners (their rows are the open gateway's: owner_key ''): add the columns,
+-- and scope idempotency keys per owner.
+DO $$ BEGIN
+    IF NOT EXISTS (SELECT FROM information_schema.columns
+                   WHERE table_schema = current_schema() AND table_name = 'jobs' AND column_name = 'owner_key') THEN
+        ALTER TABLE jobs ADD COLUMN owner_key TEXT NOT NULL DEFAULT '',
+                         ADD COLUMN allowed_tools TEXT NOT NULL DEFAULT '[]',
+                         DROP CONSTRAINT IF EXISTS jobs_idempotency_key_key;
+    END IF;
+END $$;
+CREATE UNIQUE INDEX IF NOT EXISTS jobs_by_idempotency_key ON jobs (owner_key, idempotency_key);
+CREATE INDEX IF NOT EXISTS jobs_by_owner ON jobs (owner_key, seq);
 CREATE INDEX IF NOT EXISTS jobs_by_queue ON jobs (priority DESC, seq) WHERE state = 1;
 CREATE INDEX IF NOT EXISTS jobs_by_lease ON jobs (lease_until) WHERE state = 2;
 CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, seq);
@@ -159,9 +183,13 @@ class PostgresJobStore:
                 if queued >= queue_max:
                     raise QueueFull(queued)
                 cursor = await conn.execute(
-                    "INSERT INTO jobs (id, idempotency_key, state, priority, request, created)"
-                    f" VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (idempotency_key) DO NOTHING RETURNING {COLUMNS}",
-                    (job.id, job.idempotency_key or None, int(JobState.QUEUED), job.priority, job.request, job.created),
+                    "INSERT INTO jobs (id, idempotency_key, state, priority, request, created, owner_key,"
+                    " allowed_tools) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
+                    f" ON CONFLICT (owner_key, idempotency_key) DO NOTHING RETURNING {COLUMNS}",
+                    (
+                        *(job.id, job.idempotency_key or None, int(JobState.QUEUED), job.priority, job.request),
+                        *(job.created, job.owner, tools_column(job.allowed_tools)),
+                    ),
                 )
                 row = await cursor.fetchone()
                 if row is not None:
@@ -172,10 +200,10 @@ class PostgresJobStore:
                     return found, False
 
     async def _known(self, conn: Conn, job: NewJob) -> JobRecord | None:
-        """The job stored under ``job``'s idempotency key; InvalidArgument when its request differs."""
+        """The job its owner stored under ``job``'s idempotency key; InvalidArgument when its request differs."""
         if not job.idempotency_key:
             return None
-        existing = await _one(conn, "idempotency_key = %s", (job.idempotency_key,))
+        existing = await _one(conn, "owner_key = %s AND idempotency_key = %s", (job.owner, job.idempotency_key))
         if existing is not None and existing.request != job.request:
             raise InvalidArgument.field("idempotency_key", f"was used for job {existing.id} with a different request")
         return existing
@@ -288,13 +316,16 @@ class PostgresJobStore:
             )
             return job, [JobEvent(seq, attempt, payload) for seq, attempt, payload in await cursor.fetchall()]
 
-    async def list(self, state: JobState | None, before_seq: int | None, limit: int) -> list[JobRecord]:
+    async def list(
+        self, state: JobState | None, before_seq: int | None, limit: int, owner: str | None = None
+    ) -> list[JobRecord]:
         before = before_seq if before_seq is not None else 2**63 - 1
+        value = None if state is None else int(state)
         async with self._tx() as conn:
             cursor = await conn.execute(
                 f"SELECT {COLUMNS} FROM jobs WHERE seq < %s AND (%s::smallint IS NULL OR state = %s::smallint)"
-                " ORDER BY seq DESC LIMIT %s",
-                (before, None if state is None else int(state), None if state is None else int(state), limit),
+                " AND (%s::text IS NULL OR owner_key = %s::text) ORDER BY seq DESC LIMIT %s",
+                (before, value, value, owner, owner, limit),
             )
             return [record_of(row) for row in await cursor.fetchall()]
 

@@ -19,7 +19,7 @@ from gateway.jobs.model import JobEvent, JobRecord, JobState, NewJob, RecoveryRe
 from gateway.jobs.store import JobNotFound, JobStore, Listener, QueueFull
 from gateway.jobs.stores import make_store
 from gateway.jobs.watch import JobFeed, watch
-from gateway.jobs.workers import Answer, WorkerPool
+from gateway.jobs.workers import Answer, ChargeTokens, WorkerPool
 from genmesh.errors import Unavailable
 from genmesh.tasks import cancel_and_wait
 
@@ -36,11 +36,19 @@ CANCEL_WAIT_S = 5.0
 class JobRuntime:
     """Everything JobService needs; usable once ``start`` returned."""
 
-    def __init__(self, config: JobConfig, answer: Answer, store: JobStore | None = None) -> None:
+    def __init__(
+        self,
+        config: JobConfig,
+        answer: Answer,
+        store: JobStore | None = None,
+        charge_tokens: ChargeTokens | None = None,
+    ) -> None:
         self.config = config
         self._store = store or make_store(config)
         self._feed = JobFeed()
-        self._pool = WorkerPool(self._store, self._feed, answer, config.workers, config.timeout_s, config.lease_s)
+        self._pool = WorkerPool(
+            self._store, self._feed, answer, config.workers, config.timeout_s, config.lease_s, charge_tokens
+        )
         self._poll_s = POLL_S if self._store.shared else None
         self._started = False
         self._background: list[asyncio.Task[None]] = []
@@ -84,9 +92,17 @@ class JobRuntime:
             raise Unavailable("the gateway's job queue is still starting")
         return self._store
 
-    async def submit(self, request: bytes, idempotency_key: str, priority: int) -> JobRecord:
-        """Queue a job (committed when this returns), or return the one the idempotency key names."""
-        job = NewJob(f"job-{uuid.uuid4().hex}", request, idempotency_key, priority, time.time())
+    async def submit(
+        self,
+        request: bytes,
+        idempotency_key: str,
+        priority: int,
+        owner: str = "",
+        allowed_tools: frozenset[str] = frozenset(),
+    ) -> JobRecord:
+        """Queue a job of ``owner`` whose run may call ``allowed_tools`` (empty: all), committed when this
+        returns; or return the owner's job that the idempotency key names."""
+        job = NewJob(f"job-{uuid.uuid4().hex}", request, idempotency_key, priority, time.time(), owner, allowed_tools)
         try:
             record, created = await self._ready().submit(job, self.config.queue_max)
         except QueueFull as full:
@@ -96,15 +112,19 @@ class JobRuntime:
             self._pool.queued()
         return record
 
-    async def get(self, job_id: str) -> JobRecord:
-        """The job; NotFound when unknown or expired."""
+    async def get(self, job_id: str, owner: str | None = None) -> JobRecord:
+        """The job; NotFound when unknown or expired, or (``owner`` given) another owner's: the same answer,
+        so that a caller learns nothing of other keys' jobs."""
         record = await self._ready().get(job_id)
-        if record is None:
+        if record is None or (owner is not None and record.owner != owner):
             raise JobNotFound(job_id)
         return record
 
-    async def cancel(self, job_id: str) -> JobRecord:
-        """Cancel a queued or running job (here or on another gateway); a finished one is returned as it is."""
+    async def cancel(self, job_id: str, owner: str | None = None) -> JobRecord:
+        """Cancel a queued or running job (here or on another gateway); a finished one is returned as it is.
+        NotFound as ``get`` says (the owner never changes: checked once, before anything is changed)."""
+        if owner is not None:
+            await self.get(job_id, owner)
         record = await self._ready().request_cancel(job_id, time.time())
         if record is None:
             raise JobNotFound(job_id)
@@ -126,13 +146,18 @@ class JobRuntime:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(wakeup.wait(), min(left, POLL_S))
 
-    async def list(self, state: JobState | None, before_seq: int | None, limit: int) -> list[JobRecord]:
-        """A page of jobs, newest first."""
-        return await self._ready().list(state, before_seq, limit)
+    async def list(
+        self, state: JobState | None, before_seq: int | None, limit: int, owner: str | None = None
+    ) -> list[JobRecord]:
+        """A page of jobs (of ``owner`` only, when given), newest first."""
+        return await self._ready().list(state, before_seq, limit, owner)
 
-    def watch(self, job_id: str, after_seq: int) -> AsyncIterator[JobEvent | JobRecord]:
-        """The job's events from ``after_seq`` on, live, then the job in its final state."""
-        return watch(self._ready(), self._feed, job_id, after_seq, self._poll_s)
+    async def watch(self, job_id: str, after_seq: int, owner: str | None = None) -> AsyncIterator[JobEvent | JobRecord]:
+        """The job's events from ``after_seq`` on, live, then the job in its final state; NotFound as ``get``."""
+        if owner is not None:
+            await self.get(job_id, owner)
+        async for item in watch(self._ready(), self._feed, job_id, after_seq, self._poll_s):
+            yield item
 
     async def _recover(self) -> RecoveryReport:
         return await self._store.recover(self.config.max_attempts, time.time())

@@ -6,6 +6,8 @@ from collections.abc import AsyncIterator
 
 import grpc
 
+from gateway.auth.caller import current_caller
+from gateway.auth.limits import KeyLimiter
 from gateway.jobs.model import JobRecord, JobState
 from gateway.jobs.runtime import JobRuntime
 from gateway.request import plan_request
@@ -23,8 +25,9 @@ DEFAULT_PAGE_SIZE = 50
 class JobServicer(jobs_pb2_grpc.JobServiceServicer):
     """The JobService RPCs over a JobRuntime."""
 
-    def __init__(self, runtime: JobRuntime) -> None:
+    def __init__(self, runtime: JobRuntime, key_limits: KeyLimiter | None = None) -> None:
         self._runtime = runtime
+        self._key_limits = key_limits if key_limits is not None else KeyLimiter()
 
     async def SubmitJob(
         self, request: jobs_pb2.SubmitJobRequest, context: grpc.aio.ServicerContext
@@ -37,14 +40,17 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
             raise InvalidArgument.field("idempotency_key", f"must be at most {MAX_IDEMPOTENCY_KEY} characters")
         if abs(request.priority) > MAX_PRIORITY:
             raise InvalidArgument.field("priority", f"must be between -{MAX_PRIORITY} and {MAX_PRIORITY}")
+        self._key_limits.admit_request(current_caller())  # a valid SubmitJob costs one request of its key
         body = request.request.SerializeToString(deterministic=True)
-        record = await self._runtime.submit(body, request.idempotency_key, request.priority)
+        caller = current_caller()
+        owner, tools = (caller.key_name, caller.allowed_tools) if caller else ("", frozenset[str]())
+        record = await self._runtime.submit(body, request.idempotency_key, request.priority, owner, tools)
         return jobs_pb2.SubmitJobResponse(job=to_proto(record))
 
     async def GetJob(
         self, request: jobs_pb2.GetJobRequest, context: grpc.aio.ServicerContext
     ) -> jobs_pb2.GetJobResponse:
-        return jobs_pb2.GetJobResponse(job=to_proto(await self._runtime.get(_job_id(request.id))))
+        return jobs_pb2.GetJobResponse(job=to_proto(await self._runtime.get(_job_id(request.id), _visible_owner())))
 
     async def WatchJob(
         self, request: jobs_pb2.WatchJobRequest, context: grpc.aio.ServicerContext
@@ -52,7 +58,7 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
         job_id = _job_id(request.id)
         if request.after_sequence < 0:
             raise InvalidArgument.field("after_sequence", "must not be negative")
-        async for item in self._runtime.watch(job_id, request.after_sequence):
+        async for item in self._runtime.watch(job_id, request.after_sequence, _visible_owner()):
             if isinstance(item, JobRecord):
                 yield jobs_pb2.WatchJobResponse(attempt=item.attempts, job=to_proto(item))
             else:
@@ -62,7 +68,8 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
     async def CancelJob(
         self, request: jobs_pb2.CancelJobRequest, context: grpc.aio.ServicerContext
     ) -> jobs_pb2.CancelJobResponse:
-        return jobs_pb2.CancelJobResponse(job=to_proto(await self._runtime.cancel(_job_id(request.id))))
+        job = await self._runtime.cancel(_job_id(request.id), _visible_owner())
+        return jobs_pb2.CancelJobResponse(job=to_proto(job))
 
     async def ListJobs(
         self, request: jobs_pb2.ListJobsRequest, context: grpc.aio.ServicerContext
@@ -75,13 +82,19 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
         state = JobState(request.state) if request.state else None
         before = decode_jobs_token(request.page_token, request.state) if request.page_token else None
         size = request.page_size or DEFAULT_PAGE_SIZE
-        records = await self._runtime.list(state, before, size + 1)
+        records = await self._runtime.list(state, before, size + 1, _visible_owner())
         jobs = [to_proto(r, full=request.view == jobs_pb2.JOB_VIEW_FULL) for r in records[:size]]
         count = fitting(jobs)
         response = jobs_pb2.ListJobsResponse(jobs=jobs[:count])
         if len(records) > count:
             response.next_page_token = encode_jobs_token(records[count - 1].seq, request.state)
         return response
+
+
+def _visible_owner() -> str | None:
+    """Whose jobs the caller may see: its key's own; everyone's (None) for an admin key or on an open gateway."""
+    caller = current_caller()
+    return None if caller is None or caller.admin else caller.key_name
 
 
 def _job_id(value: str) -> str:
@@ -113,6 +126,7 @@ def to_proto(record: JobRecord, full: bool = True) -> jobs_pb2.Job:
         priority=record.priority,
         idempotency_key=record.idempotency_key,
         attempts=record.attempts,
+        owner=record.owner,
     )
     if full:
         job.request.ParseFromString(record.request)

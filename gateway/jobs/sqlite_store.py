@@ -14,16 +14,25 @@ from pathlib import Path
 from typing import TypeVar
 
 from gateway.jobs.model import JobEvent, JobRecord, JobState, NewJob, Outcome, RecoveryReport
-from gateway.jobs.store import ABORTED_CODE, CANCELLED_CODE, COLUMNS, Listener, QueueFull, Renewal, record_of
+from gateway.jobs.store import (
+    ABORTED_CODE,
+    CANCELLED_CODE,
+    COLUMNS,
+    Listener,
+    QueueFull,
+    Renewal,
+    record_of,
+    tools_column,
+)
 from genmesh.errors import FailedPrecondition, InvalidArgument
 
 T = TypeVar("T")
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS jobs (
+_JOBS = """
+CREATE TABLE IF NOT EXISTS {table} (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     id TEXT NOT NULL UNIQUE,
-    idempotency_key TEXT UNIQUE,
+    idempotency_key TEXT,
     state INTEGER NOT NULL,
     priority INTEGER NOT NULL,
     request BLOB NOT NULL,
@@ -35,8 +44,19 @@ CREATE TABLE IF NOT EXISTS jobs (
     error_code INTEGER NOT NULL DEFAULT 0,
     error_message TEXT NOT NULL DEFAULT '',
     result BLOB NOT NULL DEFAULT x'',
-    seq_base INTEGER NOT NULL DEFAULT 0
-);
+    seq_base INTEGER NOT NULL DEFAULT 0,
+    owner_key TEXT NOT NULL DEFAULT '',
+    allowed_tools TEXT NOT NULL DEFAULT '[]',
+    UNIQUE (owner_key, idempotency_key)
+)
+"""
+#: The columns of a job table made before jobs had owners (their rows are the open gateway's: owner '').
+_OLD_COLUMNS = (
+    "seq, id, idempotency_key, state, priority, request, created, started, finished, attempts, cancel_requested,"
+    " error_code, error_message, result, seq_base"
+)
+_SCHEMA = """
+CREATE INDEX IF NOT EXISTS jobs_by_owner ON jobs (owner_key, seq);
 CREATE INDEX IF NOT EXISTS jobs_by_queue ON jobs (state, priority DESC, seq);
 CREATE INDEX IF NOT EXISTS jobs_by_finish ON jobs (finished) WHERE finished IS NOT NULL;
 CREATE TABLE IF NOT EXISTS events (
@@ -79,6 +99,8 @@ class SqliteJobStore:
             db.execute("PRAGMA synchronous=NORMAL")
             db.execute("PRAGMA foreign_keys=ON")
             db.execute("PRAGMA busy_timeout=5000")
+            db.execute(_JOBS.format(table="jobs"))
+            _add_owners(db)
             db.executescript(_SCHEMA)
             db.isolation_level = "DEFERRED"
             self._db = db
@@ -97,7 +119,7 @@ class SqliteJobStore:
     async def submit(self, job: NewJob, queue_max: int) -> tuple[JobRecord, bool]:
         def run(db: sqlite3.Connection) -> tuple[JobRecord, bool]:
             if job.idempotency_key:
-                existing = _one(db, "idempotency_key = ?", (job.idempotency_key,))
+                existing = _one(db, "owner_key = ? AND idempotency_key = ?", (job.owner, job.idempotency_key))
                 if existing is not None:
                     if existing.request != job.request:
                         raise InvalidArgument.field(
@@ -108,8 +130,12 @@ class SqliteJobStore:
             if queued >= queue_max:
                 raise QueueFull(int(queued))
             db.execute(
-                "INSERT INTO jobs (id, idempotency_key, state, priority, request, created) VALUES (?, ?, ?, ?, ?, ?)",
-                (job.id, job.idempotency_key or None, int(JobState.QUEUED), job.priority, job.request, job.created),
+                "INSERT INTO jobs (id, idempotency_key, state, priority, request, created, owner_key, allowed_tools)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    *(job.id, job.idempotency_key or None, int(JobState.QUEUED), job.priority, job.request),
+                    *(job.created, job.owner, tools_column(job.allowed_tools)),
+                ),
             )
             record = _one(db, "id = ?", (job.id,))
             assert record is not None
@@ -218,11 +244,16 @@ class SqliteJobStore:
 
         return await self._call(run)
 
-    async def list(self, state: JobState | None, before_seq: int | None, limit: int) -> list[JobRecord]:
-        where, params = ["seq < ?"], [before_seq if before_seq is not None else 2**63 - 1]
+    async def list(
+        self, state: JobState | None, before_seq: int | None, limit: int, owner: str | None = None
+    ) -> list[JobRecord]:
+        where, params = ["seq < ?"], list[int | str]([before_seq if before_seq is not None else 2**63 - 1])
         if state is not None:
             where.append("state = ?")
             params.append(int(state))
+        if owner is not None:
+            where.append("owner_key = ?")
+            params.append(owner)
 
         def run(db: sqlite3.Connection) -> list[JobRecord]:
             rows = db.execute(
@@ -266,6 +297,31 @@ class SqliteJobStore:
 
     async def follow(self, listener: Listener) -> None:
         """No other gateway writes this file: nothing to follow."""
+
+
+def _add_owners(db: sqlite3.Connection) -> None:
+    """Migrate a job table made before jobs had owners: add the owner and allowed-tools columns, and scope
+    idempotency keys per owner. SQLite cannot drop a UNIQUE constraint, so the table is rebuilt in one
+    transaction (the procedure of sqlite.org/lang_altertable.html; foreign keys off so events stay)."""
+    columns = {row[1] for row in db.execute("PRAGMA table_info(jobs)")}
+    if "owner_key" in columns:
+        return
+    db.execute("PRAGMA foreign_keys=OFF")
+    try:
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            (high,) = db.execute("SELECT COALESCE(MAX(seq), 0) FROM sqlite_sequence WHERE name = 'jobs'").fetchone()
+            db.execute(_JOBS.format(table="jobs_with_owners"))
+            db.execute(f"INSERT INTO jobs_with_owners ({_OLD_COLUMNS}) SELECT {_OLD_COLUMNS} FROM jobs")
+            db.execute("DROP TABLE jobs")
+            db.execute("ALTER TABLE jobs_with_owners RENAME TO jobs")
+            db.execute("UPDATE sqlite_sequence SET seq = MAX(seq, ?) WHERE name = 'jobs'", (high,))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+    finally:
+        db.execute("PRAGMA foreign_keys=ON")
 
 
 def _one(db: sqlite3.Connection, where: str, params: tuple[object, ...]) -> JobRecord | None:

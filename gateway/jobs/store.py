@@ -6,12 +6,13 @@ Two implementations: ``sqlite_store.SqliteJobStore`` (a file of one gateway, the
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from gateway.jobs.model import JobEvent, JobRecord, JobState, NewJob, Outcome, RecoveryReport
-from genmesh.errors import NotFound, Reason, ResourceExhausted
+from genmesh.errors import NotFound, Reason, ResourceExhausted, quote
 
 CANCELLED_CODE = 1  # google.rpc.Code CANCELLED
 ABORTED_CODE = 10  # google.rpc.Code ABORTED
@@ -19,7 +20,7 @@ ABORTED_CODE = 10  # google.rpc.Code ABORTED
 #: The columns of a stored job, in the order ``record_of`` reads them.
 COLUMNS = (
     "seq, id, state, priority, idempotency_key, request, created, started, finished, attempts,"
-    " cancel_requested, error_code, error_message, result, seq_base"
+    " cancel_requested, error_code, error_message, result, seq_base, owner_key, allowed_tools"
 )
 
 
@@ -41,7 +42,7 @@ class JobNotFound(NotFound):
     reason = Reason.JOB_NOT_FOUND
 
     def __init__(self, job_id: str) -> None:
-        super().__init__(f"no job {job_id!r} (it may have expired)")
+        super().__init__(f"no job {quote(job_id)} (it may have expired)")
 
 
 class LeaseLost(Exception):
@@ -87,7 +88,7 @@ class JobStore(Protocol):
         """Release it."""
 
     async def submit(self, job: NewJob, queue_max: int) -> tuple[JobRecord, bool]:
-        """Commit ``job`` as QUEUED → (job, True); or the existing job of its idempotency key → (job, False).
+        """Commit ``job`` as QUEUED → (job, True); or the owner's existing job of its idempotency key → (job, False).
 
         Raises QueueFull when ``queue_max`` jobs are queued, InvalidArgument when the key names a job with
         a different request."""
@@ -117,8 +118,10 @@ class JobStore(Protocol):
     async def snapshot(self, job_id: str, after_seq: int, limit: int) -> tuple[JobRecord | None, list[JobEvent]]:
         """The job and up to ``limit`` of its events after ``after_seq``, the job read first."""
 
-    async def list(self, state: JobState | None, before_seq: int | None, limit: int) -> list[JobRecord]:
-        """Jobs newest first (by ``seq``), optionally of one state, older than ``before_seq``."""
+    async def list(
+        self, state: JobState | None, before_seq: int | None, limit: int, owner: str | None = None
+    ) -> list[JobRecord]:
+        """Jobs newest first (by ``seq``), optionally of one state and of one ``owner``, older than ``before_seq``."""
 
     async def recover(self, max_attempts: int, now: float) -> RecoveryReport:
         """Jobs whose gateway died while they ran go back to the queue, or fail once they ran ``max_attempts``
@@ -150,4 +153,11 @@ def record_of(row: Any) -> JobRecord:
         error_message=row[12],
         result=bytes(row[13]),
         seq_base=row[14],
+        owner=row[15],
+        allowed_tools=frozenset(json.loads(row[16])),
     )
+
+
+def tools_column(allowed_tools: frozenset[str]) -> str:
+    """How a job's allowed tools are stored: a JSON array, sorted ("[]": every tool)."""
+    return json.dumps(sorted(allowed_tools))

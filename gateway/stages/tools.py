@@ -1,11 +1,13 @@
-"""The tool stage: the request's tool calls in InvokeMany streams inside the tool budget, results as they arrive.
+"""The tool stage: the request's tool calls in InvokeMany streams inside the tool budget (and the stages' share of
+the client's deadline), results as they arrive.
 
 A call that is the client's mistake (unknown tool, bad arguments) fails the whole request with INVALID_ARGUMENT
 naming ``tool_calls[i]...``; any other failure of a call, or of the stream, becomes that call's ToolResult with
 an error plus a Degraded event, except that the calls of idempotent tools that failed with UNAVAILABLE are
 tried again (a new stream, after the guard's back-off) while attempts and budget remain. Non-idempotent tools
 are never retried. A call's span runs from when the tools service started it (measured from when the gateway
-sent the stream) to when its result arrived.
+sent the stream) to when its result arrived. A call of a tool the caller's key may not call is never sent: it
+fails at once, in its own ToolResult (PERMISSION_DENIED, reason TOOL_NOT_ALLOWED), and the others still run.
 """
 
 from __future__ import annotations
@@ -20,11 +22,13 @@ from gateway.request import ToolCallPlan
 from gateway.resilience import Attempt, CircuitOpen, RetryRule
 from gateway.stages.context import StageContext, client_mistake, degraded
 from genmesh.deadlines import left_s, timeout
-from genmesh.errors import FieldViolation, InvalidArgument
-from genmesh.status import code_of_value, code_value, status_message
+from genmesh.errors import FieldViolation, InvalidArgument, PermissionDenied, Reason
+from genmesh.status import code_of_value, code_value, status_message, status_of
 from genmesh.v1 import common_pb2, gateway_pb2, tools_pb2
 
 STAGE = "tools"
+#: The most characters of a client's tool name quoted in a TOOL_NOT_ALLOWED error.
+MAX_QUOTED_NAME = 64
 
 
 class ToolStage:
@@ -36,12 +40,23 @@ class ToolStage:
 
     async def run(self, context: StageContext) -> AsyncIterator[gateway_pb2.GatewayEvent]:
         """Yield each ToolResult (and a Degraded per failed call) as it arrives."""
-        stage_deadline = time.monotonic() + budget_timeout(context.deadline, self._budget_s)
-        pending = list(context.plan.tool_calls)
+        limit = timeout(context.stage_deadline)
+        if limit is None or self._budget_s < limit:
+            missed = f"the tool calls missed their {self._budget_s * 1000:.0f} ms budget"
+        else:
+            missed = f"the tool calls missed their {limit * 1000:.0f} ms share of the request's deadline"
+        stage_deadline = time.monotonic() + budget_timeout(context.stage_deadline, self._budget_s)
+        for call in context.plan.tool_calls:
+            if not call.permitted:  # the key may not call it: never sent
+                for event in _not_allowed(call):
+                    yield event
+        pending = [call for call in context.plan.tool_calls if call.permitted]
+        if not pending:
+            return
         try:
             async for attempt in context.upstreams.guard(STAGE, self._rule).attempts(stage_deadline, "InvokeMany"):
                 with attempt:
-                    async for event in self._invoke_many(context, attempt, pending, stage_deadline):
+                    async for event in self._invoke_many(context, attempt, pending, stage_deadline, missed):
                         yield event
         except CircuitOpen as refused:
             for call in pending:
@@ -49,10 +64,16 @@ class ToolStage:
                     yield event
 
     async def _invoke_many(
-        self, context: StageContext, attempt: Attempt, pending: list[ToolCallPlan], stage_deadline: float
+        self,
+        context: StageContext,
+        attempt: Attempt,
+        pending: list[ToolCallPlan],
+        stage_deadline: float,
+        missed: str,
     ) -> AsyncIterator[gateway_pb2.GatewayEvent]:
         """One InvokeMany stream over ``pending``; leaves in ``pending`` the calls held for another attempt.
-        A stream that fails counts against the circuit once no call is tried again."""
+        A stream that fails counts against the circuit once no call is tried again; ``missed`` is the message
+        of the calls cut off by the stage's deadline."""
         request = tools_pb2.InvokeManyRequest(
             request_id=context.plan.request_id, timeout_ms=max(1, int(left_s(stage_deadline) * 1000))
         )
@@ -100,7 +121,7 @@ class ToolStage:
                 raise mistake from None
             code, message = error.code(), error.details() or ""
             if code == grpc.StatusCode.DEADLINE_EXCEEDED and left_s(stage_deadline) <= REPORT_GRACE_S:
-                message = f"the tool calls missed their {self._budget_s * 1000:.0f} ms budget"
+                message = missed
             end_ms = clock.now_ms()
             for call in waiting.values():
                 clock.spans[_stage(call)] = (sent_ms, end_ms)
@@ -132,6 +153,17 @@ def _failed(
         error.code, error.message = code_value(code), message
     result = common_pb2.ToolResult(call_id=call.call_id, name=call.name, error=error, duration_ms=duration_ms)
     return gateway_pb2.GatewayEvent(tool_result=result), degraded(_stage(call), code, message)
+
+
+def _not_allowed(call: ToolCallPlan) -> tuple[gateway_pb2.GatewayEvent, gateway_pb2.GatewayEvent]:
+    """The ToolResult (PERMISSION_DENIED, TOOL_NOT_ALLOWED) and Degraded event of a call the key may not make."""
+    name = call.name if len(call.name) <= MAX_QUOTED_NAME else call.name[: MAX_QUOTED_NAME - 1] + "…"
+    denied = PermissionDenied(
+        f"this API key may not call the tool {name!r}", reason=Reason.TOOL_NOT_ALLOWED, metadata={"tool": name}
+    )
+    status = status_of(denied)
+    reported = common_pb2.ToolError(code=status.code, message=status.message, status=status)
+    return _failed(call, grpc.StatusCode.PERMISSION_DENIED, denied.message, 0.0, reported)
 
 
 def _stage(call: ToolCallPlan) -> str:

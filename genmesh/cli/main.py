@@ -17,7 +17,10 @@ import grpc
 
 from genmesh import mesh
 from genmesh.cli.ask import AskOptions, ask, describe_rpc_error, parse_tool
+from genmesh.cli.certs import CLIENT, add_certs_parser, ensure_certs, run_certs
+from genmesh.cli.client_flags import add_api_key_flag, add_client_tls_flags, client_tls
 from genmesh.cli.jobs import add_jobs_parser, run_jobs
+from genmesh.cli.keys import add_keys_parser, run_keys
 from genmesh.cli.launcher import die_with_launcher, start_mesh
 from genmesh.health import check
 
@@ -74,6 +77,9 @@ async def _up(args: argparse.Namespace) -> int:
     ports = {s.name: getattr(args, f"{s.name}_port") for s in mesh.SERVICES}
     replicas = {s.name: getattr(args, f"{s.name}_replicas") for s in mesh.SERVICES if s is not mesh.GATEWAY}
     log_dir = None if args.log_dir == "-" else Path(args.log_dir)
+    certs = ensure_certs(Path(args.certs)) if args.tls else None
+    if certs is not None:
+        print(f"mutual TLS on every hop (certificates: {certs.path}; clients use {certs.cert(CLIENT)})", flush=True)
     print(f"starting the mesh (logs: {log_dir or 'stderr'}) ...", flush=True)
     running = await start_mesh(
         args.host,
@@ -82,6 +88,7 @@ async def _up(args: argparse.Namespace) -> int:
         ready_timeout_s=args.ready_timeout,
         replicas=replicas,
         drain_delay_s=args.drain_delay,
+        tls=certs,
     )
     try:
         for name, service in running.services.items():
@@ -97,7 +104,7 @@ async def _up(args: argparse.Namespace) -> int:
                 repetition_penalty=1.15,
                 seed=args.seed,
             )
-            await ask(running.address("gateway"), demo)
+            await ask(running.address("gateway"), demo, tls=running.client_tls())
         if args.exit:
             return 0
         print("mesh is up; Ctrl-C stops it", flush=True)
@@ -125,7 +132,7 @@ async def _up(args: argparse.Namespace) -> int:
 async def _health(args: argparse.Namespace) -> int:
     from genmesh.channels import open_channel
 
-    async with open_channel(args.target) as channel:
+    async with open_channel(args.target, tls=client_tls(args)) as channel:
         status = await check(channel, args.service, timeout_s=args.timeout)
     print(status)
     return 0 if status == "SERVING" else 1
@@ -153,6 +160,7 @@ def _ingest(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int | 
         ingest_id=args.ingest_id or default_ingest_id(collection, source),
         batch=args.batch,
         restart=args.restart,
+        tls=client_tls(args),
     )
     print(f"loading {len(documents)} documents into {collection!r} at {args.target} ...", file=sys.stderr)
     try:
@@ -207,16 +215,26 @@ def main(argv: Sequence[str] | None = None) -> None:
     up.add_argument("--max-tokens", type=int, default=96, help="length of the demo answer")
     up.add_argument("--seed", type=int, default=7, help="seed of the demo answer")
     up.add_argument("--exit", action="store_true", help="stop the mesh after the demo (for scripts)")
+    up.add_argument(
+        "--tls",
+        action="store_true",
+        help="mutual TLS on every hop: each service serves TLS, requires client certificates and presents its own "
+        "to its upstreams (certificates from --certs, created when absent)",
+    )
+    up.add_argument("--certs", default=".genmesh/certs", help="certificates of --tls (`genmesh certs` layout)")
 
     ask_cmd = commands.add_parser("ask", help="ask the gateway a question and stream the answer")
     ask_cmd.add_argument("question")
     ask_cmd.add_argument("--target", default=f"127.0.0.1:{mesh.GATEWAY.default_port}")
     _add_ask_flags(ask_cmd)
+    add_client_tls_flags(ask_cmd)
+    add_api_key_flag(ask_cmd)
 
     health_cmd = commands.add_parser("health", help="exit 0 when a service reports SERVING")
     health_cmd.add_argument("target", help="host:port")
     health_cmd.add_argument("--service", default="")
     health_cmd.add_argument("--timeout", type=float, default=2.0)
+    add_client_tls_flags(health_cmd)
 
     ingest_cmd = commands.add_parser(
         "ingest", help="load documents into the retrieval service (resumable): --demo, or a folder of .txt/.md"
@@ -228,10 +246,22 @@ def main(argv: Sequence[str] | None = None) -> None:
     ingest_cmd.add_argument("--ingest-id", help="name of the load, for resuming (default: collection:source)")
     ingest_cmd.add_argument("--batch", type=int, default=8, help="documents per stream message")
     ingest_cmd.add_argument("--restart", action="store_true", help="load everything again, do not resume")
+    add_client_tls_flags(ingest_cmd)
 
     add_jobs_parser(commands, _add_ask_flags)
+    add_keys_parser(commands)
+    add_certs_parser(commands)
 
     args = parser.parse_args(argv)
+    if hasattr(args, "tls_cert"):
+        try:
+            client_tls(args)
+        except ValueError as error:
+            parser.error(str(error))
+    if args.command == "certs":
+        sys.exit(run_certs(args))
+    if args.command == "keys":
+        sys.exit(run_keys(args))
     if args.command == "jobs":
         sys.exit(run_jobs(args, _ask_options))
     if args.command == "ingest":
@@ -241,7 +271,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             sys.exit(asyncio.run(_up(args)))
     elif args.command == "ask":
         try:
-            asyncio.run(ask(args.target, _ask_options(args.question, args)))
+            asyncio.run(ask(args.target, _ask_options(args.question, args), tls=client_tls(args), api_key=args.api_key))
         except grpc.aio.AioRpcError as error:
             sys.exit(describe_rpc_error(error))
     elif args.command == "health":

@@ -223,7 +223,7 @@ class Pipeline:
         self.stopped = 0
 
     async def answer(
-        self, request: gateway_pb2.GatewayRequest, _: float | None
+        self, request: gateway_pb2.GatewayRequest, _: float | None, allowed_tools: frozenset[str]
     ) -> AsyncIterator[gateway_pb2.GatewayEvent]:
         self.started.set()
         try:

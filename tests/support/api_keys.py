@@ -1,0 +1,24 @@
+"""Helpers for the API-key tests: the ErrorInfo of a failed call, and a call's bearer metadata."""
+
+from __future__ import annotations
+
+import grpc
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+
+def bearer(secret: str) -> tuple[tuple[str, str], ...]:
+    """The call metadata that presents ``secret``."""
+    return (("authorization", f"Bearer {secret}"),)
+
+
+def error_info(error: grpc.aio.AioRpcError) -> error_details_pb2.ErrorInfo:
+    """The ErrorInfo detail of a failed call's status."""
+    status = rpc_status.from_call(error)
+    assert status is not None, f"no rich status: {error.code()} {error.details()}"
+    for detail in status.details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            return info
+    raise AssertionError(f"no ErrorInfo in {error.details()}")
