@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Mappin
 from pathlib import Path
 from typing import Any, TypeVar
 
+from genmesh.cli.certs import CertDir
 from genmesh.cli.launcher import Mesh, ServiceProcess, start_mesh, start_service, wait_ready
 from genmesh.mesh import ServiceSpec
 
@@ -48,9 +49,12 @@ def scratch() -> Iterator[Path]:
 
 
 @contextlib.asynccontextmanager
-async def running_mesh(log_dir: Path, extra_args: Mapping[str, Sequence[str]]) -> AsyncIterator[Mesh]:
-    """The four services on free loopback ports, SERVING for the block and stopped after it."""
-    mesh = await start_mesh(log_dir=log_dir, extra_args=extra_args)
+async def running_mesh(
+    log_dir: Path, extra_args: Mapping[str, Sequence[str]], tls: CertDir | None = None
+) -> AsyncIterator[Mesh]:
+    """The four services on free loopback ports, SERVING for the block and stopped after it; with ``tls``, mutual
+    TLS on every hop (``mesh.client_tls()`` reaches them)."""
+    mesh = await start_mesh(log_dir=log_dir, extra_args=extra_args, tls=tls)
     try:
         yield mesh
     finally:

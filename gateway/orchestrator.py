@@ -20,7 +20,7 @@ from gateway.stages.retrieval import RetrievalStage
 from gateway.stages.tools import ToolStage
 from gateway.upstreams import Upstreams
 from genmesh.deadlines import deadline_after
-from genmesh.status import code_of_value, error_for_code
+from genmesh.status import error_from_status
 from genmesh.v1 import common_pb2, gateway_pb2
 
 
@@ -69,7 +69,7 @@ class Orchestrator:
             context.gathered.fold(event)
             if event.HasField("degraded") and plan.require_all_stages:
                 fault = event.degraded
-                raise error_for_code(code_of_value(fault.code), f"{fault.stage} failed: {fault.message}")
+                raise error_from_status(fault.status, f"{fault.stage} failed: {fault.status.message}")
             yield event
 
         pre_inference_ms = clock.now_ms()

@@ -178,6 +178,28 @@ Unary = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
 Streaming = Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]]
 
 
+def rewrap(
+    handler: grpc.RpcMethodHandler,
+    unary: Callable[[Unary, bool], Unary],
+    stream: Callable[[Streaming, bool], Streaming | Unary],
+    request_deserializer: Callable[[bytes], Any] | None = None,
+) -> grpc.RpcMethodHandler:
+    """``handler`` with its behaviour wrapped: ``unary`` wraps a handler that returns one response, ``stream`` one
+    that streams them; each is told whether the request is a single message. ``request_deserializer`` replaces the
+    handler's own when given."""
+    codec = {
+        "request_deserializer": request_deserializer or handler.request_deserializer,
+        "response_serializer": handler.response_serializer,
+    }
+    if handler.unary_unary:
+        return grpc.unary_unary_rpc_method_handler(unary(handler.unary_unary, True), **codec)
+    if handler.unary_stream:
+        return grpc.unary_stream_rpc_method_handler(stream(handler.unary_stream, True), **codec)
+    if handler.stream_unary:
+        return grpc.stream_unary_rpc_method_handler(unary(handler.stream_unary, False), **codec)
+    return grpc.stream_stream_rpc_method_handler(stream(handler.stream_stream, False), **codec)
+
+
 class ServiceInterceptor(grpc.aio.ServerInterceptor):
     """Wraps every handler so that errors map to specific status codes, each RPC logs one line, and ``admission``
     decides whether a new call may run."""
@@ -195,17 +217,12 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
         if handler is None:
             return handler
         method: str = handler_call_details.method
-        codec = {
-            "request_deserializer": guarded(handler.request_deserializer),
-            "response_serializer": handler.response_serializer,
-        }
-        if handler.unary_unary:
-            return grpc.unary_unary_rpc_method_handler(self._unary(method, handler.unary_unary, True), **codec)
-        if handler.unary_stream:
-            return grpc.unary_stream_rpc_method_handler(self._stream(method, handler.unary_stream, True), **codec)
-        if handler.stream_unary:
-            return grpc.stream_unary_rpc_method_handler(self._unary(method, handler.stream_unary, False), **codec)
-        return grpc.stream_stream_rpc_method_handler(self._stream(method, handler.stream_stream, False), **codec)
+        return rewrap(
+            handler,
+            lambda inner, unary_request: self._unary(method, inner, unary_request),
+            lambda inner, unary_request: self._stream(method, inner, unary_request),
+            guarded(handler.request_deserializer),
+        )
 
     def _unary(self, method: str, inner: Unary, unary_request: bool) -> Unary:
         async def handle(request: Any, context: grpc.aio.ServicerContext) -> Any:

@@ -202,11 +202,20 @@ def from_rpc_error(error: grpc.aio.AioRpcError, rename: Callable[[str], str] | N
         rebuilt = errors.ResourceExhausted(message, retry_delay_s(error) or 1.0)
     else:
         rebuilt = error_for_code(code, message)
-    info = error_info(error)
+    return _keep_reason(rebuilt, error_info(error))
+
+
+def error_from_status(status: status_pb2.Status, message: str) -> errors.GenmeshError:
+    """The genmesh error of an in-band status (a Degraded stage's, a ToolError's) with ``message``, keeping the
+    status's ErrorInfo reason (TOOL_NOT_ALLOWED stays TOOL_NOT_ALLOWED, not the code's default)."""
+    return _keep_reason(error_for_code(code_of_value(status.code), message), error_info_of(status))
+
+
+def _keep_reason(error: errors.GenmeshError, info: error_details_pb2.ErrorInfo | None) -> errors.GenmeshError:
     if info is not None and info.domain == ERROR_DOMAIN:  # the upstream's own reason, e.g. INFERENCE_QUEUE_FULL
-        rebuilt.reason = info.reason
-        rebuilt.metadata = dict(info.metadata)
-    return rebuilt
+        error.reason = info.reason
+        error.metadata = dict(info.metadata)
+    return error
 
 
 def error_for_code(code: grpc.StatusCode, message: str) -> errors.GenmeshError:
@@ -229,6 +238,7 @@ __all__ = [
     "code_of_value",
     "code_value",
     "error_for_code",
+    "error_from_status",
     "error_info",
     "error_info_of",
     "field_violations",

@@ -720,8 +720,8 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "malformed-request-parsed-by-grpc",
         "genmesh/interceptor.py",
-        '"request_deserializer": guarded(handler.request_deserializer),',
-        '"request_deserializer": handler.request_deserializer,',
+        "guarded(handler.request_deserializer),",
+        "handler.request_deserializer,",
         ("tests/genmesh/test_interceptor_hardening.py",),
     ),
     Mutant(
@@ -786,6 +786,13 @@ MUTANTS: tuple[Mutant, ...] = (
         "if config.reflection:",
         "if True:",
         ("tests/security/test_reflection.py::test_reflection_off",),
+    ),
+    Mutant(
+        "stage-failure-loses-the-tool-reason",
+        "gateway/stages/tools.py",
+        "return gateway_pb2.GatewayEvent(tool_result=result), degraded(_stage(call), code, message, error.status)",
+        "return gateway_pb2.GatewayEvent(tool_result=result), degraded(_stage(call), code, message)",
+        ("tests/gateway/test_tool_permissions.py",),
     ),
 )
 

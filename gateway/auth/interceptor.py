@@ -19,6 +19,7 @@ from gateway.auth.caller import CALLER, Caller, Scope
 from gateway.auth.keys import KeyRefused
 from gateway.auth.keystore import KeyStore
 from genmesh.errors import PermissionDenied, Reason, Unauthenticated
+from genmesh.interceptor import Streaming, Unary, rewrap
 
 #: The scope each service's RPCs need; any other method needs ``admin``.
 SCOPE_OF_SERVICE: dict[str, Scope] = {
@@ -34,9 +35,6 @@ MISSING_MESSAGE = (
     "`genmesh keys create`)"
 )
 _BEARER = "bearer "
-
-Unary = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
-Streaming = Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]]
 
 
 def scope_needed(method: str) -> Scope | None:
@@ -79,17 +77,11 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         scope = scope_needed(method)
         if handler is None or scope is None:
             return handler
-        codec = {
-            "request_deserializer": handler.request_deserializer,
-            "response_serializer": handler.response_serializer,
-        }
-        if handler.unary_unary:
-            return grpc.unary_unary_rpc_method_handler(self._unary(method, scope, handler.unary_unary), **codec)
-        if handler.unary_stream:
-            return grpc.unary_stream_rpc_method_handler(self._stream(method, scope, handler.unary_stream), **codec)
-        if handler.stream_unary:
-            return grpc.stream_unary_rpc_method_handler(self._unary(method, scope, handler.stream_unary), **codec)
-        return grpc.stream_stream_rpc_method_handler(self._stream(method, scope, handler.stream_stream), **codec)
+        return rewrap(
+            handler,
+            lambda inner, _unary_request: self._unary(method, scope, inner),
+            lambda inner, _unary_request: self._stream(method, scope, inner),
+        )
 
     async def authorize(self, method: str, scope: Scope, context: grpc.aio.ServicerContext) -> Caller:
         """The caller of this RPC; Unauthenticated or PermissionDenied (each audited) when there is none."""

@@ -8,18 +8,15 @@ costs the database little.
 
 from __future__ import annotations
 
-import contextlib
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
-
-import psycopg
-from psycopg_pool import AsyncConnectionPool
 
 from gateway.auth.caller import Caller, Limits, Scope
 from gateway.auth.keys import NO_LIMITS, KeyRecord, check_record, key_id_of, new_record, verify
 from gateway.jobs.config import JobConfig
-from genmesh.errors import InvalidArgument, NotFound, Unavailable
+from gateway.postgres import Conn, PostgresPool
+from genmesh.errors import InvalidArgument, NotFound
 
 CACHE_S = 1.0
 CACHE_MAX = 10_000
@@ -47,7 +44,6 @@ _COLUMNS = (
     "id, display_name, salt, hash, scopes, requests_per_minute, tokens_per_minute, tokens_per_day,"
     " max_concurrent_streams, allowed_tools, create_time, expire_time, revoke_time, request_id"
 )
-Conn = psycopg.AsyncConnection[Any]
 
 
 class PostgresKeyStore:
@@ -65,32 +61,15 @@ class PostgresKeyStore:
         self._cache_s = cache_s
         self._clock = clock
         self._monotonic = monotonic
-        self._pool: AsyncConnectionPool[Conn] | None = None
+        self._db = PostgresPool(url, "API key", POOL_MAX)
         #: key id → (its row or None, when it was read).
         self._cache: dict[str, tuple[KeyRecord | None, float]] = {}
 
     async def open(self) -> None:
-        pool: AsyncConnectionPool[Conn] = AsyncConnectionPool(self._url, min_size=1, max_size=POOL_MAX, open=False)
-        await pool.open(wait=True)
-        self._pool = pool
-        async with self._tx() as conn:
-            await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
-            await conn.execute(_SCHEMA)
+        await self._db.open(_SCHEMA, _SCHEMA_LOCK)
 
     async def close(self) -> None:
-        if self._pool is not None:
-            await self._pool.close()
-            self._pool = None
-
-    @contextlib.asynccontextmanager
-    async def _tx(self) -> AsyncIterator[Conn]:
-        if self._pool is None:
-            raise Unavailable("the gateway is starting: its API key store is not open yet")
-        try:
-            async with self._pool.connection() as conn:
-                yield conn
-        except psycopg.OperationalError as error:
-            raise Unavailable(f"the API key database is unavailable: {error}") from error
+        await self._db.close()
 
     async def create(
         self,
@@ -105,7 +84,7 @@ class PostgresKeyStore:
             record, secret = new_record(
                 display_name, scopes, limits, allowed_tools, expire_time, request_id, self._clock()
             )
-            async with self._tx() as conn:
+            async with self._db.transaction() as conn:
                 cursor = await conn.execute(
                     f"INSERT INTO api_keys ({_COLUMNS}) VALUES ({', '.join(['%s'] * 14)}) ON CONFLICT DO NOTHING",
                     _row_of(record),
@@ -122,16 +101,16 @@ class PostgresKeyStore:
                         return existing[0], ""
 
     async def list(self) -> list[KeyRecord]:
-        async with self._tx() as conn:
+        async with self._db.transaction() as conn:
             return await _select(conn, "TRUE", ())
 
     async def get(self, key_id: str) -> KeyRecord | None:
-        async with self._tx() as conn:
+        async with self._db.transaction() as conn:
             found = await _select(conn, "id = %s", (key_id,))
         return found[0] if found else None
 
     async def update(self, key_id: str, change: Callable[[KeyRecord], KeyRecord]) -> KeyRecord:
-        async with self._tx() as conn:
+        async with self._db.transaction() as conn:
             found = await _select(conn, "id = %s", (key_id,), lock=True)
             if not found:
                 raise NotFound(f"no API key apiKeys/{key_id}")
@@ -146,7 +125,7 @@ class PostgresKeyStore:
         return changed
 
     async def revoke(self, key_id: str) -> KeyRecord:
-        async with self._tx() as conn:
+        async with self._db.transaction() as conn:
             await conn.execute(
                 "UPDATE api_keys SET revoke_time = %s WHERE id = %s AND revoke_time IS NULL", (self._clock(), key_id)
             )

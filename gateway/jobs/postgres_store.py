@@ -10,16 +10,13 @@ their gateway died. Triggers NOTIFY each change, which ``follow`` passes on to t
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import socket
 import uuid
-from collections.abc import AsyncIterator, Callable, Collection
-from typing import Any
+from collections.abc import Callable, Collection
 
 import psycopg
-from psycopg_pool import AsyncConnectionPool
 
 from gateway.jobs.model import JobEvent, JobRecord, JobState, NewJob, Outcome, RecoveryReport
 from gateway.jobs.store import (
@@ -33,7 +30,8 @@ from gateway.jobs.store import (
     record_of,
     tools_column,
 )
-from genmesh.errors import FailedPrecondition, InvalidArgument, Unavailable
+from gateway.postgres import Conn, PostgresPool
+from genmesh.errors import InvalidArgument
 
 log = logging.getLogger("genmesh.gateway.jobs")
 
@@ -132,7 +130,6 @@ UPDATE jobs SET
 FROM expired WHERE jobs.id = expired.id
 RETURNING verdict
 """
-Conn = psycopg.AsyncConnection[Any]
 
 
 class PostgresJobStore:
@@ -145,37 +142,19 @@ class PostgresJobStore:
         self._lease_s = lease_s
         #: This store's name in the ``owner`` column: host, process, and a nonce.
         self.owner = f"{socket.gethostname()}/{os.getpid()}/{uuid.uuid4().hex[:8]}"
-        self._pool: AsyncConnectionPool[Conn] | None = None
+        self._db = PostgresPool(url, "job", POOL_MAX)
         #: The jobs leased to this store: id → the attempt it runs.
         self._held: dict[str, int] = {}
 
-    @contextlib.asynccontextmanager
-    async def _tx(self) -> AsyncIterator[Conn]:
-        """One transaction: committed when the block ends, rolled back on an error."""
-        if self._pool is None:
-            raise FailedPrecondition("the job store is not open")
-        try:
-            async with self._pool.connection() as conn:
-                yield conn
-        except psycopg.OperationalError as error:
-            raise Unavailable(f"the job database is unavailable: {error}") from error
-
     async def open(self) -> None:
-        pool: AsyncConnectionPool[Conn] = AsyncConnectionPool(self._url, min_size=1, max_size=POOL_MAX, open=False)
-        await pool.open(wait=True)
-        self._pool = pool
-        async with self._tx() as conn:
-            await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
-            await conn.execute(_SCHEMA)
+        await self._db.open(_SCHEMA, _SCHEMA_LOCK)
 
     async def close(self) -> None:
-        if self._pool is not None:
-            await self._pool.close()
-            self._pool = None
+        await self._db.close()
 
     async def submit(self, job: NewJob, queue_max: int) -> tuple[JobRecord, bool]:
         while True:  # again only when the key's job was purged between the insert and the read
-            async with self._tx() as conn:
+            async with self._db.transaction() as conn:
                 found = await self._known(conn, job)
                 if found is not None:
                     return found, False
@@ -209,11 +188,11 @@ class PostgresJobStore:
         return existing
 
     async def get(self, job_id: str) -> JobRecord | None:
-        async with self._tx() as conn:
+        async with self._db.transaction() as conn:
             return await _one(conn, "id = %s", (job_id,))
 
     async def claim_next(self, now: float) -> JobRecord | None:
-        async with self._tx() as conn:
+        async with self._db.transaction() as conn:
             cursor = await conn.execute(
                 "UPDATE jobs SET state = %s, attempts = attempts + 1, started = %s, owner = %s,"
                 f" lease_until = {_DB_NOW} + %s,"
@@ -232,7 +211,7 @@ class PostgresJobStore:
         return job
 
     async def append_event(self, job_id: str, attempt: int, seq: int, payload: bytes) -> None:
-        async with self._tx() as conn:
+        async with self._db.transaction() as conn:
             # The job's row is locked (FOR SHARE) while the event goes in: no takeover can slip in between.
             cursor = await conn.execute(
                 "WITH mine AS (SELECT id FROM jobs WHERE id = %s AND state = %s AND owner = %s AND attempts = %s"
@@ -248,7 +227,7 @@ class PostgresJobStore:
         if attempt is None:
             return None
         try:  # held until the end is stored: a heartbeat meanwhile must not find the lease lost
-            async with self._tx() as conn:
+            async with self._db.transaction() as conn:
                 cursor = await conn.execute(
                     "UPDATE jobs SET state = %s, finished = %s, error_code = %s, error_message = %s, result = %s,"
                     " owner = NULL, lease_until = NULL"
@@ -265,7 +244,7 @@ class PostgresJobStore:
 
     async def renew(self, job_ids: Collection[str]) -> Renewal:
         mine = [job_id for job_id in job_ids if job_id in self._held]
-        async with self._tx() as conn:
+        async with self._db.transaction() as conn:
             cursor = await conn.execute(
                 f"UPDATE jobs SET lease_until = {_DB_NOW} + %s FROM unnest(%s::text[], %s::int[]) AS mine (id, attempt)"
                 " WHERE jobs.id = mine.id AND jobs.attempts = mine.attempt AND state = %s AND owner = %s"
@@ -280,7 +259,7 @@ class PostgresJobStore:
         return Renewal(lost=lost, cancel_requested=frozenset(job_id for job_id, flag in rows if flag))
 
     async def request_cancel(self, job_id: str, now: float) -> JobRecord | None:
-        async with self._tx() as conn:
+        async with self._db.transaction() as conn:
             await conn.execute(
                 "UPDATE jobs SET state = %s, finished = %s, error_code = %s, error_message = %s"
                 " WHERE id = %s AND state = %s",
@@ -296,7 +275,7 @@ class PostgresJobStore:
         if attempt is None:
             return
         try:
-            async with self._tx() as conn:
+            async with self._db.transaction() as conn:
                 await conn.execute(
                     "UPDATE jobs SET state = %s, attempts = attempts - 1, owner = NULL, lease_until = NULL"
                     " WHERE id = %s AND state = %s AND owner = %s AND attempts = %s",
@@ -306,7 +285,7 @@ class PostgresJobStore:
             self._held.pop(job_id, None)
 
     async def snapshot(self, job_id: str, after_seq: int, limit: int) -> tuple[JobRecord | None, list[JobEvent]]:
-        async with self._tx() as conn:
+        async with self._db.transaction() as conn:
             job = await _one(conn, "id = %s", (job_id,))
             if job is None:
                 return None, []
@@ -321,7 +300,7 @@ class PostgresJobStore:
     ) -> list[JobRecord]:
         before = before_seq if before_seq is not None else 2**63 - 1
         value = None if state is None else int(state)
-        async with self._tx() as conn:
+        async with self._db.transaction() as conn:
             cursor = await conn.execute(
                 f"SELECT {COLUMNS} FROM jobs WHERE seq < %s AND (%s::smallint IS NULL OR state = %s::smallint)"
                 " AND (%s::text IS NULL OR owner_key = %s::text) ORDER BY seq DESC LIMIT %s",
@@ -330,7 +309,7 @@ class PostgresJobStore:
             return [record_of(row) for row in await cursor.fetchall()]
 
     async def recover(self, max_attempts: int, now: float) -> RecoveryReport:
-        async with self._tx() as conn:
+        async with self._db.transaction() as conn:
             cursor = await conn.execute(_RECOVER, {"max": max_attempts, "now": now})
             verdicts = [JobState(state) for (state,) in await cursor.fetchall()]
             queued = await _scalar(conn, "SELECT COUNT(*) FROM jobs WHERE state = %s", (int(JobState.QUEUED),))
@@ -342,7 +321,7 @@ class PostgresJobStore:
         )
 
     async def purge(self, finished_before: float) -> int:
-        async with self._tx() as conn:
+        async with self._db.transaction() as conn:
             cursor = await conn.execute(
                 "DELETE FROM jobs WHERE finished < %s AND state = ANY(%s)", (finished_before, _FINAL)
             )

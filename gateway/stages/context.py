@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import grpc
+from google.rpc import status_pb2
 
 from gateway.clock import StageClock
 from gateway.request import AnswerPlan
@@ -56,10 +57,13 @@ class Stage(Protocol):
     def run(self, context: StageContext) -> AsyncIterator[gateway_pb2.GatewayEvent]: ...
 
 
-def degraded(stage: str, code: grpc.StatusCode, message: str) -> gateway_pb2.GatewayEvent:
-    """The event that says ``stage`` failed and the answer goes on without it."""
+def degraded(
+    stage: str, code: grpc.StatusCode, message: str, status: status_pb2.Status | None = None
+) -> gateway_pb2.GatewayEvent:
+    """The event that says ``stage`` failed and the answer goes on without it; ``status`` (e.g. a tool's own, with
+    its ErrorInfo reason) replaces the one made from ``code`` and ``message``."""
     fault = common_pb2.Degraded(
-        stage=stage, status=status_message(code, message), code=code_value(code), message=message
+        stage=stage, status=status or status_message(code, message), code=code_value(code), message=message
     )
     return gateway_pb2.GatewayEvent(degraded=fault)
 

@@ -152,7 +152,7 @@ def _failed(
         error.status.CopyFrom(status_message(code, message))
         error.code, error.message = code_value(code), message
     result = common_pb2.ToolResult(call_id=call.call_id, name=call.name, error=error, duration_ms=duration_ms)
-    return gateway_pb2.GatewayEvent(tool_result=result), degraded(_stage(call), code, message)
+    return gateway_pb2.GatewayEvent(tool_result=result), degraded(_stage(call), code, message, error.status)
 
 
 def _not_allowed(call: ToolCallPlan) -> tuple[gateway_pb2.GatewayEvent, gateway_pb2.GatewayEvent]:

@@ -20,7 +20,7 @@ from gateway.jobs.runtime import JobRuntime
 from gateway.jobs.service import JobServicer
 from gateway.orchestrator import Orchestrator
 from gateway.upstreams import Upstreams
-from genmesh.errors import InvalidArgument, Reason
+from genmesh.errors import InvalidArgument, PermissionDenied, Reason
 from genmesh.status import code_value, error_info_of
 from genmesh.v1 import common_pb2, gateway_pb2, jobs_pb2
 
@@ -93,6 +93,17 @@ async def test_a_disallowed_call_fails_in_its_own_result_and_the_allowed_ones_ru
     assert [d.stage for d in degraded] == ["tool:c1"]
     assert degraded[0].code == code_value(grpc.StatusCode.PERMISSION_DENIED)
     assert events[-1].complete.degraded[0].stage == "tool:c1", "the answer still comes, noting the failed call"
+
+
+async def test_with_require_all_stages_a_disallowed_call_fails_the_request_as_tool_not_allowed(
+    gateway: Orchestrator,
+) -> None:
+    request = _request("calculator", "secret")
+    request.require_all_stages = True
+    with calling_as("calculator"), pytest.raises(PermissionDenied) as refused:
+        await _events(gateway, request)
+    assert refused.value.reason == Reason.TOOL_NOT_ALLOWED
+    assert "'secret'" in refused.value.message
 
 
 async def test_an_mcp_tool_is_refused_by_its_registry_name_like_any_tool(

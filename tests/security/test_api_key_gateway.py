@@ -4,66 +4,24 @@ reasons and helpful messages, open health and reflection, keys changed by the CL
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import re
 import sys
 import time
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import grpc
 import pytest
-import pytest_asyncio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from support.api_keys import bearer, error_info
-from support.jobs_gateway import start_jobs_gateway, stop
 from support.streams import collect
 
-from gateway.auth.caller import Scope
-from gateway.auth.file_keys import FileKeyStore
-from genmesh.cli.launcher import Mesh, ServiceProcess
+from genmesh.cli.launcher import Mesh
 from genmesh.v1 import api_keys_pb2, api_keys_pb2_grpc, gateway_pb2, gateway_pb2_grpc, jobs_pb2, jobs_pb2_grpc
+from security.keyed_gateway import KeyedGateway, grpcurl
 
-GRPCURL = Path(sys.executable).parent / "grpcurl"
 GENERATE = "/genmesh.v1.GatewayService/Generate"
 #: Well formed, but no key has this id.
 UNKNOWN = "gmk_ffffffffffff_" + "A" * 43
-
-
-@dataclass
-class KeyedGateway:
-    process: ServiceProcess
-    channel: grpc.aio.Channel
-    store_path: Path
-    secrets: dict[str, str]
-
-    def log(self) -> str:
-        assert self.process.log_path is not None
-        return self.process.log_path.read_text(errors="replace")
-
-    def audit_lines(self) -> list[str]:
-        return [line for line in self.log().splitlines() if "msg=audit" in line]
-
-
-@pytest_asyncio.fixture(scope="module")
-async def keyed(mesh: Mesh, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[KeyedGateway]:
-    root = tmp_path_factory.mktemp("keyed-gateway")
-    path = root / "api-keys.json"
-    store = FileKeyStore(path)
-    secrets = {}
-    for name, scopes in (("ops", [Scope.ADMIN]), ("app", [Scope.GENERATE]), ("batch", [Scope.JOBS])):
-        secrets[name] = (await store.create(name, scopes))[1]
-    gone, secrets["gone"] = await store.create("gone", [Scope.GENERATE])
-    await store.revoke(gone.id)
-    old, secrets["old"] = await store.create("old", [Scope.GENERATE], expire_time=time.time() + 3600)
-    await store.update(old.id, lambda r: dataclasses.replace(r, expire_time=time.time() - 1))
-    process = await start_jobs_gateway(mesh, root / "jobs.db", root, "--api-keys", str(path))
-    channel = grpc.aio.insecure_channel(process.address)
-    yield KeyedGateway(process, channel, path, secrets)
-    await channel.close()
-    await stop(process)
 
 
 def _ask(max_tokens: int = 4) -> gateway_pb2.GatewayRequest:
@@ -120,7 +78,7 @@ async def test_health_and_reflection_need_no_key(keyed: KeyedGateway) -> None:
     health = health_pb2_grpc.HealthStub(keyed.channel)
     reply = await health.Check(health_pb2.HealthCheckRequest(service="genmesh.v1.ApiKeyService"), timeout=10)
     assert reply.status == health_pb2.HealthCheckResponse.SERVING
-    rc, out, err = await _grpcurl("-plaintext", keyed.process.address, "list")
+    rc, out, err = await grpcurl("-plaintext", keyed.process.address, "list")
     assert rc == 0, err
     assert {"genmesh.v1.GatewayService", "genmesh.v1.JobService", "genmesh.v1.ApiKeyService"} <= set(out.split())
 
@@ -197,20 +155,12 @@ async def test_a_flood_of_bad_keys_writes_a_bounded_number_of_audit_lines(keyed:
     assert len(lines) < 500 and flood not in keyed.log()
 
 
-async def _grpcurl(*args: str) -> tuple[int, str, str]:
-    process = await asyncio.create_subprocess_exec(
-        str(GRPCURL), *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
-    )
-    out, err = await asyncio.wait_for(process.communicate(), 60)
-    return process.returncode or 0, out.decode(), err.decode()
-
-
 async def test_grpcurl_needs_a_key_and_streams_with_one(keyed: KeyedGateway) -> None:
     request = json.dumps({"question": "What is a decorator?", "sampling": {"maxTokens": 4, "temperature": 0}})
     target = (keyed.process.address, "genmesh.v1.GatewayService/Generate")
-    rc, out, err = await _grpcurl("-plaintext", "-d", request, *target)
+    rc, out, err = await grpcurl("-plaintext", "-d", request, *target)
     assert rc != 0 and "Unauthenticated" in err and "missing API key" in err
     header = f"authorization: Bearer {keyed.secrets['app']}"
-    rc, out, err = await _grpcurl("-plaintext", "-H", header, "-d", request, *target)
+    rc, out, err = await grpcurl("-plaintext", "-H", header, "-d", request, *target)
     assert rc == 0, err
     assert '"complete"' in out and '"delta"' in out

@@ -1,0 +1,220 @@
+"""Security benchmark: what mutual TLS on every hop and API keys with limits cost, and how malformed requests end.
+
+Starts two meshes on free loopback ports at once, one plaintext and one with mutual TLS on every hop (the files of
+`genmesh certs`), and a second gateway in front of the plaintext mesh's upstreams that requires an API key and
+applies its limits. Every figure is a difference or a ratio against a baseline of the same run, trials interleaved
+A/B. Every request runs retrieval and one forced tool call, so every hop (client → gateway → retrieval, tools,
+inference) is on its path:
+
+- tls_ttft_overhead_ms: median time to first token through the TLS mesh's gateway minus through the plaintext
+  mesh's, one stream at a time (connections established: the per-call cost, not the handshake);
+- tls_relay_ratio_c32: tokens/s received through the TLS mesh over the plaintext one, 32 streams at once
+  (target ≥ 0.9);
+- auth_ttft_overhead_ms: median time to first token through the gateway that requires a key (its limits
+  generous, so nothing is refused, but counted: requests, tokens, streams) minus through the open gateway, both
+  in front of the same upstreams;
+- malformed_requests_unknown: of malformed_requests_total requests that do not parse (tests/support/malformed.py:
+  each case to every RPC of every service of the plaintext mesh, found through reflection), how many were
+  answered UNKNOWN or INTERNAL (target 0; INVALID_ARGUMENT is right).
+
+    python -m bench.security --quick     # about two minutes, as CI runs it
+    python -m bench.security             # the figures of docs/BENCHMARKS.md
+
+The last line printed is one JSON object of the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import statistics
+import sys
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+from bench import harness
+from bench.gateway import QUESTION, StreamResult, _consume, _gateway_tokens, sampling
+from gateway.auth.caller import Limits, Scope
+from gateway.auth.keystore import open_key_store
+from genmesh import mesh as topology
+from genmesh.bearer import bearer_metadata
+from genmesh.channels import channel_options, open_channel
+from genmesh.cli.certs import create_certs
+from genmesh.cli.launcher import Mesh, free_port
+from genmesh.v1 import gateway_pb2, gateway_pb2_grpc
+
+ROOT = Path(__file__).resolve().parents[1]
+RELAY_TARGET = 0.9
+DEFECT_CODES = ("UNKNOWN", "INTERNAL")
+#: Far above what the benchmark sends: the limits are checked and charged on every call, never hit.
+GENEROUS = Limits(requests_per_minute=1_000_000, tokens_per_minute=1_000_000_000, max_concurrent_streams=1024)
+INFERENCE_ARGS = {"inference": ["--threads", "1"]}
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    max_tokens: int
+    trials: int
+    concurrency: int
+    ttft_samples: int
+
+
+QUICK = Settings(max_tokens=16, trials=2, concurrency=32, ttft_samples=20)
+FULL = Settings(max_tokens=64, trials=5, concurrency=32, ttft_samples=200)
+
+
+def full_path_request(max_tokens: int) -> gateway_pb2.GatewayRequest:
+    """The question with retrieval on (the demo collection) and one forced calculator call: every hop is used."""
+    request = gateway_pb2.GatewayRequest(question=QUESTION, sampling=sampling(max_tokens))
+    request.tool_calls.add(call_id="calc", name="calculator", arguments_json='{"expression": "2**16"}')
+    return request
+
+
+class Gateways:
+    """Generate streams through gateways by name, each sent the same request."""
+
+    def __init__(
+        self, channels: Mapping[str, grpc.aio.Channel], metadata: Mapping[str, Sequence[tuple[str, str]]]
+    ) -> None:
+        self.stubs = {name: gateway_pb2_grpc.GatewayServiceStub(channel) for name, channel in channels.items()}
+        self.metadata = {name: tuple(metadata.get(name, ())) for name in channels}
+
+    async def run(
+        self, name: str, request: gateway_pb2.GatewayRequest, concurrency: int
+    ) -> tuple[float, list[StreamResult]]:
+        """(elapsed seconds, per-stream results) of ``concurrency`` streams through ``name`` started together."""
+        stub, metadata = self.stubs[name], self.metadata[name]
+        start = time.perf_counter()
+        calls = (stub.Generate(request, timeout=600, metadata=metadata) for _ in range(concurrency))
+        streams = (_consume(call, _gateway_tokens) for call in calls)
+        results = await asyncio.gather(*streams)
+        return time.perf_counter() - start, list(results)
+
+    async def warm(self) -> None:
+        """Connections, TLS sessions, the tool-schema cache and the model's first step, on every path."""
+        for name in self.stubs:
+            await self.run(name, full_path_request(1), 2)
+
+    async def ttft_ms(self, first: str, second: str, samples: int) -> tuple[float, float]:
+        """Median time to first token (ms) of one stream at a time through each, the two interleaved."""
+        request = full_path_request(1)
+        ttfts: dict[str, list[float]] = {first: [], second: []}
+        for trial in range(samples):
+            for name in harness.alternate(trial, first, second):
+                _, (result,) = await self.run(name, request, 1)
+                ttfts[name].append(result.ttft_s * 1000)
+        return statistics.median(ttfts[first]), statistics.median(ttfts[second])
+
+    async def tokens_per_s(self, first: str, second: str, settings: Settings) -> tuple[float, float]:
+        """Median tokens/s received through each at ``settings.concurrency`` streams, trials interleaved."""
+        request = full_path_request(settings.max_tokens)
+        rates: dict[str, list[float]] = {first: [], second: []}
+        for trial in range(settings.trials):
+            for name in harness.alternate(trial, first, second):
+                elapsed, results = await self.run(name, request, settings.concurrency)
+                rates[name].append(sum(r.tokens for r in results) / elapsed)
+        return statistics.median(rates[first]), statistics.median(rates[second])
+
+
+async def _generous_key(path: Path) -> str:
+    """A key file at ``path`` holding one generate key with generous limits; the key's secret."""
+    store = open_key_store(str(path))
+    await store.open()
+    try:
+        _, secret = await store.create("bench-security", scopes=frozenset({Scope.GENERATE}), limits=GENEROUS)
+    finally:
+        await store.close()
+    return secret
+
+
+@contextlib.asynccontextmanager
+async def keyed_gateway(mesh: Mesh, scratch: Path) -> AsyncIterator[tuple[str, str]]:
+    """A second gateway in front of ``mesh``'s upstreams that requires an API key: (its address, a key's secret)."""
+    secret = await _generous_key(scratch / "keys.json")
+    ports = {name: int(service.address.rsplit(":", 1)[1]) for name, service in mesh.services.items()}
+    ports["gateway"] = free_port()
+    hosts = {s.name: "127.0.0.1" for s in topology.SERVICES}
+    args = [*topology.serve_args(topology.GATEWAY, "127.0.0.1", ports, hosts), "--api-keys", str(scratch / "keys.json")]
+    address = f"127.0.0.1:{ports['gateway']}"
+    async with harness.serving(topology.GATEWAY, args, address, scratch / "logs" / "keyed", 120):
+        yield address, secret
+
+
+def malformed_counts(mesh: Mesh) -> Counter[str]:
+    """How many malformed requests (every case, every RPC of every service of ``mesh``) ended with each code."""
+    sys.path.insert(0, str(ROOT / "tests"))  # the tests' malformed-request cases, as bench/multi_gateway.py does
+    from support.malformed import malformed_codes
+
+    channels = {name: grpc.insecure_channel(mesh.address(name), options=channel_options()) for name in mesh.services}
+    try:
+        counts: Counter[str] = malformed_codes(channels)
+    finally:
+        for channel in channels.values():
+            channel.close()
+    return counts
+
+
+async def measure(gateways: Gateways, settings: Settings) -> harness.Figures:
+    await gateways.warm()
+    tls_rate, plain_rate = await gateways.tokens_per_s("tls", "plain", settings)
+    ratio = tls_rate / plain_rate
+    print(
+        f"c={settings.concurrency}: tls {tls_rate:8.1f} tok/s   plaintext {plain_rate:8.1f} tok/s"
+        f"   ratio {ratio:.3f} (target >= {RELAY_TARGET})",
+        flush=True,
+    )
+    tls_ttft, plain_ttft = await gateways.ttft_ms("tls", "plain", settings.ttft_samples)
+    print(f"ttft: tls {tls_ttft:.2f} ms   plaintext {plain_ttft:.2f} ms   overhead {tls_ttft - plain_ttft:.2f} ms")
+    keyed_ttft, open_ttft = await gateways.ttft_ms("keyed", "plain", settings.ttft_samples)
+    print(f"ttft: api key {keyed_ttft:.2f} ms   open {open_ttft:.2f} ms   overhead {keyed_ttft - open_ttft:.2f} ms")
+    return {
+        f"tokens_per_s_tls_c{settings.concurrency}": round(tls_rate, 1),
+        f"tokens_per_s_plain_c{settings.concurrency}": round(plain_rate, 1),
+        f"tls_relay_ratio_c{settings.concurrency}": round(ratio, 3),
+        "ttft_tls_ms": round(tls_ttft, 2),
+        "ttft_plain_ms": round(plain_ttft, 2),
+        "tls_ttft_overhead_ms": round(tls_ttft - plain_ttft, 2),
+        "ttft_api_key_ms": round(keyed_ttft, 2),
+        "ttft_open_ms": round(open_ttft, 2),
+        "auth_ttft_overhead_ms": round(keyed_ttft - open_ttft, 2),
+    }
+
+
+async def main_async(settings: Settings, _: argparse.Namespace) -> harness.Figures:
+    with harness.scratch() as scratch:
+        certs = create_certs(scratch / "certs")
+        async with (
+            harness.running_mesh(scratch / "logs" / "plain", INFERENCE_ARGS) as plain,
+            harness.running_mesh(scratch / "logs" / "tls", INFERENCE_ARGS, tls=certs) as tls,
+            keyed_gateway(plain, scratch) as (keyed_address, secret),
+            open_channel(plain.address("gateway")) as plain_channel,
+            open_channel(tls.address("gateway"), tls=tls.client_tls()) as tls_channel,
+            open_channel(keyed_address) as keyed_channel,
+        ):
+            # The key as call metadata: open_channel(api_key=...)'s one interceptor object reaches unary calls only
+            # (grpc.aio files an interceptor under the first of its interceptor classes).
+            gateways = Gateways(
+                {"plain": plain_channel, "tls": tls_channel, "keyed": keyed_channel},
+                {"keyed": bearer_metadata(secret)},
+            )
+            figures = await measure(gateways, settings)
+            counts = await asyncio.to_thread(malformed_counts, plain)
+    unknown = sum(counts[code] for code in DEFECT_CODES)
+    total = sum(counts.values())
+    print(f"malformed requests: {unknown} of {total} answered UNKNOWN/INTERNAL (target 0); codes {dict(counts)}")
+    return {
+        "max_tokens": settings.max_tokens,
+        **figures,
+        "malformed_requests_unknown": unknown,
+        "malformed_requests_total": total,
+    }
+
+
+if __name__ == "__main__":
+    harness.main("security", __doc__, main_async, QUICK, FULL)
