@@ -84,6 +84,7 @@ bench: install  ## quick benchmarks (about a minute each), as CI runs them
 	$(PY) -m bench.jobs --quick
 	$(PY) -m bench.resilience --quick
 	$(PY) -m bench.scale --quick
+	$(PY) -m bench.security --quick
 
 bench-full: install  ## full benchmarks, the figures of docs/BENCHMARKS.md and docs/RESILIENCE.md
 	$(PY) -m bench.gateway
@@ -93,6 +94,7 @@ bench-full: install  ## full benchmarks, the figures of docs/BENCHMARKS.md and d
 	$(PY) -m bench.jobs
 	$(PY) -m bench.resilience
 	$(PY) -m bench.scale
+	$(PY) -m bench.security
 
 clean:  ## remove the virtual environment and generated stubs
 	rm -rf $(VENV) genmesh/v1 *.egg-info .mypy_cache .ruff_cache .pytest_cache

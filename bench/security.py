@@ -3,21 +3,25 @@
 Starts two meshes on free loopback ports at once, one plaintext and one with mutual TLS on every hop (the files of
 `genmesh certs`), and a second gateway in front of the plaintext mesh's upstreams that requires an API key and
 applies its limits. Every figure is a difference or a ratio against a baseline of the same run, trials interleaved
-A/B. Every request runs retrieval and one forced tool call, so every hop (client → gateway → retrieval, tools,
-inference) is on its path:
+A/B:
 
-- tls_ttft_overhead_ms: median time to first token through the TLS mesh's gateway minus through the plaintext
-  mesh's, one stream at a time (connections established: the per-call cost, not the handshake);
-- tls_relay_ratio_c32: tokens/s received through the TLS mesh over the plaintext one, 32 streams at once
-  (target ≥ 0.9);
-- auth_ttft_overhead_ms: median time to first token through the gateway that requires a key (its limits
+- tls_ttft_overhead_ms: time to first token through the TLS mesh's gateway minus through the plaintext mesh's
+  (the median of the differences of back-to-back pairs), one stream at a time, each request with retrieval
+  (top 1) and one forced tool call, so every hop (client → gateway → retrieval, tools → inference) is on its
+  path; connections are established first, so this is the per-call cost, not the handshake's;
+  tls_ttft_overhead_relay_ms: the same without retrieval and tools (client → gateway → inference only), where
+  the stages' own time and its noise do not hide the few TLS hops;
+- tls_relay_ratio_c32: tokens/s received through the TLS mesh over the plaintext one, 32 streams at once, the
+  request of bench/gateway.py (retrieval off: the streaming hops client → gateway → inference) (target ≥ 0.9);
+- auth_ttft_overhead_ms: the same, time to first token through the gateway that requires a key (its limits
   generous, so nothing is refused, but counted: requests, tokens, streams) minus through the open gateway, both
-  in front of the same upstreams;
+  in front of the same upstreams, with the relay request (the key is checked and charged once per call and per
+  token, whatever the stages; their noise would hide it);
 - malformed_requests_unknown: of malformed_requests_total requests that do not parse (tests/support/malformed.py:
   each case to every RPC of every service of the plaintext mesh, found through reflection), how many were
   answered UNKNOWN or INTERNAL (target 0; INVALID_ARGUMENT is right).
 
-    python -m bench.security --quick     # about two minutes, as CI runs it
+    python -m bench.security --quick     # about a minute (two under load), as CI runs it
     python -m bench.security             # the figures of docs/BENCHMARKS.md
 
 The last line printed is one JSON object of the figures.
@@ -32,7 +36,7 @@ import statistics
 import sys
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,7 +47,6 @@ from bench.gateway import QUESTION, StreamResult, _consume, _gateway_tokens, sam
 from gateway.auth.caller import Limits, Scope
 from gateway.auth.keystore import open_key_store
 from genmesh import mesh as topology
-from genmesh.bearer import bearer_metadata
 from genmesh.channels import channel_options, open_channel
 from genmesh.cli.certs import create_certs
 from genmesh.cli.launcher import Mesh, free_port
@@ -70,29 +73,44 @@ FULL = Settings(max_tokens=64, trials=5, concurrency=32, ttft_samples=200)
 
 
 def full_path_request(max_tokens: int) -> gateway_pb2.GatewayRequest:
-    """The question with retrieval on (the demo collection) and one forced calculator call: every hop is used."""
+    """The question with retrieval on (one passage of the demo collection, to keep the prompt short) and one forced
+    calculator call: every hop is used."""
     request = gateway_pb2.GatewayRequest(question=QUESTION, sampling=sampling(max_tokens))
+    request.retrieval.top_k = 1
     request.tool_calls.add(call_id="calc", name="calculator", arguments_json='{"expression": "2**16"}')
     return request
+
+
+def relay_request(max_tokens: int) -> gateway_pb2.GatewayRequest:
+    """The question alone, as bench/gateway.py relays it: the streaming hops (client, gateway, inference) only."""
+    request = gateway_pb2.GatewayRequest(question=QUESTION, sampling=sampling(max_tokens))
+    request.retrieval.disabled = True
+    return request
+
+
+@dataclass(frozen=True, slots=True)
+class Ttft:
+    """Two paths' median time to first token, and the median of the per-trial differences (each pair measured
+    back to back, so the machine's slower drifts cancel out)."""
+
+    first_ms: float
+    second_ms: float
+    overhead_ms: float
 
 
 class Gateways:
     """Generate streams through gateways by name, each sent the same request."""
 
-    def __init__(
-        self, channels: Mapping[str, grpc.aio.Channel], metadata: Mapping[str, Sequence[tuple[str, str]]]
-    ) -> None:
+    def __init__(self, channels: Mapping[str, grpc.aio.Channel]) -> None:
         self.stubs = {name: gateway_pb2_grpc.GatewayServiceStub(channel) for name, channel in channels.items()}
-        self.metadata = {name: tuple(metadata.get(name, ())) for name in channels}
 
     async def run(
         self, name: str, request: gateway_pb2.GatewayRequest, concurrency: int
     ) -> tuple[float, list[StreamResult]]:
         """(elapsed seconds, per-stream results) of ``concurrency`` streams through ``name`` started together."""
-        stub, metadata = self.stubs[name], self.metadata[name]
+        stub = self.stubs[name]
         start = time.perf_counter()
-        calls = (stub.Generate(request, timeout=600, metadata=metadata) for _ in range(concurrency))
-        streams = (_consume(call, _gateway_tokens) for call in calls)
+        streams = (_consume(stub.Generate(request, timeout=600), _gateway_tokens) for _ in range(concurrency))
         results = await asyncio.gather(*streams)
         return time.perf_counter() - start, list(results)
 
@@ -101,19 +119,19 @@ class Gateways:
         for name in self.stubs:
             await self.run(name, full_path_request(1), 2)
 
-    async def ttft_ms(self, first: str, second: str, samples: int) -> tuple[float, float]:
-        """Median time to first token (ms) of one stream at a time through each, the two interleaved."""
-        request = full_path_request(1)
+    async def ttft(self, first: str, second: str, samples: int, request: gateway_pb2.GatewayRequest) -> Ttft:
+        """Time to first token of ``request``, one stream at a time through each, the two interleaved."""
         ttfts: dict[str, list[float]] = {first: [], second: []}
         for trial in range(samples):
             for name in harness.alternate(trial, first, second):
                 _, (result,) = await self.run(name, request, 1)
                 ttfts[name].append(result.ttft_s * 1000)
-        return statistics.median(ttfts[first]), statistics.median(ttfts[second])
+        paired = [a - b for a, b in zip(ttfts[first], ttfts[second], strict=True)]
+        return Ttft(statistics.median(ttfts[first]), statistics.median(ttfts[second]), statistics.median(paired))
 
     async def tokens_per_s(self, first: str, second: str, settings: Settings) -> tuple[float, float]:
         """Median tokens/s received through each at ``settings.concurrency`` streams, trials interleaved."""
-        request = full_path_request(settings.max_tokens)
+        request = relay_request(settings.max_tokens)
         rates: dict[str, list[float]] = {first: [], second: []}
         for trial in range(settings.trials):
             for name in harness.alternate(trial, first, second):
@@ -169,20 +187,33 @@ async def measure(gateways: Gateways, settings: Settings) -> harness.Figures:
         f"   ratio {ratio:.3f} (target >= {RELAY_TARGET})",
         flush=True,
     )
-    tls_ttft, plain_ttft = await gateways.ttft_ms("tls", "plain", settings.ttft_samples)
-    print(f"ttft: tls {tls_ttft:.2f} ms   plaintext {plain_ttft:.2f} ms   overhead {tls_ttft - plain_ttft:.2f} ms")
-    keyed_ttft, open_ttft = await gateways.ttft_ms("keyed", "plain", settings.ttft_samples)
-    print(f"ttft: api key {keyed_ttft:.2f} ms   open {open_ttft:.2f} ms   overhead {keyed_ttft - open_ttft:.2f} ms")
+    tls = await gateways.ttft("tls", "plain", settings.ttft_samples, full_path_request(1))
+    print(
+        f"ttft: tls {tls.first_ms:.2f} ms   plaintext {tls.second_ms:.2f} ms   overhead {tls.overhead_ms:.2f} ms",
+        flush=True,
+    )
+    short = await gateways.ttft("tls", "plain", settings.ttft_samples, relay_request(1))
+    print(
+        f"ttft without retrieval and tools: tls {short.first_ms:.2f} ms   plaintext {short.second_ms:.2f} ms"
+        f"   overhead {short.overhead_ms:.2f} ms",
+        flush=True,
+    )
+    key = await gateways.ttft("keyed", "plain", settings.ttft_samples, relay_request(1))
+    print(
+        f"ttft: api key {key.first_ms:.2f} ms   open {key.second_ms:.2f} ms   overhead {key.overhead_ms:.2f} ms",
+        flush=True,
+    )
     return {
         f"tokens_per_s_tls_c{settings.concurrency}": round(tls_rate, 1),
         f"tokens_per_s_plain_c{settings.concurrency}": round(plain_rate, 1),
         f"tls_relay_ratio_c{settings.concurrency}": round(ratio, 3),
-        "ttft_tls_ms": round(tls_ttft, 2),
-        "ttft_plain_ms": round(plain_ttft, 2),
-        "tls_ttft_overhead_ms": round(tls_ttft - plain_ttft, 2),
-        "ttft_api_key_ms": round(keyed_ttft, 2),
-        "ttft_open_ms": round(open_ttft, 2),
-        "auth_ttft_overhead_ms": round(keyed_ttft - open_ttft, 2),
+        "ttft_tls_ms": round(tls.first_ms, 2),
+        "ttft_plain_ms": round(tls.second_ms, 2),
+        "tls_ttft_overhead_ms": round(tls.overhead_ms, 2),
+        "tls_ttft_overhead_relay_ms": round(short.overhead_ms, 2),
+        "ttft_api_key_ms": round(key.first_ms, 2),
+        "ttft_open_ms": round(key.second_ms, 2),
+        "auth_ttft_overhead_ms": round(key.overhead_ms, 2),
     }
 
 
@@ -195,14 +226,9 @@ async def main_async(settings: Settings, _: argparse.Namespace) -> harness.Figur
             keyed_gateway(plain, scratch) as (keyed_address, secret),
             open_channel(plain.address("gateway")) as plain_channel,
             open_channel(tls.address("gateway"), tls=tls.client_tls()) as tls_channel,
-            open_channel(keyed_address) as keyed_channel,
+            open_channel(keyed_address, api_key=secret) as keyed_channel,
         ):
-            # The key as call metadata: open_channel(api_key=...)'s one interceptor object reaches unary calls only
-            # (grpc.aio files an interceptor under the first of its interceptor classes).
-            gateways = Gateways(
-                {"plain": plain_channel, "tls": tls_channel, "keyed": keyed_channel},
-                {"keyed": bearer_metadata(secret)},
-            )
+            gateways = Gateways({"plain": plain_channel, "tls": tls_channel, "keyed": keyed_channel})
             figures = await measure(gateways, settings)
             counts = await asyncio.to_thread(malformed_counts, plain)
     unknown = sum(counts[code] for code in DEFECT_CODES)

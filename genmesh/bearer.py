@@ -19,13 +19,8 @@ def bearer_metadata(api_key: str) -> tuple[tuple[str, str], ...]:
     return ((AUTHORIZATION_HEADER, f"Bearer {api_key}"),)
 
 
-class BearerKey(
-    grpc.aio.UnaryUnaryClientInterceptor,
-    grpc.aio.UnaryStreamClientInterceptor,
-    grpc.aio.StreamUnaryClientInterceptor,
-    grpc.aio.StreamStreamClientInterceptor,
-):
-    """Adds the key to the metadata of every call (after any metadata the call already has)."""
+class _BearerKey:
+    """Adds the key to the metadata of a call (after any metadata the call already has)."""
 
     def __init__(self, api_key: str) -> None:
         if not api_key:
@@ -38,14 +33,28 @@ class BearerKey(
             details.method, details.timeout, metadata, details.credentials, details.wait_for_ready
         )
 
+
+class _UnaryUnary(_BearerKey, grpc.aio.UnaryUnaryClientInterceptor):
     async def intercept_unary_unary(self, continuation: Callable[..., Any], details: Any, request: Any) -> Any:
         return await continuation(self._details(details), request)
 
+
+class _UnaryStream(_BearerKey, grpc.aio.UnaryStreamClientInterceptor):
     async def intercept_unary_stream(self, continuation: Callable[..., Any], details: Any, request: Any) -> Any:
         return await continuation(self._details(details), request)
 
+
+class _StreamUnary(_BearerKey, grpc.aio.StreamUnaryClientInterceptor):
     async def intercept_stream_unary(self, continuation: Callable[..., Any], details: Any, requests: Any) -> Any:
         return await continuation(self._details(details), requests)
 
+
+class _StreamStream(_BearerKey, grpc.aio.StreamStreamClientInterceptor):
     async def intercept_stream_stream(self, continuation: Callable[..., Any], details: Any, requests: Any) -> Any:
         return await continuation(self._details(details), requests)
+
+
+def bearer_interceptors(api_key: str) -> list[grpc.aio.ClientInterceptor]:
+    """The interceptors that send ``api_key`` on every call of a channel: one per kind of call, because grpc.aio
+    files an interceptor under the first kind it implements only (one object for all four misses the streams)."""
+    return [kind(api_key) for kind in (_UnaryUnary, _UnaryStream, _StreamUnary, _StreamStream)]

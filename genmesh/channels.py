@@ -8,7 +8,7 @@ from typing import Any
 
 import grpc
 
-from genmesh.bearer import BearerKey
+from genmesh.bearer import bearer_interceptors
 from genmesh.server import MAX_MESSAGE_BYTES
 from genmesh.tls import ClientTLS
 
@@ -99,7 +99,7 @@ def open_channel(
     sends it as ``authorization: Bearer <key>`` (a gateway that requires keys)."""
     config = balanced_service_config(balanced_service) if balanced_service else None
     options = channel_options(config, keepalive)
-    interceptors = [BearerKey(api_key)] if api_key else None
+    interceptors = bearer_interceptors(api_key) if api_key else None
     if tls is None:
         return grpc.aio.insecure_channel(target, options=options, interceptors=interceptors)
     if tls.server_name:

@@ -96,9 +96,9 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "upstream-reason-lost",
         "genmesh/status.py",
-        "rebuilt.reason = info.reason",
+        "error.reason = info.reason",
         "pass",
-        ("tests/gateway/test_orchestrator.py",),
+        ("tests/gateway/test_orchestrator.py", "tests/gateway/test_tool_permissions.py"),
     ),
     # --- the inference engine ---
     Mutant(
@@ -793,6 +793,30 @@ MUTANTS: tuple[Mutant, ...] = (
         "return gateway_pb2.GatewayEvent(tool_result=result), degraded(_stage(call), code, message, error.status)",
         "return gateway_pb2.GatewayEvent(tool_result=result), degraded(_stage(call), code, message)",
         ("tests/gateway/test_tool_permissions.py",),
+    ),
+    # --- the CLI's API key (genmesh/bearer.py, genmesh/cli/ask.py) ---
+    Mutant(
+        "cli-api-key-not-sent",
+        "genmesh/bearer.py",
+        "metadata = grpc.aio.Metadata(*(details.metadata or ()), *self._metadata)",
+        "metadata = grpc.aio.Metadata(*(details.metadata or ()))",
+        (
+            "tests/security/test_cli_security.py::test_ask_streams_an_answer_with_a_key_from_the_flag_or_the_environment",
+        ),
+    ),
+    Mutant(
+        "api-key-on-unary-calls-only",
+        "genmesh/bearer.py",
+        "return [kind(api_key) for kind in (_UnaryUnary, _UnaryStream, _StreamUnary, _StreamStream)]",
+        "return [kind(api_key) for kind in (_UnaryUnary,)]",
+        ("tests/genmesh/test_bearer.py",),
+    ),
+    Mutant(
+        "cli-unauthenticated-without-a-hint",
+        "genmesh/cli/ask.py",
+        "if error.code() == grpc.StatusCode.UNAUTHENTICATED:",
+        "if False:",
+        ("tests/security/test_cli_security.py::test_ask_without_a_valid_key_fails_and_says_how_to_give_one",),
     ),
 )
 

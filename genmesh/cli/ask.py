@@ -10,6 +10,7 @@ from typing import TextIO
 import grpc
 
 from genmesh.channels import open_channel
+from genmesh.cli.client_flags import API_KEY_ENV
 from genmesh.status import field_violations
 from genmesh.tls import ClientTLS
 from genmesh.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
@@ -46,6 +47,8 @@ def describe_rpc_error(error: grpc.aio.AioRpcError) -> str:
     """One readable paragraph for a failed call: code, message and each bad field."""
     lines = [f"error: {error.code().name}: {error.details()}"]
     lines += [f"  {v.field}: {v.description}" for v in field_violations(error)]
+    if error.code() == grpc.StatusCode.UNAUTHENTICATED:
+        lines.append(f"  give the gateway's API key with --api-key KEY or the environment variable {API_KEY_ENV}")
     return "\n".join(lines)
 
 

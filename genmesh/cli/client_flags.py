@@ -26,8 +26,15 @@ def client_tls(args: argparse.Namespace) -> ClientTLS | None:
         raise ValueError(f"--tls-cert and --tls-key: {error}") from None
 
 
+#: The environment variable behind --api-key.
+API_KEY_ENV = "GENMESH_API_KEY"
+
+
 def add_api_key_flag(parser: argparse.ArgumentParser) -> None:
     """--api-key (environment: GENMESH_API_KEY), sent as ``authorization: Bearer <key>``."""
     Flags(parser, "GENMESH").add(
-        "--api-key", default="", help="API key for a gateway that requires one (prefer the environment variable)"
+        "--api-key",
+        env=API_KEY_ENV,
+        default="",
+        help="API key for a gateway that requires one (prefer the environment variable)",
     )

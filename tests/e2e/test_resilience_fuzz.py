@@ -1,6 +1,7 @@
 """Hypothesis sends generated requests to every RPC of every genmesh service, found from the protobuf
 descriptors (so RPCs added later are covered too): random field values, huge strings, NaN, negative numbers,
-unknown enum values. No call may end INTERNAL or UNKNOWN, no service may crash, all stay SERVING."""
+unknown enum values. No call may end INTERNAL or UNKNOWN, no service may crash, all stay SERVING. The gateway
+requires API keys (so that ApiKeyService is served) and every call presents one with every scope."""
 
 from __future__ import annotations
 
@@ -20,6 +21,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import genmesh.v1
+from gateway.auth.caller import Scope
+from gateway.auth.keystore import open_key_store
+from genmesh.bearer import bearer_metadata
 from genmesh.channels import channel_options
 from genmesh.cli.launcher import Mesh, start_mesh
 
@@ -104,7 +108,7 @@ def messages(desc: descriptor.Descriptor, depth: int = 0) -> st.SearchStrategy[M
     return _message(desc, depth)
 
 
-def _call(channel: grpc.Channel, method: descriptor.MethodDescriptor, request: Any) -> grpc.StatusCode:
+def _call(channel: grpc.Channel, method: descriptor.MethodDescriptor, request: Any, key: str) -> grpc.StatusCode:
     """Make one call of any kind; read a few messages of a response stream, then cancel it."""
     path = f"/{method.containing_service.full_name}/{method.name}"
     response_class = message_factory.GetMessageClass(method.output_type)
@@ -120,7 +124,7 @@ def _call(channel: grpc.Channel, method: descriptor.MethodDescriptor, request: A
     argument = iter(request) if streaming_in else request
     try:
         if streaming_out:
-            responses = callable_(argument, timeout=CALL_TIMEOUT_S)
+            responses = callable_(argument, timeout=CALL_TIMEOUT_S, metadata=bearer_metadata(key))
             try:
                 for i, _ in enumerate(responses):
                     if i >= MAX_STREAM_MESSAGES:
@@ -128,7 +132,7 @@ def _call(channel: grpc.Channel, method: descriptor.MethodDescriptor, request: A
             finally:
                 responses.cancel()
         else:
-            callable_(argument, timeout=CALL_TIMEOUT_S)
+            callable_(argument, timeout=CALL_TIMEOUT_S, metadata=bearer_metadata(key))
     except grpc.RpcError as error:
         code: grpc.StatusCode = error.code()
         assert code not in FORBIDDEN, f"{path} -> {code.name}: {error.details()}"
@@ -137,12 +141,32 @@ def _call(channel: grpc.Channel, method: descriptor.MethodDescriptor, request: A
 
 
 @pytest_asyncio.fixture(scope="module")
-async def fuzz_mesh(log_root: Path, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Mesh]:
-    """A mesh of its own, with its own (empty) retrieval store and job queue: fuzzed Deletes and jobs stay here."""
+async def fuzz_keys(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """The fuzz gateway's key store, and the secret of a key with every scope and no limits."""
+    path = tmp_path_factory.mktemp("fuzz-keys") / "keys.json"
+    store = open_key_store(str(path))
+    await store.open()
+    try:
+        _, secret = await store.create("fuzz", frozenset(Scope))
+    finally:
+        await store.close()
+    return path, secret
+
+
+@pytest_asyncio.fixture(scope="module")
+async def fuzz_mesh(
+    log_root: Path, tmp_path_factory: pytest.TempPathFactory, fuzz_keys: tuple[Path, str]
+) -> AsyncIterator[Mesh]:
+    """A mesh of its own, with its own (empty) retrieval store, job queue and key store: fuzzed Deletes, jobs and
+    keys stay here."""
     data = tmp_path_factory.mktemp("fuzz-data")
     running = await start_mesh(
         log_dir=log_root / "fuzz",
-        extra_args={"inference": ["--threads", "1"], "retrieval": ["--seed-demo", "false"]},
+        extra_args={
+            "inference": ["--threads", "1"],
+            "retrieval": ["--seed-demo", "false"],
+            "gateway": ["--api-keys", str(fuzz_keys[0])],
+        },
         env={"GENMESH_RETRIEVAL_DATA_DIR": str(data / "retrieval"), "GENMESH_GATEWAY_JOBS_DB": str(data / "jobs.db")},
     )
     yield running
@@ -160,7 +184,7 @@ def fuzz_channels(fuzz_mesh: Mesh) -> Iterator[dict[str, grpc.Channel]]:
 
 
 @pytest.fixture(scope="module")
-def hosts(fuzz_channels: dict[str, grpc.Channel]) -> dict[str, str]:
+def hosts(fuzz_channels: dict[str, grpc.Channel], fuzz_keys: tuple[Path, str]) -> dict[str, str]:
     """Which process serves each service: the one that does not answer an empty request with UNIMPLEMENTED."""
     found: dict[str, str] = {}
     for method in METHODS.values():
@@ -169,14 +193,18 @@ def hosts(fuzz_channels: dict[str, grpc.Channel]) -> dict[str, str]:
             if service not in found:
                 empty = message_factory.GetMessageClass(method.input_type)()
                 request = [empty] if method.client_streaming else empty
-                if _call(channel, method, request) != grpc.StatusCode.UNIMPLEMENTED:
+                if _call(channel, method, request, fuzz_keys[1]) != grpc.StatusCode.UNIMPLEMENTED:
                     found[service] = name
     return found
 
 
 @pytest.mark.parametrize("rpc", sorted(METHODS))
 def test_generated_requests(
-    rpc: str, fuzz_mesh: Mesh, fuzz_channels: dict[str, grpc.Channel], hosts: dict[str, str]
+    rpc: str,
+    fuzz_mesh: Mesh,
+    fuzz_channels: dict[str, grpc.Channel],
+    hosts: dict[str, str],
+    fuzz_keys: tuple[Path, str],
 ) -> None:
     method = METHODS[rpc]
     host = hosts.get(method.containing_service.full_name)
@@ -192,7 +220,7 @@ def test_generated_requests(
     )
     @given(request=strategy)
     def fuzz(request: Any) -> None:
-        _call(fuzz_channels[host], method, request)
+        _call(fuzz_channels[host], method, request, fuzz_keys[1])
         assert fuzz_mesh.services[host].process.returncode is None, f"{host} died"
 
     fuzz()

@@ -4,6 +4,7 @@ absent from its list, and a service requiring client certificates answers only t
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -17,7 +18,11 @@ from security.keyed_gateway import KeyedGateway, grpcurl
 from security.tls_processes import start_tools, stop, tools_flags
 
 GENERATE = "genmesh.v1.GatewayService/Generate"
-ASK = {"question": "What is a decorator?", "sampling": {"maxTokens": 4, "temperature": 0}, "retrieval": {}}
+ASK = {
+    "question": "What is a decorator?",
+    "sampling": {"maxTokens": 4, "temperature": 0},
+    "retrieval": {"disabled": True},
+}
 
 
 def _messages(out: str) -> list[dict[str, Any]]:
@@ -35,7 +40,9 @@ def _skip_space(text: str, position: int) -> int:
     return position
 
 
-async def _call(keyed: KeyedGateway, key: str, method: str, request: dict[str, Any], *flags: str) -> tuple[int, str, str]:
+async def _call(
+    keyed: KeyedGateway, key: str, method: str, request: dict[str, Any], *flags: str
+) -> tuple[int, str, str]:
     """grpcurl ``method`` of the keyed gateway with ``key``'s bearer header and ``request`` as JSON."""
     args = ("-plaintext", *flags, "-H", keyed.header(key), "-d", json.dumps(request), keyed.process.address, method)
     return await grpcurl(*args)
@@ -54,9 +61,38 @@ async def test_a_key_past_its_requests_per_minute_is_told_the_limit_and_when_to_
     assert rc == 0, err
     kinds = [next(iter(message)) for message in _messages(out)]
     assert "delta" in kinds and kinds[-1] == "complete"
+
+    rc, out, err = await _call(keyed, "one-a-minute", GENERATE, ASK)
+    assert rc == 64 + 8, err  # grpcurl exits with 64 + the status code
+    assert "Code: ResourceExhausted" in err and "reached its requests_per_minute limit of 1; retry in" in err
     rc, out, err = await _call(keyed, "one-a-minute", GENERATE, ASK, "-format-error")
-    print(rc, repr(out), repr(err))
-    assert False
+    status = json.loads(err)
+    assert status["code"] == 8 and "API key 'one-a-minute' (apiKeys/" in status["message"]
+    details = {detail.pop("@type").rsplit(".", 1)[1]: detail for detail in status["details"]}
+    assert details["ErrorInfo"]["reason"] == "RATE_LIMITED"
+    assert 0 < float(details["RetryInfo"]["retry_delay"].removesuffix("s")) <= 60
+    ((violation),) = details["QuotaFailure"]["violations"]
+    assert violation["subject"].startswith("apiKeys/") and violation["description"] == "requests_per_minute: 1"
+    assert keyed.secrets["one-a-minute"] not in err
+
+
+async def test_another_key_s_job_is_not_found_and_not_listed(keyed: KeyedGateway) -> None:
+    jobs = "genmesh.v1.JobService/"
+    rc, out, err = await _call(keyed, "owner-a", jobs + "SubmitJob", {"request": ASK})
+    assert rc == 0, err
+    job = json.loads(out)["job"]
+    assert job["owner"].startswith("apiKeys/")
+
+    rc, out, err = await _call(keyed, "owner-b", jobs + "GetJob", {"id": job["id"]})
+    assert rc == 64 + 5 and "Code: NotFound" in err and f"Message: no job '{job['id']}'" in err
+    rc, out, err = await _call(keyed, "owner-a", jobs + "GetJob", {"id": job["id"]})
+    assert rc == 0, err
+    assert json.loads(out)["job"]["id"] == job["id"] and json.loads(out)["job"]["owner"] == job["owner"]
+
+    rc, out, err = await _call(keyed, "owner-b", jobs + "ListJobs", {})
+    assert rc == 0 and json.loads(out) == {}, err
+    rc, out, err = await _call(keyed, "owner-a", jobs + "ListJobs", {})
+    assert rc == 0 and job["id"] in [listed["id"] for listed in json.loads(out)["jobs"]], err
 
 
 @pytest.fixture(scope="module")
@@ -77,12 +113,17 @@ async def test_grpcurl_with_a_client_certificate_lists_and_checks_health_and_wit
 ) -> None:
     trust = ("-cacert", str(certs.ca))
     identity = ("-cert", str(certs.cert("client")), "-key", str(certs.key("client")))
-    rc, out, err = await grpcurl(*trust, *identity, mtls_tools.address, "list")
-    print(rc, repr(out), repr(err))
-    rc, out, err = await grpcurl(*trust, *identity, mtls_tools.address, "grpc.health.v1.Health/Check")
-    print(rc, repr(out), repr(err))
-    rc, out, err = await grpcurl(*trust, mtls_tools.address, "grpc.health.v1.Health/Check")
-    print(rc, repr(out), repr(err))
-    rc, out, err = await grpcurl("-plaintext", mtls_tools.address, "list")
-    print(rc, repr(out), repr(err))
-    assert False
+    health = "grpc.health.v1.Health/Check"
+    # Refused (no certificate, or plaintext), grpc-go's dial tries again until its connect timeout: a shorter
+    # one than the default 10 s, and all calls at once, so that this wait is the test's only one.
+    listed, checked, no_certificate, plaintext = await asyncio.gather(
+        grpcurl(*trust, *identity, mtls_tools.address, "list"),
+        grpcurl(*trust, *identity, mtls_tools.address, health),
+        grpcurl(*trust, "-connect-timeout", "3", mtls_tools.address, health),
+        grpcurl("-plaintext", "-connect-timeout", "3", mtls_tools.address, health),
+    )
+    assert listed[0] == 0, listed[2]
+    assert {"genmesh.v1.ToolsService", "grpc.health.v1.Health"} <= set(listed[1].split())
+    assert checked[0] == 0 and json.loads(checked[1]) == {"status": "SERVING"}, checked[2]
+    for rc, out, err in (no_certificate, plaintext):
+        assert rc != 0 and out == "" and f'Failed to dial target host "{mtls_tools.address}"' in err

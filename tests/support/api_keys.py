@@ -6,10 +6,10 @@ import grpc
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
+from genmesh.bearer import bearer_metadata
 
-def bearer(secret: str) -> tuple[tuple[str, str], ...]:
-    """The call metadata that presents ``secret``."""
-    return (("authorization", f"Bearer {secret}"),)
+bearer = bearer_metadata
+"""The call metadata that presents a secret."""
 
 
 def error_info(error: grpc.aio.AioRpcError) -> error_details_pb2.ErrorInfo:
