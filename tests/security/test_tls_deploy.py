@@ -52,4 +52,7 @@ def test_every_service_serves_its_own_certificate_and_requires_clients_inside(ov
         assert env[f"{prefix}_TLS_CLIENT_AUTH"] == ("none" if spec is mesh.GATEWAY else "require")
         if spec.name in mesh.UPSTREAMS:
             assert [env[f"{prefix}_UPSTREAM_TLS_{f}"] for f in ("CERT", "KEY", "CA")] == own
-        assert any(v.endswith(f":{MOUNT}:ro") and ".genmesh/certs" in v for v in service["volumes"]), spec.name
+        # Only the CA certificate and the service's own pair: never the CA's key nor another service's key.
+        mounts = [v.rsplit(":", 2) for v in service["volumes"] if v.endswith(":ro")]
+        mounted = {target: source for source, target, _ in mounts}
+        assert mounted == {path: path.replace(MOUNT, "${GENMESH_CERTS:-./.genmesh/certs}") for path in own}, spec.name
