@@ -13,7 +13,7 @@ from gateway.auth.caller import current_caller
 from gateway.auth.flags import add_api_key_flags, key_store_from_args, open_for_serving
 from gateway.auth.interceptor import AuthInterceptor
 from gateway.auth.keystore import KeyStore
-from gateway.auth.limits import KeyLimiter
+from gateway.auth.limits import NO_LIMITS, KeyLimiter
 from gateway.auth.service import SERVICE_NAME as API_KEY_SERVICE_NAME
 from gateway.auth.service import ApiKeyServicer
 from gateway.balancing.choice import Policy
@@ -23,6 +23,7 @@ from gateway.jobs.service import SERVICE_NAME as JOB_SERVICE_NAME
 from gateway.jobs.service import JobServicer
 from gateway.orchestrator import Orchestrator
 from gateway.policy import ResiliencePolicy, add_resilience_flags, policy_from_args
+from gateway.request import plan_request
 from gateway.upstreams import Upstreams, UpstreamTargets
 from genmesh import mesh
 from genmesh.config import add_server_flags, add_upstream_tls_flags, parse
@@ -46,8 +47,13 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     async def Generate(
         self, request: gateway_pb2.GatewayRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[gateway_pb2.GatewayEvent]:
+        caller = current_caller()
+        if caller is not None and caller.limits != NO_LIMITS:
+            # Checked before the key's limits so that an invalid request costs its key nothing (tool names and
+            # arguments, which need the tools' schemas, are checked by the orchestrator, after admission).
+            plan_request(request, None, allowed_tools=caller.allowed_tools)
         # The key's limits first: a key over its limits must not skew the gateway-wide slot's retry hint.
-        with self._key_limits.stream(current_caller()) as meter, self._limiter.admit():
+        with self._key_limits.stream(caller) as meter, self._limiter.admit():
             async for event in self._orchestrator.answer(request, context.time_remaining()):
                 if meter is not None and event.HasField("delta"):
                     meter.charge(len(event.delta.token_ids))
@@ -84,10 +90,10 @@ class GatewayService:
         policy = self._policy
         self._upstreams = Upstreams(self._targets, policy.circuit)
         orchestrator = Orchestrator(self._upstreams, policy)
-        key_limits = KeyLimiter()  # one per process: Generate, SubmitJob and the job workers count together
+        key_limits = KeyLimiter()  # one per process: Generate and SubmitJob count together
         servicer = GatewayServicer(orchestrator, StreamLimiter(policy.max_streams), key_limits)
         gateway_pb2_grpc.add_GatewayServiceServicer_to_server(servicer, server)
-        self._jobs = JobRuntime(self._job_config, orchestrator.answer, charge_tokens=key_limits.charge)
+        self._jobs = JobRuntime(self._job_config, orchestrator.answer)
         jobs_pb2_grpc.add_JobServiceServicer_to_server(JobServicer(self._jobs, key_limits), server)
         if self._keys is not None:
             api_keys_pb2_grpc.add_ApiKeyServiceServicer_to_server(ApiKeyServicer(self._keys), server)

@@ -3,9 +3,10 @@
 Each limit of a key is a token bucket that refills continuously: a key with ``requests_per_minute: 60`` may
 send one request a second, or a burst of 60 after a quiet minute. A request (``Generate``, ``SubmitJob``) is let
 in when its key's request bucket holds one request and each of its token buckets holds at least one token;
-generated tokens are then charged as they stream, and may take a token bucket into debt: the key's next request
-waits until the bucket is back to one token. A stream in progress is never cut when it passes a token limit
-(see ``StreamMeter``). Refusals are ``RESOURCE_EXHAUSTED`` with RetryInfo (when the bucket will hold what is
+a stream's generated tokens are then charged as they stream, and a job's ``max_tokens`` is reserved when it is
+submitted (its run charges nothing); either may take a token bucket into debt: the key's next request waits
+until the bucket is back to one token. A stream in progress is never cut when it passes a token limit (see
+``StreamMeter``). Refusals are ``RESOURCE_EXHAUSTED`` with RetryInfo (when the bucket will hold what is
 needed) and QuotaFailure (the key and each limit hit), and one ``limit_hit`` audit line.
 
 The counts live in this gateway process: behind N gateways a key may use up to N times its limits
@@ -116,25 +117,21 @@ class KeyLimiter:
         self,
         clock: Callable[[], float] = time.monotonic,
         audit: AuditLog = AUDIT,
-        limits_of: Callable[[str], Limits | None] | None = None,
         sweep_interval_s: float = SWEEP_INTERVAL_S,
     ) -> None:
         self._clock = clock
         self._audit = audit
-        #: A key's current limits by name (the key store), for tokens charged outside a call (jobs).
-        self.limits_of = limits_of
         self._sweep_interval_s = sweep_interval_s
         self._states: dict[str, KeyState] = {}
-        #: The limits each key was last seen with here: one small entry per key that called (keys are few).
-        self._known_limits: dict[str, Limits] = {}
         self._next_sweep = clock() + sweep_interval_s
 
     # --- admission -------------------------------------------------------------------------------------------
 
-    def admit_request(self, caller: Caller | None) -> None:
-        """Let one request of ``caller`` in (``SubmitJob``), or raise ResourceExhausted naming the limits hit."""
+    def admit_request(self, caller: Caller | None, reserve_tokens: int = 0) -> None:
+        """Let one request of ``caller`` in (``SubmitJob``) and take ``reserve_tokens`` from its token buckets
+        (into debt if need be), or raise ResourceExhausted naming the limits hit."""
         if caller is not None and caller.limits != NO_LIMITS:
-            self._admit(caller, stream=False)
+            self._admit(caller, stream=False, reserve_tokens=reserve_tokens)
 
     def stream(self, caller: Caller | None) -> contextlib.AbstractContextManager[StreamMeter | None]:
         """Hold one of ``caller``'s streams for the block (``Generate``), after letting its request in; the meter
@@ -155,7 +152,7 @@ class KeyLimiter:
             state.streams -= 1
             state.mean_stream_s += _STREAM_EWMA_WEIGHT * (self._clock() - start - state.mean_stream_s)
 
-    def _admit(self, caller: Caller, *, stream: bool) -> KeyState:
+    def _admit(self, caller: Caller, *, stream: bool, reserve_tokens: int = 0) -> KeyState:
         now = self._clock()
         if now >= self._next_sweep:
             self.sweep()
@@ -163,7 +160,7 @@ class KeyLimiter:
         state = self._states.get(caller.key_name)
         if state is None:
             state = self._states[caller.key_name] = KeyState(limits)
-        state.limits = self._known_limits[caller.key_name] = limits
+        state.limits = limits
         hits: list[tuple[str, int, float]] = []  # (limit, value, seconds until it lets the request in)
         requests = state.bucket(REQUESTS_PER_MINUTE, limits.requests_per_minute, now)
         for name, limit in ((TOKENS_PER_MINUTE, limits.tokens_per_minute), (TOKENS_PER_DAY, limits.tokens_per_day)):
@@ -179,6 +176,8 @@ class KeyLimiter:
             raise self._refuse(caller, hits)
         if requests is not None:
             requests.level -= 1.0
+        if reserve_tokens:
+            state.charge(reserve_tokens, now)
         return state
 
     def _refuse(self, caller: Caller, hits: list[tuple[str, int, float]]) -> ResourceExhausted:
@@ -199,24 +198,6 @@ class KeyLimiter:
             metadata={"key": caller.key_name, "limits": names},
             quota_violations=[QuotaViolation(caller.key_name, f"{name}: {value}") for name, value, _ in hits],
         )
-
-    # --- token charges ---------------------------------------------------------------------------------------
-
-    def charge(self, key_name: str, tokens: int) -> bool:
-        """Charge ``tokens`` generated outside a call (a background job) to the key ``key_name``: under its
-        current limits from ``limits_of``, else those it was last seen with here. Whether they were charged
-        (False: a key this gateway knows no limits of)."""
-        limits = self.limits_of(key_name) if self.limits_of is not None else None
-        if limits is None:
-            limits = self._known_limits.get(key_name)
-        if limits is None or limits == NO_LIMITS:
-            return False
-        state = self._states.get(key_name)
-        if state is None:
-            state = self._states[key_name] = KeyState(limits)
-        state.limits = limits
-        state.charge(tokens, self._clock())
-        return True
 
     # --- memory ----------------------------------------------------------------------------------------------
 

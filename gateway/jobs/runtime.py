@@ -19,7 +19,7 @@ from gateway.jobs.model import JobEvent, JobRecord, JobState, NewJob, RecoveryRe
 from gateway.jobs.store import JobNotFound, JobStore, Listener, QueueFull
 from gateway.jobs.stores import make_store
 from gateway.jobs.watch import JobFeed, watch
-from gateway.jobs.workers import Answer, ChargeTokens, WorkerPool
+from gateway.jobs.workers import Answer, WorkerPool
 from genmesh.errors import Unavailable
 from genmesh.tasks import cancel_and_wait
 
@@ -41,14 +41,11 @@ class JobRuntime:
         config: JobConfig,
         answer: Answer,
         store: JobStore | None = None,
-        charge_tokens: ChargeTokens | None = None,
     ) -> None:
         self.config = config
         self._store = store or make_store(config)
         self._feed = JobFeed()
-        self._pool = WorkerPool(
-            self._store, self._feed, answer, config.workers, config.timeout_s, config.lease_s, charge_tokens
-        )
+        self._pool = WorkerPool(self._store, self._feed, answer, config.workers, config.timeout_s, config.lease_s)
         self._poll_s = POLL_S if self._store.shared else None
         self._started = False
         self._background: list[asyncio.Task[None]] = []

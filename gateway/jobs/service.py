@@ -33,16 +33,18 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
         self, request: jobs_pb2.SubmitJobRequest, context: grpc.aio.ServicerContext
     ) -> jobs_pb2.SubmitJobResponse:
         try:
-            plan_request(request.request, None)
+            plan = plan_request(request.request, None)
         except InvalidArgument as error:
             raise error.prefixed("request") from None
         if len(request.idempotency_key) > MAX_IDEMPOTENCY_KEY:
             raise InvalidArgument.field("idempotency_key", f"must be at most {MAX_IDEMPOTENCY_KEY} characters")
         if abs(request.priority) > MAX_PRIORITY:
             raise InvalidArgument.field("priority", f"must be between -{MAX_PRIORITY} and {MAX_PRIORITY}")
-        self._key_limits.admit_request(current_caller())  # a valid SubmitJob costs one request of its key
-        body = request.request.SerializeToString(deterministic=True)
+        # A valid SubmitJob costs one request of its key and reserves its max_tokens (charged in full even if
+        # the run stops earlier: it may run on another gateway, which charges nothing; docs/SECURITY.md).
         caller = current_caller()
+        self._key_limits.admit_request(caller, reserve_tokens=plan.sampling.max_tokens)
+        body = request.request.SerializeToString(deterministic=True)
         owner, tools = (caller.key_name, caller.allowed_tools) if caller else ("", frozenset[str]())
         record = await self._runtime.submit(body, request.idempotency_key, request.priority, owner, tools)
         return jobs_pb2.SubmitJobResponse(job=to_proto(record))

@@ -26,8 +26,6 @@ log = logging.getLogger("genmesh.gateway.jobs")
 #: The pipeline: ``Orchestrator.answer(request, time_remaining, allowed_tools)``; a job's run calls the tools its
 #: owner key could call when it was submitted.
 Answer = Callable[[gateway_pb2.GatewayRequest, float | None, frozenset[str]], AsyncIterator[gateway_pb2.GatewayEvent]]
-#: Charges the tokens a job generated to its owner key as they stream: ``KeyLimiter.charge(owner, tokens)``.
-ChargeTokens = Callable[[str, int], object]
 #: Pause before a worker claims again after the store failed.
 CLAIM_RETRY_S = 1.0
 
@@ -47,10 +45,8 @@ class WorkerPool:
         workers: int,
         timeout_s: float,
         lease_s: float,
-        charge_tokens: ChargeTokens | None = None,
     ) -> None:
         self._store = store
-        self._charge_tokens = charge_tokens
         self._feed = feed
         self._answer = answer
         self._workers = workers
@@ -213,10 +209,7 @@ class WorkerPool:
             )
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self._timeout_s):
-                    charge = self._charge_tokens if job.owner else None
                     async for event in self._answer(request, self._timeout_s, job.allowed_tools):
-                        if charge is not None and event.HasField("delta"):
-                            charge(job.owner, len(event.delta.token_ids))
                         seq += 1
                         await self._store.append_event(job.id, job.attempts, seq, event.SerializeToString())
                         collector.add(event)

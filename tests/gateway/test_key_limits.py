@@ -167,19 +167,12 @@ def test_idle_keys_whose_buckets_refilled_are_forgotten(clock: Clock) -> None:
     assert limiter.tracked_keys == 1
 
 
-def test_job_tokens_are_charged_to_the_owner_under_its_known_limits(limiter: KeyLimiter, clock: Clock) -> None:
+def test_a_request_reserving_tokens_is_let_in_with_one_token_left_and_takes_the_bucket_into_debt(
+    limiter: KeyLimiter,
+) -> None:
     caller = key(Limits(tokens_per_minute=60))
-    assert not limiter.charge(caller.key_name, 10)  # never seen here and no key store: unknown limits
-    limiter.admit_request(caller)  # its SubmitJob
-    clock.now += 3600.0
-    assert limiter.sweep() == 1  # forgotten while the job waited in the queue...
-    assert limiter.charge(caller.key_name, 100)  # ...its limits are still known
-    assert refused(limiter, caller).retry_after_s == pytest.approx(41.0)
-
-    current = Limits(tokens_per_minute=6000)
-    limiter.limits_of = {caller.key_name: current}.get  # the key store's current limits win
-    assert limiter.charge(caller.key_name, 1)
-    limiter.admit_request(key(current))
+    limiter.admit_request(caller, reserve_tokens=100)  # a SubmitJob with max_tokens 100: 60 -> -40
+    assert refused(limiter, caller).retry_after_s == pytest.approx(41.0)  # back to one token
 
 
 def test_each_refusal_writes_a_limit_hit_audit_line_naming_the_key_not_its_secret(

@@ -210,3 +210,14 @@ async def test_max_streams_then_refused_then_a_cancel_frees_a_slot_and_nothing_i
         assert [e.WhichOneof("event") for e in rest] == ["delta", "delta", "complete"]
         assert rest[-1].complete.usage.completion_tokens == 3 * TOKENS_PER_DELTA
     assert state.streams == 0
+
+
+async def test_an_invalid_generate_costs_its_key_nothing(gateway: Gateway) -> None:
+    metadata = gateway.key("team-search", Limits(requests_per_minute=1))
+    invalid = gateway_pb2.GatewayRequest(question=" ")
+    for _ in range(3):
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await anext(gateway.stub.Generate(invalid, metadata=metadata).__aiter__())
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert gateway.limiter.state("apiKeys/team-search") is None  # never admitted: no request taken
+    assert (await answer(gateway, metadata))[-1].HasField("complete")
