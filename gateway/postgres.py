@@ -1,9 +1,10 @@
 """The Postgres connection pool of a gateway store (jobs, API keys): its schema created once under an advisory
-lock, transactions that report a lost database as UNAVAILABLE."""
+lock, transactions that report a lost database as UNAVAILABLE (the details in the log, never to the client)."""
 
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -13,6 +14,8 @@ from psycopg_pool import AsyncConnectionPool
 from genmesh.errors import Unavailable
 
 Conn = psycopg.AsyncConnection[Any]
+
+log = logging.getLogger("genmesh.gateway.postgres")
 
 
 class PostgresPool:
@@ -50,4 +53,11 @@ class PostgresPool:
             async with self._pool.connection() as conn:
                 yield conn
         except psycopg.OperationalError as error:
-            raise Unavailable(f"the {self._what} database is unavailable: {error}") from error
+            # psycopg's text names the database's host, port and user: for the operator's log only.
+            log.error("database unavailable", extra={"store": self._what, "error": str(error)})
+            raise Unavailable(self.unavailable_message) from error
+
+    @property
+    def unavailable_message(self) -> str:
+        """What a client is told when the database cannot be reached."""
+        return f"the {self._what} database is unavailable"

@@ -27,6 +27,7 @@ REQUEST_ID_HEADER = "x-request-id"
 MAX_REQUEST_ID_CHARS = 128
 # A request id travels back in response metadata, so it must be a valid header value.
 _VALID_REQUEST_ID = re.compile(rf"[\x20-\x7e]{{1,{MAX_REQUEST_ID_CHARS}}}")
+REQUEST_ID_RULE = f"must be 1..{MAX_REQUEST_ID_CHARS} printable ASCII characters"
 _QUIET_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
 DRAINING_MESSAGE = "draining: this replica is shutting down; retry on another"
 
@@ -34,6 +35,11 @@ DRAINING_MESSAGE = "draining: this replica is shutting down; retry on another"
 def new_request_id() -> str:
     """A fresh request id."""
     return uuid.uuid4().hex
+
+
+def valid_request_id(rid: str) -> bool:
+    """Whether ``rid`` may be a request id (REQUEST_ID_RULE): it travels back as a header value."""
+    return _VALID_REQUEST_ID.fullmatch(rid) is not None
 
 
 def _request_id(request: Any, context: grpc.aio.ServicerContext) -> tuple[str, bool]:
@@ -108,9 +114,7 @@ class _Call:
         if self.request_id and not _VALID_REQUEST_ID.fullmatch(self.request_id):
             bad, self.request_id = self.request_id, new_request_id()  # log the call under an id that can be echoed
             REQUEST_ID.set(self.request_id)  # and never the rejected one, which may be a megabyte
-            raise InvalidArgument.field(
-                "request_id", f"must be 1..{MAX_REQUEST_ID_CHARS} printable ASCII characters, got {len(bad)} characters"
-            )
+            raise InvalidArgument.field("request_id", f"{REQUEST_ID_RULE}, got {len(bad)} characters")
         if self.request_id:
             # Trailing metadata costs nothing now; initial metadata is a write of its own, worth it
             # only when the client cannot know the id because the server made it up.

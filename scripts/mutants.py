@@ -538,18 +538,25 @@ MUTANTS: tuple[Mutant, ...] = (
         ("tests/gateway/test_key_limits.py",),
     ),
     Mutant(
-        "job-tokens-not-charged-to-owner",
-        "gateway/jobs/workers.py",
-        "charge(job.owner, len(event.delta.token_ids))",
-        "pass",
+        "job-submit-reserves-no-tokens",
+        "gateway/jobs/service.py",
+        "self._key_limits.admit_request(caller, reserve_tokens=plan.sampling.max_tokens)",
+        "self._key_limits.admit_request(caller)",
         ("tests/gateway/test_key_limits_jobs.py",),
     ),
     Mutant(
         "submit-job-costs-no-request",
         "gateway/jobs/service.py",
-        "self._key_limits.admit_request(current_caller())  # a valid SubmitJob costs one request of its key",
+        "self._key_limits.admit_request(caller, reserve_tokens=plan.sampling.max_tokens)",
         "pass",
         ("tests/gateway/test_key_limits_jobs.py::test_submit_job_costs_a_request_of_its_key",),
+    ),
+    Mutant(
+        "invalid-generate-costs-a-request",
+        "gateway/server.py",
+        "plan_request(request, None, allowed_tools=caller.allowed_tools)",
+        "pass",
+        ("tests/gateway/test_key_limits_grpc.py::test_an_invalid_generate_costs_its_key_nothing",),
     ),
     # --- issue #13 hardening: stage share of the deadline, the inference queue bound, job sequences ---
     Mutant(
@@ -817,6 +824,56 @@ MUTANTS: tuple[Mutant, ...] = (
         "if error.code() == grpc.StatusCode.UNAUTHENTICATED:",
         "if False:",
         ("tests/security/test_cli_security.py::test_ask_without_a_valid_key_fails_and_says_how_to_give_one",),
+    ),
+    # --- API key review (#13): the Postgres keys in memory, the key file's owner, bounded quota values ---
+    Mutant(
+        "api-keys-read-on-every-call",
+        "gateway/auth/postgres_keys.py",
+        "if self._loaded_at is not None and now - self._loaded_at < self._refresh_s:",
+        "if False:",
+        ("tests/security/test_api_key_postgres_refresh.py",),
+    ),
+    Mutant(
+        "api-key-loads-not-shared",
+        "gateway/auth/postgres_keys.py",
+        "if self._loading is None:",
+        "if True:",
+        ("tests/security/test_api_key_postgres_refresh.py",),
+    ),
+    Mutant(
+        "api-key-own-writes-wait-a-second",
+        "gateway/auth/postgres_keys.py",
+        "self._loading = self._loaded_at = self._failed_at = None",
+        "self._loading = self._failed_at = None",
+        ("tests/security/test_api_key_postgres_refresh.py",),
+    ),
+    Mutant(
+        "database-error-text-to-the-client",
+        "gateway/postgres.py",
+        "raise Unavailable(self.unavailable_message) from error",
+        'raise Unavailable(f"{self.unavailable_message}: {error}") from error',
+        ("tests/security/test_api_key_postgres_refresh.py",),
+    ),
+    Mutant(
+        "api-key-file-rewritten-as-the-writers",
+        "gateway/auth/file_keys.py",
+        "os.fchown(fd, old.st_uid, old.st_gid)",
+        "pass",
+        ("tests/security/test_api_key_stores.py::test_a_rewrite_by_root_keeps_the_gateway_users_file",),
+    ),
+    Mutant(
+        "api-key-file-unreadable-is-internal",
+        "gateway/auth/file_keys.py",
+        "except OSError as error:",
+        "except FileNotFoundError as error:",
+        ("tests/security/test_api_key_stores.py::test_an_unreadable_file_keeps_the_keys_last_read",),
+    ),
+    Mutant(
+        "api-key-quota-unbounded",
+        "gateway/auth/keys.py",
+        "if value is not None and not 0 <= value <= largest:",
+        "if value is not None and value < 0:",
+        ("tests/security/test_api_key_bounds.py",),
     ),
 )
 

@@ -1,4 +1,6 @@
-"""API keys in a JSON file: written atomically (a temporary file renamed over it), mode 0600, re-read on change.
+"""API keys in a JSON file: written atomically (a temporary file renamed over it), re-read on change. A new file
+is mode 0600; a rewritten one keeps its owner and mode, so that `sudo genmesh keys ...` leaves the gateway's
+user able to read it.
 
 Every ``authenticate`` stats the file (about a microsecond, against the ~100 µs a gRPC call costs anyway) and
 re-reads it when its inode, size or modification time changed: a key created or revoked by `genmesh keys`
@@ -10,10 +12,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import fcntl
 import json
 import logging
 import os
+import stat
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -102,7 +106,8 @@ class FileKeyStore:
 
     def _current(self, strict: bool = False) -> dict[str, KeyRecord]:
         """The keys as the file holds them now: re-read only when the file changed since the last read. A file
-        that no longer parses is an error when ``strict`` or at the first read, else the last keys are kept."""
+        that no longer parses or cannot be read is an error when ``strict`` or at the first read, else the last
+        keys are kept."""
         try:
             stat = self.path.stat()
         except FileNotFoundError:
@@ -111,11 +116,12 @@ class FileKeyStore:
         signature = (stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
         if signature != self._signature:
             try:
-                self._keys = _parse(self.path.read_bytes(), self.path)
+                self._keys = _parse(_read(self.path), self.path)
             except ValueError as error:
                 if strict or self._signature is None:
                     raise
-                # A hand edit gone wrong: keep serving the keys last read, and say so once per bad version.
+                # A hand edit gone wrong, or a file the gateway may no longer read: keep serving the keys last
+                # read, and say so once per bad version.
                 log.error("api key file not reloaded", extra={"store": self.label, "error": str(error)})
             else:
                 log.info("api keys loaded", extra={"store": self.label, "keys": len(self._keys)})
@@ -126,7 +132,7 @@ class FileKeyStore:
     def _writing(self) -> Iterator[dict[str, KeyRecord]]:
         """The keys to change, under the writers' lock; written back atomically when the block succeeds."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        lock_fd = os.open(f"{self.path}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        lock_fd = self._open_lock()
         try:
             fcntl.flock(lock_fd, fcntl.LOCK_EX)
             self._signature = None  # read afresh under the lock
@@ -136,10 +142,25 @@ class FileKeyStore:
         finally:
             os.close(lock_fd)  # releases the lock
 
+    def _open_lock(self) -> int:
+        """The writers' lock file, opened; one created now gets the key file's owner, as the key file itself."""
+        lock = f"{self.path}.lock"
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            return os.open(lock, os.O_RDWR)
+        try:
+            _keep_owner_and_mode(fd, self.path)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
     def _write(self, keys: dict[str, KeyRecord]) -> None:
         document = {"version": FORMAT_VERSION, "keys": [_to_json(keys[key_id]) for key_id in sorted(keys)]}
         fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=self.path.parent)  # mode 0600
         try:
+            _keep_owner_and_mode(fd, self.path)
             with os.fdopen(fd, "w") as out:
                 json.dump(document, out, indent=1)
                 out.flush()
@@ -154,6 +175,30 @@ class FileKeyStore:
             os.fsync(dir_fd)  # the rename itself survives a crash
         finally:
             os.close(dir_fd)
+
+
+def _read(path: Path) -> bytes:
+    """The file's bytes; ValueError naming it when it cannot be read (a PermissionError after someone rewrote
+    it as another user), so that a running gateway keeps its keys as it does for a file that does not parse."""
+    try:
+        return path.read_bytes()
+    except OSError as error:
+        raise ValueError(f"cannot read the API key file {path}: {error.strerror or error}") from None
+
+
+def _keep_owner_and_mode(fd: int, path: Path) -> None:
+    """Give the new file ``fd`` the owner, group and mode of the file it replaces (if any). Changing the owner
+    needs root: a writer that is not root and not the owner keeps its own (EPERM ignored)."""
+    try:
+        old = os.stat(path)
+    except FileNotFoundError:
+        return
+    try:
+        os.fchown(fd, old.st_uid, old.st_gid)
+    except PermissionError as error:
+        if error.errno != errno.EPERM:
+            raise
+    os.fchmod(fd, stat.S_IMODE(old.st_mode))
 
 
 def _known(keys: dict[str, KeyRecord], key_id: str) -> KeyRecord:

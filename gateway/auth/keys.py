@@ -33,6 +33,15 @@ _TOOL_NAME = re.compile(rf"[\x21-\x7e]{{1,{MAX_TOOL_NAME}}}")
 _NO_SALT = bytes(SALT_BYTES)
 _NO_HASH = bytes(32)
 NO_LIMITS = Limits()
+#: The largest value of each quota field: its protobuf type (int64, int32), which is also its Postgres column's.
+LIMIT_MAX = {
+    "requests_per_minute": 2**63 - 1,
+    "tokens_per_minute": 2**63 - 1,
+    "tokens_per_day": 2**63 - 1,
+    "max_concurrent_streams": 2**31 - 1,
+}
+#: The latest expire_time: 9999-12-31T23:59:59Z, the end of google.protobuf.Timestamp's range.
+MAX_EXPIRE_TIME = 253_402_300_799.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,10 +214,14 @@ def check_record(record: KeyRecord) -> None:
         raise InvalidArgument.field("display_name", "must be 1..64 characters of A-Z a-z 0-9 . _ -")
     if not record.scopes:
         raise InvalidArgument.field("scopes", "give at least one of admin, generate, jobs")
-    for name in ("requests_per_minute", "tokens_per_minute", "tokens_per_day", "max_concurrent_streams"):
+    for name, largest in LIMIT_MAX.items():
         value = getattr(record.limits, name)
-        if value is not None and value < 0:
-            raise InvalidArgument.field(f"quota.{name}", "must not be negative (0 refuses every call; unset: no limit)")
+        if value is not None and not 0 <= value <= largest:
+            raise InvalidArgument.field(
+                f"quota.{name}", f"must be 0..{largest} (0 refuses every call; unset: no limit), got {value}"
+            )
+    if record.expire_time is not None and not record.expire_time <= MAX_EXPIRE_TIME:  # also refuses NaN
+        raise InvalidArgument.field("expire_time", f"must be at most {iso(MAX_EXPIRE_TIME)} (or unset: never)")
     if len(record.allowed_tools) > MAX_TOOLS:
         raise InvalidArgument.field("allowed_tools", f"at most {MAX_TOOLS} tools")
     for tool in record.allowed_tools:

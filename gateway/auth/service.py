@@ -13,6 +13,7 @@ from gateway.auth.caller import Limits
 from gateway.auth.keys import KeyRecord, parse_key_id, parse_scopes
 from gateway.auth.keystore import KeyStore
 from genmesh.errors import InvalidArgument
+from genmesh.interceptor import REQUEST_ID_RULE, valid_request_id
 from genmesh.paging import check_page_size, decode_page_token, encode_page_token, fitting
 from genmesh.v1 import api_keys_pb2, api_keys_pb2_grpc
 
@@ -33,6 +34,8 @@ class ApiKeyServicer(api_keys_pb2_grpc.ApiKeyServiceServicer):
         self, request: api_keys_pb2.CreateApiKeyRequest, context: grpc.aio.ServicerContext
     ) -> api_keys_pb2.CreateApiKeyResponse:
         key = request.api_key
+        if request.request_id and not valid_request_id(request.request_id):
+            raise InvalidArgument.field("request_id", f"{REQUEST_ID_RULE}, got {len(request.request_id)} characters")
         try:
             scopes = parse_scopes(list(key.scopes))
             limits = limits_of(key.quota)
@@ -75,6 +78,7 @@ class ApiKeyServicer(api_keys_pb2_grpc.ApiKeyServiceServicer):
         if not paths:
             raise InvalidArgument.field("update_mask", f"name at least one of {', '.join(UPDATABLE)}")
         changes: dict[str, Any] = {}
+        quota_changes: dict[str, int | None] = {}
         try:
             for path in paths:
                 top, _, sub = path.partition(".")
@@ -88,16 +92,13 @@ class ApiKeyServicer(api_keys_pb2_grpc.ApiKeyServiceServicer):
                     changes["allowed_tools"] = frozenset(key.allowed_tools)
                 elif top == "expire_time":
                     changes["expire_time"] = self._expire_time(key) if key.HasField("expire_time") else None
+                elif top == "quota":  # only the masked limits: the others are neither read nor checked
+                    quota_changes.update(limit_values(key.quota, (sub,) if sub else LIMIT_FIELDS))
         except InvalidArgument as error:
             raise (error if error.violations[0].field == "update_mask" else error.prefixed("api_key")) from None
-        new_limits = limits_of(key.quota)
-        quota_paths = [p.partition(".")[2] for p in paths if p.partition(".")[0] == "quota"]
 
         def change(record: KeyRecord) -> KeyRecord:
-            limits = record.limits
-            for sub in quota_paths:
-                limits = dataclasses.replace(limits, **{sub: getattr(new_limits, sub)}) if sub else new_limits
-            return dataclasses.replace(record, limits=limits, **changes)
+            return dataclasses.replace(record, limits=dataclasses.replace(record.limits, **quota_changes), **changes)
 
         try:
             record = await self._store.update(key_id, change)
@@ -119,13 +120,17 @@ class ApiKeyServicer(api_keys_pb2_grpc.ApiKeyServiceServicer):
 
 def limits_of(quota: api_keys_pb2.Quota) -> Limits:
     """The Limits of a Quota message (unset fields: no limit); InvalidArgument naming quota.* when one is < 0."""
-    values = {name: getattr(quota, name) if quota.HasField(name) else None for name in LIMIT_FIELDS}  # type: ignore[arg-type]
-    limits = Limits(**values)
-    for name in LIMIT_FIELDS:
-        value = getattr(limits, name)
+    return Limits(**limit_values(quota, LIMIT_FIELDS))
+
+
+def limit_values(quota: api_keys_pb2.Quota, names: tuple[str, ...]) -> dict[str, int | None]:
+    """The ``names`` fields of a Quota message (unset: None, no limit); InvalidArgument naming quota.* when one
+    is < 0 (the upper bounds are the proto's own; keys.check_record checks the whole key again)."""
+    values = {name: getattr(quota, name) if quota.HasField(name) else None for name in names}  # type: ignore[arg-type]
+    for name, value in values.items():
         if value is not None and value < 0:
             raise InvalidArgument.field(f"quota.{name}", "must not be negative (0 refuses every call; unset: no limit)")
-    return limits
+    return values
 
 
 def to_proto(record: KeyRecord) -> api_keys_pb2.ApiKey:

@@ -21,7 +21,8 @@ from gateway.auth.caller import Scope
 from gateway.auth.file_keys import FileKeyStore
 from gateway.auth.interceptor import MISSING_MESSAGE, AuthInterceptor
 from gateway.auth.service import ApiKeyServicer
-from genmesh.interceptor import ServiceInterceptor
+from genmesh.errors import InvalidArgument
+from genmesh.interceptor import REQUEST_ID_RULE, ServiceInterceptor
 from genmesh.v1 import api_keys_pb2, api_keys_pb2_grpc
 
 
@@ -208,3 +209,36 @@ async def test_revoke_takes_effect_on_the_next_call(served: Served, caplog: pyte
         with pytest.raises(grpc.aio.AioRpcError) as bad:
             await served.stub.RevokeApiKey(api_keys_pb2.RevokeApiKeyRequest(name=name), metadata=served.admin)
         assert bad.value.code() == code
+
+
+@pytest.mark.parametrize("request_id", ["x" * 129, "tab\there", "é"])
+async def test_create_names_a_bad_request_id(tmp_path: Path, request_id: str) -> None:
+    # The servicer itself checks it (the shared interceptor does too, in front of it): a long one would not fit
+    # Postgres's index of api_keys.request_id.
+    store = FileKeyStore(tmp_path / "keys.json")
+    with pytest.raises(InvalidArgument) as bad:
+        await ApiKeyServicer(store).CreateApiKey(_create("x", "generate", request_id=request_id), None)
+    assert [v.field for v in bad.value.violations] == ["request_id"] and REQUEST_ID_RULE in bad.value.message
+    assert await store.list() == []
+    created = await ApiKeyServicer(store).CreateApiKey(_create("x", "generate", request_id="x" * 128), None)
+    assert created.secret
+
+
+async def test_update_reads_only_the_masked_quota_fields(served: Served) -> None:
+    created = await served.stub.CreateApiKey(_create("quota", "generate"), metadata=served.admin)
+
+    async def update(paths: list[str], **quota: int) -> api_keys_pb2.ApiKey:
+        change = api_keys_pb2.ApiKey(name=created.api_key.name, display_name="quota", quota=api_keys_pb2.Quota(**quota))
+        request = api_keys_pb2.UpdateApiKeyRequest(api_key=change, update_mask=field_mask_pb2.FieldMask(paths=paths))
+        updated: api_keys_pb2.UpdateApiKeyResponse = await served.stub.UpdateApiKey(request, metadata=served.admin)
+        return updated.api_key
+
+    # A bad value of a limit not in the mask is neither read nor refused.
+    assert not (await update(["display_name"], requests_per_minute=-1)).quota.HasField("requests_per_minute")
+    updated = await update(["quota.tokens_per_day"], tokens_per_day=7, requests_per_minute=-1)
+    assert updated.quota.tokens_per_day == 7 and not updated.quota.HasField("requests_per_minute")
+    for paths in (["quota.requests_per_minute"], ["quota"]):
+        with pytest.raises(grpc.aio.AioRpcError) as bad:
+            await update(paths, requests_per_minute=-1)
+        assert violated_fields(bad.value) == ["api_key.quota.requests_per_minute"]
+    assert (await update(["quota"], max_concurrent_streams=2)).quota == api_keys_pb2.Quota(max_concurrent_streams=2)

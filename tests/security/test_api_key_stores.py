@@ -6,9 +6,12 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hmac
+import logging
 import os
+import pwd
 import stat
-from collections.abc import AsyncIterator, Callable
+import tempfile
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import psycopg
@@ -201,3 +204,62 @@ async def test_a_broken_file_edit_keeps_the_keys_last_read(tmp_path: Path) -> No
     await store.authenticate(secret)  # still served, and the error logged
     with pytest.raises(ValueError, match="not an API key file"):
         await FileKeyStore(path).open()  # a fresh start refuses it
+
+
+NOBODY = pwd.getpwnam("nobody")
+
+
+@contextlib.contextmanager
+def _as_gateway_user() -> Iterator[None]:
+    """Run the block with the effective uid and gid of ``nobody``: the gateway's own user (the tests run as root)."""
+    os.setegid(NOBODY.pw_gid)
+    os.seteuid(NOBODY.pw_uid)
+    try:
+        yield
+    finally:
+        os.seteuid(0)
+        os.setegid(0)
+
+
+@pytest.fixture
+def gateway_home() -> Iterator[Path]:
+    """A directory of the gateway's user, outside root's private temporary directories."""
+    with tempfile.TemporaryDirectory() as top:
+        home = Path(top) / "gateway"
+        home.mkdir(mode=0o700)
+        os.chown(home, NOBODY.pw_uid, NOBODY.pw_gid)
+        os.chmod(top, 0o755)
+        yield home
+
+
+async def test_a_rewrite_by_root_keeps_the_gateway_users_file(gateway_home: Path) -> None:
+    path = gateway_home / "api-keys.json"
+    gateway = FileKeyStore(path)
+    with _as_gateway_user():
+        await gateway.create("first", [Scope.GENERATE])  # the gateway's own file (ApiKeyService)
+        os.chmod(path, 0o640)
+    _, second = await FileKeyStore(path).create("second", [Scope.GENERATE])  # `sudo genmesh keys create`
+    written = os.stat(path)
+    assert (written.st_uid, written.st_gid, stat.S_IMODE(written.st_mode)) == (NOBODY.pw_uid, NOBODY.pw_gid, 0o640)
+    with _as_gateway_user():
+        assert (await gateway.authenticate(second)).display_name == "second"
+        await gateway.create("third", [Scope.GENERATE])  # the lock file root used is the gateway's too
+    assert sorted(r.display_name for r in await gateway.list()) == ["first", "second", "third"]
+
+
+async def test_an_unreadable_file_keeps_the_keys_last_read(
+    gateway_home: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = gateway_home / "api-keys.json"
+    gateway = FileKeyStore(path)
+    with _as_gateway_user():
+        _, secret = await gateway.create("kept", [Scope.GENERATE])
+        await gateway.open()
+    os.chown(path, 0, 0)  # now root's, mode 0600: the gateway's user may not read it
+    caplog.set_level(logging.ERROR, logger="genmesh.gateway.auth")
+    with _as_gateway_user():
+        assert (await gateway.authenticate(secret)).display_name == "kept"
+        errors = [r.error for r in caplog.records if r.getMessage() == "api key file not reloaded"]  # type: ignore[attr-defined]
+        assert errors == [f"cannot read the API key file {path}: Permission denied"]
+        with pytest.raises(ValueError, match=r"cannot read the API key file .*: Permission denied"):
+            await FileKeyStore(path).open()  # a fresh start refuses it, saying why
