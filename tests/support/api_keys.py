@@ -12,6 +12,11 @@ bearer = bearer_metadata
 """The call metadata that presents a secret."""
 
 
+def random_part(secret: str) -> str:
+    """The 43 random characters of ``gmk_<id>_<random>`` (they may contain ``_`` themselves)."""
+    return secret[-43:]
+
+
 def error_info(error: grpc.aio.AioRpcError) -> error_details_pb2.ErrorInfo:
     """The ErrorInfo detail of a failed call's status."""
     status = rpc_status.from_call(error)
