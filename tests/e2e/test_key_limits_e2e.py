@@ -12,9 +12,7 @@ from pathlib import Path
 import grpc
 import pytest
 import pytest_asyncio
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
-from support.api_keys import bearer, error_info
+from support.api_keys import bearer, error_info, quota_violations
 from support.jobs_gateway import start_jobs_gateway, stop
 
 from genmesh.channels import open_channel
@@ -85,18 +83,6 @@ async def refused(stub: gateway_pb2_grpc.GatewayServiceStub, secret: str) -> grp
         await answer(stub, secret)
     assert error.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, error.value.details()
     return error.value
-
-
-def quota_violations(error: grpc.aio.AioRpcError) -> list[tuple[str, str]]:
-    status = rpc_status.from_call(error)
-    assert status is not None
-    found: list[tuple[str, str]] = []
-    for detail in status.details:
-        if detail.Is(error_details_pb2.QuotaFailure.DESCRIPTOR):
-            failure = error_details_pb2.QuotaFailure()
-            detail.Unpack(failure)
-            found.extend((v.subject, v.description) for v in failure.violations)
-    return found
 
 
 async def audit_line(gateway: ServiceProcess, *words: str) -> str:

@@ -19,6 +19,7 @@ from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from support.malformed import multi_callable
 
 import genmesh.v1
 from gateway.auth.caller import Scope
@@ -112,15 +113,8 @@ def _call(channel: grpc.Channel, method: descriptor.MethodDescriptor, request: A
     """Make one call of any kind; read a few messages of a response stream, then cancel it."""
     path = f"/{method.containing_service.full_name}/{method.name}"
     response_class = message_factory.GetMessageClass(method.output_type)
-    codec = {"request_serializer": lambda m: m.SerializeToString(), "response_deserializer": response_class.FromString}
     streaming_in, streaming_out = method.client_streaming, method.server_streaming
-    kind = {
-        (False, False): channel.unary_unary,
-        (False, True): channel.unary_stream,
-        (True, False): channel.stream_unary,
-        (True, True): channel.stream_stream,
-    }[(streaming_in, streaming_out)]
-    callable_ = kind(path, **codec)
+    callable_ = multi_callable(channel, method, path, lambda m: m.SerializeToString(), response_class.FromString)
     argument = iter(request) if streaming_in else request
     try:
         if streaming_out:

@@ -8,9 +8,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import grpc
 import pytest
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 from inprocess import ScriptedInference, ScriptedRetrieval, ScriptedTools
+from support.api_keys import quota_violations
 
 from gateway.admission import StreamLimiter
 from gateway.auth.audit import AuditLog
@@ -132,18 +131,6 @@ async def gateway() -> AsyncIterator[Gateway]:
 
 async def answer(gateway: Gateway, metadata: Metadata) -> list[gateway_pb2.GatewayEvent]:
     return [event async for event in gateway.stub.Generate(REQUEST, metadata=metadata)]
-
-
-def quota_violations(error: grpc.aio.AioRpcError) -> list[tuple[str, str]]:
-    status = rpc_status.from_call(error)
-    assert status is not None
-    found: list[tuple[str, str]] = []
-    for detail in status.details:
-        if detail.Is(error_details_pb2.QuotaFailure.DESCRIPTOR):
-            failure = error_details_pb2.QuotaFailure()
-            detail.Unpack(failure)
-            found.extend((v.subject, v.description) for v in failure.violations)
-    return found
 
 
 async def refusal(gateway: Gateway, metadata: Metadata) -> grpc.aio.AioRpcError:

@@ -27,3 +27,16 @@ def error_info(error: grpc.aio.AioRpcError) -> error_details_pb2.ErrorInfo:
             detail.Unpack(info)
             return info
     raise AssertionError(f"no ErrorInfo in {error.details()}")
+
+
+def quota_violations(error: grpc.aio.AioRpcError) -> list[tuple[str, str]]:
+    """The (subject, description) pairs of a failed call's QuotaFailure details."""
+    status = rpc_status.from_call(error)
+    assert status is not None
+    found: list[tuple[str, str]] = []
+    for detail in status.details:
+        if detail.Is(error_details_pb2.QuotaFailure.DESCRIPTOR):
+            failure = error_details_pb2.QuotaFailure()
+            detail.Unpack(failure)
+            found.extend((v.subject, v.description) for v in failure.violations)
+    return found

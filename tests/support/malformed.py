@@ -12,8 +12,9 @@ from __future__ import annotations
 import importlib
 import pkgutil
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 from google.protobuf import descriptor, descriptor_pool, message_factory
@@ -121,19 +122,30 @@ def malformed_cases(rpc: Rpc) -> dict[str, bytes]:
     return cases
 
 
+def multi_callable(
+    channel: grpc.Channel,
+    method: descriptor.MethodDescriptor,
+    path: str,
+    serialize: Callable[[Any], bytes] | None,
+    deserialize: Callable[[bytes], Any] | None,
+) -> Any:
+    """The channel's callable for ``method``, of its kind (unary or streaming, each way) at ``path``."""
+    kind = {
+        (False, False): channel.unary_unary,
+        (False, True): channel.unary_stream,
+        (True, False): channel.stream_unary,
+        (True, True): channel.stream_stream,
+    }[(method.client_streaming, method.server_streaming)]
+    return kind(path, request_serializer=serialize, response_deserializer=deserialize)
+
+
 def call_raw(
     channel: grpc.Channel, rpc: Rpc, frames: Sequence[bytes], metadata: Sequence[tuple[str, str]] = ()
 ) -> grpc.RpcError | None:
     """Send ``frames`` as they are (the first alone for a unary request), read the whole answer; the error the
     call ended with, if any."""
     streaming_in, streaming_out = rpc.method.client_streaming, rpc.method.server_streaming
-    kind = {
-        (False, False): channel.unary_unary,
-        (False, True): channel.unary_stream,
-        (True, False): channel.stream_unary,
-        (True, True): channel.stream_stream,
-    }[(streaming_in, streaming_out)]
-    callable_ = kind(rpc.path, request_serializer=None, response_deserializer=None)  # bytes in, bytes out
+    callable_ = multi_callable(channel, rpc.method, rpc.path, None, None)  # bytes in, bytes out
     argument = iter(frames) if streaming_in else frames[0]
     try:
         if streaming_out:
