@@ -8,9 +8,11 @@ from typing import Any
 
 import grpc
 
+from genmesh import tracing
 from genmesh.bearer import bearer_interceptors
 from genmesh.server import MAX_MESSAGE_BYTES
 from genmesh.tls import ClientTLS
+from genmesh.tracing.client import TracedChannel
 
 # Idempotent unary methods are retried by gRPC itself on UNAVAILABLE: up to 5 attempts (gRPC's ceiling), with
 # exponential backoff and full jitter (each wait is uniform in [0, min(0.02 s * 2^n, 0.25 s)]), inside the
@@ -96,12 +98,15 @@ def open_channel(
     """A channel to a mesh service at ``target`` (``host:port`` or any gRPC target): plaintext, or TLS with
     ``tls`` (its ``server_name``, when set, is the name the server's certificate is checked for). With
     ``balanced_service``, calls go round-robin to the target's healthy addresses. With ``api_key``, every call
-    sends it as ``authorization: Bearer <key>`` (a gateway that requires keys)."""
+    sends it as ``authorization: Bearer <key>`` (a gateway that requires keys). While this process traces
+    (genmesh.tracing), calls made inside a trace get a CLIENT span and send its ``traceparent``."""
     config = balanced_service_config(balanced_service) if balanced_service else None
     options = channel_options(config, keepalive)
     interceptors = bearer_interceptors(api_key) if api_key else None
     if tls is None:
-        return grpc.aio.insecure_channel(target, options=options, interceptors=interceptors)
-    if tls.server_name:
-        options.append(("grpc.ssl_target_name_override", tls.server_name))
-    return grpc.aio.secure_channel(target, tls.credentials(), options=options, interceptors=interceptors)
+        channel = grpc.aio.insecure_channel(target, options=options, interceptors=interceptors)
+    else:
+        if tls.server_name:
+            options.append(("grpc.ssl_target_name_override", tls.server_name))
+        channel = grpc.aio.secure_channel(target, tls.credentials(), options=options, interceptors=interceptors)
+    return TracedChannel(channel) if tracing.enabled() else channel

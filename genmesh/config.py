@@ -84,6 +84,13 @@ def add_server_flags(parser: argparse.ArgumentParser, service: str, default_port
     flags.add("--host", default="127.0.0.1", help="address to listen on")
     flags.add("--port", type=int, default=default_port, help="port to listen on (0 picks a free one)")
     flags.add(
+        "--metrics-port",
+        type=metrics_port,
+        default=-1,
+        help="serve Prometheus metrics at http://HOST:PORT/metrics on --host (docs/OBSERVABILITY.md); -1: off, "
+        "0: a free port (logged)",
+    )
+    flags.add(
         "--drain-delay",
         type=float,
         default=0.0,
@@ -104,7 +111,40 @@ def add_server_flags(parser: argparse.ArgumentParser, service: str, default_port
     shared = Flags(parser, "GENMESH")
     shared.add("--log-level", default="info", help="log level", choices=["debug", "info", "warning", "error"])
     shared.add("--log-format", default="text", help="log line format", choices=["text", "json"])
+    add_tracing_flags(shared)
     return flags
+
+
+def add_tracing_flags(flags: Flags) -> None:
+    """--otlp-endpoint/--trace-sample-ratio: export OpenTelemetry traces (docs/OBSERVABILITY.md); off without an
+    endpoint. The endpoint falls back on OpenTelemetry's own variables after ``{prefix}_OTLP_ENDPOINT``."""
+    flags.add(
+        "--otlp-endpoint",
+        default=standard_otlp_endpoint(),
+        help="OTLP/gRPC receiver to export traces to: host:port or http://host:port (plaintext), https://host:port "
+        "(TLS); empty: no tracing. Falls back on OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, then OTEL_EXPORTER_OTLP_ENDPOINT",
+    )
+    flags.add(
+        "--trace-sample-ratio",
+        type=sample_ratio,
+        default=1.0,
+        help="share of the traces started here that are recorded (0..1); a call with a traceparent follows its flag",
+    )
+
+
+def standard_otlp_endpoint() -> str:
+    """The traces endpoint that OpenTelemetry's standard variables name ("" under OTEL_SDK_DISABLED=true)."""
+    if os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        return ""
+    return os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", "")
+
+
+def sample_ratio(text: str) -> float:
+    """A sampling ratio: a number from 0 to 1."""
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{value} is outside 0..1")
+    return value
 
 
 def add_server_tls_flags(flags: Flags) -> None:
@@ -127,6 +167,14 @@ def add_upstream_tls_flags(flags: Flags) -> None:
     flags.add("--upstream-tls-ca", default="", help="PEM CA the upstreams' certificates must chain to (enables TLS)")
     flags.add("--upstream-tls-cert", default="", help="PEM client certificate presented to upstreams (mutual TLS)")
     flags.add("--upstream-tls-key", default="", help="PEM private key of --upstream-tls-cert")
+
+
+def metrics_port(text: str) -> int:
+    """A --metrics-port: -1 (off), 0 (a free port) or a TCP port."""
+    value = int(text)
+    if not -1 <= value <= 65535:
+        raise ValueError(f"{value} is not -1 (off), 0 (a free port) or a port up to 65535")
+    return value
 
 
 def parse_bool(text: str) -> bool:

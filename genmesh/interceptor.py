@@ -19,6 +19,7 @@ from genmesh.decoding import check, checked, guarded
 from genmesh.errors import GenmeshError, InvalidArgument, Unavailable, UpstreamError
 from genmesh.faults import FaultInjector
 from genmesh.logs import REQUEST_ID
+from genmesh.metrics.rpc import MethodMetrics, RpcMetrics
 from genmesh.status import code_value, status_code_of, status_message, to_rpc_status
 
 log = logging.getLogger("genmesh.rpc")
@@ -28,7 +29,8 @@ MAX_REQUEST_ID_CHARS = 128
 # A request id travels back in response metadata, so it must be a valid header value.
 _VALID_REQUEST_ID = re.compile(rf"[\x20-\x7e]{{1,{MAX_REQUEST_ID_CHARS}}}")
 REQUEST_ID_RULE = f"must be 1..{MAX_REQUEST_ID_CHARS} printable ASCII characters"
-_QUIET_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
+QUIET_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
+"""Health and reflection: logged at debug level, never counted in by admission, never traced."""
 DRAINING_MESSAGE = "draining: this replica is shutting down; retry on another"
 
 
@@ -98,17 +100,22 @@ class Admission:
 
 
 class _Call:
-    """Bookkeeping of one RPC: timing, the status it ended with, and the closing log line."""
+    """Bookkeeping of one RPC: timing, the status it ended with, the closing log line and its metrics."""
 
-    def __init__(self, method: str, context: grpc.aio.ServicerContext, request: Any) -> None:
+    def __init__(
+        self, method: str, context: grpc.aio.ServicerContext, request: Any, metrics: MethodMetrics | None = None
+    ) -> None:
         self.method = method
         self.context = context
-        self.quiet = method.startswith(_QUIET_PREFIXES)
+        self.quiet = method.startswith(QUIET_PREFIXES)
         self.request_id, self.generated_id = ("", False) if self.quiet else _request_id(request, context)
         self.code = grpc.StatusCode.OK
         self.start = time.perf_counter()
         self.token = REQUEST_ID.set(self.request_id)
         self._logged = False
+        self._metrics = metrics
+        if metrics is not None:
+            metrics.begin()
 
     async def begin(self, faults: FaultInjector, admission: Admission) -> None:
         if self.request_id and not _VALID_REQUEST_ID.fullmatch(self.request_id):
@@ -154,11 +161,14 @@ class _Call:
         await self.context.abort(status.code, status.details, status.trailing_metadata)
 
     def _log(self) -> None:
-        """The call's one log line (written once)."""
+        """The call's one log line and its metrics (recorded once, as the status is decided)."""
         if self._logged:
             return
         self._logged = True
-        duration_ms = (time.perf_counter() - self.start) * 1000.0
+        duration_s = time.perf_counter() - self.start
+        if self._metrics is not None:
+            self._metrics.end(self.code, duration_s)
+        duration_ms = duration_s * 1000.0
         level = logging.DEBUG if self.quiet else logging.INFO
         log.log(level, "rpc", extra={"method": self.method, "status": self.code.name, "duration_ms": duration_ms})
 
@@ -205,12 +215,15 @@ def rewrap(
 
 
 class ServiceInterceptor(grpc.aio.ServerInterceptor):
-    """Wraps every handler so that errors map to specific status codes, each RPC logs one line, and ``admission``
-    decides whether a new call may run."""
+    """Wraps every handler so that errors map to specific status codes, each RPC logs one line (and is counted in
+    ``metrics`` when given), and ``admission`` decides whether a new call may run."""
 
-    def __init__(self, faults: FaultInjector | None = None, admission: Admission | None = None) -> None:
+    def __init__(
+        self, faults: FaultInjector | None = None, admission: Admission | None = None, metrics: RpcMetrics | None = None
+    ) -> None:
         self._faults = faults or FaultInjector([])
         self._admission = admission or Admission()
+        self._metrics = metrics
 
     async def intercept_service(
         self,
@@ -221,16 +234,18 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
         if handler is None:
             return handler
         method: str = handler_call_details.method
+        # only methods with a handler get here (grpc answers the rest UNIMPLEMENTED): bounded metric labels
+        metrics = None if self._metrics is None else self._metrics.method(method, handler)
         return rewrap(
             handler,
-            lambda inner, unary_request: self._unary(method, inner, unary_request),
-            lambda inner, unary_request: self._stream(method, inner, unary_request),
+            lambda inner, unary_request: self._unary(method, inner, unary_request, metrics),
+            lambda inner, unary_request: self._stream(method, inner, unary_request, metrics),
             guarded(handler.request_deserializer),
         )
 
-    def _unary(self, method: str, inner: Unary, unary_request: bool) -> Unary:
+    def _unary(self, method: str, inner: Unary, unary_request: bool, metrics: MethodMetrics | None = None) -> Unary:
         async def handle(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            call = _Call(method, context, request if unary_request else None)
+            call = _Call(method, context, request if unary_request else None, metrics)
             try:
                 await call.begin(self._faults, self._admission)
                 return await inner(_parsed(request, unary_request), context)
@@ -241,14 +256,16 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
 
         return handle
 
-    def _stream(self, method: str, inner: Streaming, unary_request: bool) -> Streaming | Unary:
+    def _stream(
+        self, method: str, inner: Streaming, unary_request: bool, metrics: MethodMetrics | None = None
+    ) -> Streaming | Unary:
         if not inspect.isasyncgenfunction(inner):
             # A handler that streams with ``await context.write(...)`` (grpc's health Watch does) must stay a
             # coroutine: grpc refuses a handler that mixes both styles.
-            return self._unary(method, cast(Unary, inner), unary_request)
+            return self._unary(method, cast(Unary, inner), unary_request, metrics)
 
         async def handle(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            call = _Call(method, context, request if unary_request else None)
+            call = _Call(method, context, request if unary_request else None, metrics)
             try:
                 await call.begin(self._faults, self._admission)
                 async for response in inner(_parsed(request, unary_request), context):

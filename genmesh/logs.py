@@ -1,4 +1,4 @@
-"""Structured logging: one logfmt or JSON line per event, with the current request id attached."""
+"""Structured logging: one logfmt or JSON line per event, with the current request id (and trace) attached."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import logging
 import sys
 import time
 from typing import Any
+
+from opentelemetry import trace
 
 REQUEST_ID: contextvars.ContextVar[str] = contextvars.ContextVar("genmesh_request_id", default="")
 
@@ -37,6 +39,10 @@ def _fields(record: logging.LogRecord) -> dict[str, Any]:
     request_id = REQUEST_ID.get()
     if request_id:
         fields["request_id"] = _bounded(request_id)
+    span = trace.get_current_span().get_span_context()  # genmesh.tracing: the RPC's span while one is traced
+    if span.is_valid:
+        fields["trace_id"] = trace.format_trace_id(span.trace_id)
+        fields["span_id"] = trace.format_span_id(span.span_id)
     fields.update({k: _bounded(v) for k, v in vars(record).items() if k not in _RESERVED and not k.startswith("_")})
     if record.exc_info:
         fields["exc"] = _bounded(logging.Formatter().formatException(record.exc_info), MAX_EXC_CHARS)

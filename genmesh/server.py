@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import signal
 import sys
@@ -15,11 +16,15 @@ from typing import Protocol
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from genmesh import tracing
 from genmesh.faults import FaultInjector, parse_faults
 from genmesh.interceptor import Admission, ServiceInterceptor
 from genmesh.logs import configure_logging
+from genmesh.metrics import MetricsServer, RpcMetrics, process_metrics, restore, use
 from genmesh.reflection import enable_reflection
 from genmesh.tls import ServerTLS, is_loopback, load_server_material, server_credentials
+from genmesh.tracing import TraceSettings, installed
+from genmesh.tracing.server import TracingInterceptor
 
 log = logging.getLogger("genmesh.server")
 
@@ -49,6 +54,8 @@ class ServerConfig:
     """Serve TLS with these files (reloaded on SIGHUP or change); plaintext when None."""
     reflection: bool = True
     """Serve server reflection (v1 and v1alpha); without it reflection calls are UNIMPLEMENTED."""
+    metrics_port: int | None = None
+    """Serve Prometheus metrics over HTTP on ``host`` at this port (0: a free one); None: no metrics at all."""
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -57,6 +64,8 @@ class ServerConfig:
             raise ValueError("grace must not be negative")
         if self.drain_delay_s < 0:
             raise ValueError("drain delay must not be negative")
+        if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
+            raise ValueError(f"metrics port {self.metrics_port} is out of range 0..65535")
         parse_faults(self.faults)  # fail at start-up, not on the first call
 
 
@@ -94,8 +103,15 @@ async def serve(service: Service, config: ServerConfig, stop: asyncio.Event | No
     stop = stop or asyncio.Event()
     hurry = asyncio.Event()
     admission = Admission()
+    metrics = None if config.metrics_port is None else process_metrics()
+    rpc_metrics = None if metrics is None else RpcMetrics(metrics)
+    traced = [TracingInterceptor()] if tracing.enabled() else []  # first: the RPC's log line is inside its span
     server = grpc.aio.server(
-        interceptors=[ServiceInterceptor(FaultInjector(parse_faults(config.faults)), admission), *service.interceptors],
+        interceptors=[
+            *traced,
+            ServiceInterceptor(FaultInjector(parse_faults(config.faults)), admission, rpc_metrics),
+            *service.interceptors,
+        ],
         options=SERVER_OPTIONS,
     )
     health_servicer = health.aio.HealthServicer()
@@ -125,6 +141,11 @@ async def serve(service: Service, config: ServerConfig, stop: asyncio.Event | No
         (hurry if stop.is_set() else stop).set()
 
     await set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+    exporter = None
+    if metrics is not None and config.metrics_port is not None:  # before the model loads: scrapes see it load
+        exporter = MetricsServer(metrics, config.host, config.metrics_port)
+        log.info("metrics", extra={"service": service.service_name, "url": exporter.url})
+    metrics_token = use(metrics)  # service.start() reads it (genmesh.metrics.current)
     await server.start()
     log.info(
         "listening",
@@ -167,6 +188,9 @@ async def serve(service: Service, config: ServerConfig, stop: asyncio.Event | No
             loop.remove_signal_handler(sig)
         await server.stop(0)
         await service.stop()
+        if exporter is not None:
+            await exporter.close()
+        restore(metrics_token)
         log.info("stopped", extra={"service": service.service_name})
 
 
@@ -177,10 +201,14 @@ def run(name: str, args: argparse.Namespace, build: Callable[[], Service]) -> No
     """
     configure_logging(name, args.log_level, args.log_format)
     try:
+        trace_settings = TraceSettings(args.otlp_endpoint, args.trace_sample_ratio)
         tls = ServerTLS.from_flags(args.tls_cert, args.tls_key, args.tls_ca, args.tls_client_auth)
         if tls is not None:
             load_server_material(tls)  # unreadable or mismatched files stop start-up with a clear message
     except ValueError as error:
         sys.exit(f"genmesh serve {name}: {error}")
     config = ServerConfig(args.host, args.port, args.grace, args.faults, args.drain_delay, tls, args.reflection)
-    asyncio.run(serve(build(), config))
+    if args.metrics_port >= 0:
+        config = dataclasses.replace(config, metrics_port=args.metrics_port)
+    with installed(name, trace_settings):  # before build(): the channels it opens trace; flushed at the end
+        asyncio.run(serve(build(), config))

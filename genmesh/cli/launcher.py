@@ -70,6 +70,8 @@ class ServiceProcess:
     """Its replica's name (``inference-2``), its key in a ``Mesh``; the service's name when left empty."""
     tls: ClientTLS | None = None
     """How to reach it when it serves TLS (readiness checks)."""
+    metrics_url: str = ""
+    """Where it serves Prometheus metrics; empty when it serves none."""
 
     def __post_init__(self) -> None:
         self.name = self.name or self.spec.name
@@ -125,6 +127,7 @@ async def start_service(
     env: Mapping[str, str] | None = None,
     name: str = "",
     tls: ClientTLS | None = None,
+    metrics_url: str = "",
 ) -> ServiceProcess:
     """Spawn ``genmesh serve`` for one service, in its own process group, logging to ``log_dir``/``name``.log
     (``name``: the replica's, the service's by default)."""
@@ -150,7 +153,7 @@ async def start_service(
     finally:
         if stream is not None:
             stream.close()
-    return ServiceProcess(spec, address, process, log_path, name, tls)
+    return ServiceProcess(spec, address, process, log_path, name, tls, metrics_url)
 
 
 async def wait_ready(service: ServiceProcess, timeout_s: float) -> None:
@@ -185,6 +188,8 @@ class Launch:
     replica: mesh.Replica
     address: str
     args: tuple[str, ...]
+    metrics_url: str = ""
+    """Where it serves Prometheus metrics (``--metrics-port``); empty when it serves none."""
 
 
 def plan_mesh(
@@ -195,9 +200,10 @@ def plan_mesh(
     extra_args: Mapping[str, Sequence[str]] | None = None,
     env: Mapping[str, str] | None = None,
     tls: CertDir | None = None,
+    metrics_ports: Mapping[str, int] | None = None,
 ) -> list[Launch]:
     """The processes of a mesh, upstreams first: ``counts[name]`` replicas of each service (1 when absent; one
-    gateway), replica ``r`` on ``ports[r.name]``.
+    gateway), replica ``r`` on ``ports[r.name]``, serving metrics on ``metrics_ports[r.name]`` when given.
 
     Each service is given its upstreams' replicas as one comma-separated target, and ``--drain-delay`` (so that
     stopping a local mesh is not slowed by a drain delay from the environment). Several retrieval replicas each
@@ -215,8 +221,12 @@ def plan_mesh(
             args += ["--data-dir", f"{_retrieval_data_dir(env)}-{replica.index}"]
         if tls is not None:
             args += [*tls.server_args(spec.name), *tls.upstream_args(spec.name)]
+        metrics_url = ""
+        if metrics_ports is not None:
+            args += ["--metrics-port", str(metrics_ports[replica.name])]
+            metrics_url = f"http://{host}:{metrics_ports[replica.name]}/metrics"
         args += (extra_args or {}).get(spec.name, ())
-        plan.append(Launch(replica, f"{host}:{port}", tuple(args)))
+        plan.append(Launch(replica, f"{host}:{port}", tuple(args), metrics_url))
     return plan
 
 
@@ -230,6 +240,7 @@ async def start_mesh(
     replicas: Mapping[str, int] | None = None,
     drain_delay_s: float = 0.0,
     tls: CertDir | None = None,
+    metrics: bool = False,
 ) -> Mesh:
     """Start all four services and wait until every process is SERVING.
 
@@ -237,19 +248,23 @@ async def start_mesh(
 
     ``replicas[name]`` processes of a service (1 when absent), each logging to its own ``<replica name>.log``.
     ``ports[name]`` is the port of a service's first replica; the others, and services without one, get free
-    ports. See ``plan_mesh`` for the arguments each process gets.
+    ports. With ``metrics``, each process serves Prometheus metrics on a free port (``ServiceProcess.metrics_url``).
+    See ``plan_mesh`` for the arguments each process gets.
     """
     counts = replicas or {}
     layout = mesh.layout(counts)
-    spare = iter(free_ports(len(layout), host))
+    spare = iter(free_ports(len(layout) * (2 if metrics else 1), host))
     chosen = {r.name: ((ports or {}).get(r.spec.name) if r.index == 1 else None) or next(spare) for r in layout}
-    plan = plan_mesh(host, chosen, counts, drain_delay_s, extra_args, env, tls)
+    metrics_ports = {r.name: next(spare) for r in layout} if metrics else None
+    plan = plan_mesh(host, chosen, counts, drain_delay_s, extra_args, env, tls, metrics_ports)
     running = Mesh(drain_delay_s=drain_delay_s, tls=tls)
     client = running.client_tls()
     try:
         for launch in plan:
             name = launch.replica.name
-            service = await start_service(launch.replica.spec, launch.args, launch.address, log_dir, env, name, client)
+            service = await start_service(
+                launch.replica.spec, launch.args, launch.address, log_dir, env, name, client, launch.metrics_url
+            )
             running.services[name] = service
         waits = [asyncio.create_task(wait_ready(s, ready_timeout_s)) for s in running.services.values()]
         try:

@@ -89,10 +89,12 @@ async def _up(args: argparse.Namespace) -> int:
         replicas=replicas,
         drain_delay_s=args.drain_delay,
         tls=certs,
+        metrics=args.metrics,
     )
     try:
         for name, service in running.services.items():
-            print(f"  {name:<12} {service.address:<22} pid {service.process.pid}", flush=True)
+            metrics = f"  metrics {service.metrics_url}" if service.metrics_url else ""
+            print(f"  {name:<12} {service.address:<22} pid {service.process.pid}{metrics}", flush=True)
         print(f"gateway ready at {running.address('gateway')}", flush=True)
         if args.demo:
             demo = AskOptions(
@@ -222,6 +224,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         "to its upstreams (certificates from --certs, created when absent)",
     )
     up.add_argument("--certs", default=".genmesh/certs", help="certificates of --tls (`genmesh certs` layout)")
+    up.add_argument(
+        "--metrics",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="each process serves Prometheus metrics over HTTP on a free port, printed with its address "
+        "(docs/OBSERVABILITY.md)",
+    )
 
     ask_cmd = commands.add_parser("ask", help="ask the gateway a question and stream the answer")
     ask_cmd.add_argument("question")

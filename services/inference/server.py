@@ -16,11 +16,13 @@ from genmesh.config import add_server_flags, parse
 from genmesh.convert import sampling_from_proto
 from genmesh.errors import InvalidArgument, Unavailable
 from genmesh.logs import REQUEST_ID
+from genmesh.metrics import current as current_metrics
 from genmesh.server import run
 from genmesh.v1 import common_pb2, inference_pb2, inference_pb2_grpc
 from services.inference.engine import Engine, EngineConfig
 from services.inference.engine.types import Finished, FinishReason, GenerationRequest, TokenChunk
 from services.inference.load_feed import LoadFeed, new_replica_id, now_timestamp, report_interval_s
+from services.inference.metrics import InferenceMetrics
 from services.inference.models.loader import load_model
 
 log = logging.getLogger("genmesh.inference")
@@ -166,7 +168,8 @@ class InferenceService:
             "model loaded",
             extra={"model": loaded.name, "device": str(loaded.device), "dtype": str(loaded.dtype)},
         )
-        self._engine = Engine(loaded, self._config)
+        metrics = current_metrics()
+        self._engine = Engine(loaded, self._config, None if metrics is None else InferenceMetrics(metrics))
 
     def drain(self) -> None:
         """Tell balancers (WatchLoad ``accepting=false``), and end the load streams."""

@@ -20,6 +20,7 @@ import logging
 import threading
 import time
 from collections.abc import AsyncGenerator
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -41,6 +42,9 @@ from services.inference.engine.types import (
 )
 from services.inference.models.loader import LoadedModel
 
+if TYPE_CHECKING:
+    from services.inference.metrics import InferenceMetrics
+
 log = logging.getLogger("genmesh.inference.engine")
 
 
@@ -60,17 +64,23 @@ class Engine:
     """Generates for many requests at once, batching them step by step on a dedicated engine thread.
 
     Public methods are called from the event loop's thread; the model never runs on it. Items cross
-    back with ``loop.call_soon_threadsafe``; a consumer that reads slowly gets its unread chunks merged.
+    back with ``loop.call_soon_threadsafe``; a consumer that reads slowly gets its unread chunks merged. With
+    ``metrics``, the engine records its requests' timings, tokens and endings there and reports its load.
     """
 
-    def __init__(self, loaded: LoadedModel, config: EngineConfig | None = None) -> None:
+    def __init__(
+        self, loaded: LoadedModel, config: EngineConfig | None = None, metrics: InferenceMetrics | None = None
+    ) -> None:
         self._loaded = loaded
         self.config = config or EngineConfig()
         storage = loaded.model.new_cache(batch=self.config.max_running, max_len=loaded.context_length)
         self._cache = SlotKVCache(storage)
         self._scheduler = Scheduler(self.config, self._cache)
         self._runner = ModelRunner(loaded.model, self._cache, loaded.device)
-        self._outputs = OutputProcessor()
+        self._outputs = OutputProcessor(metrics)
+        self._metrics = metrics
+        if metrics is not None:
+            metrics.attach(self._scheduler.load, self.config)
         self._eos = frozenset(loaded.eos_token_ids)
         self._active: dict[str, tuple[Sequence, Stream]] = {}
         self._outbox = Outbox()
@@ -222,5 +232,7 @@ class Engine:
         self._outbox.flush()  # first tokens go out before the decode pass
         decoding = self._scheduler.decode_batch()
         if decoding:
+            if self._metrics is not None:
+                self._metrics.decoded(len(decoding))
             ended = self._outputs.process(decoding, self._runner.decode(decoding))
             self._outputs.finish(self._scheduler.postprocess(ended))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
 
 import torch
 from tokenizers import Tokenizer
@@ -18,6 +19,9 @@ from services.inference.engine.sequence import Sequence
 from services.inference.engine.stream import Item
 from services.inference.engine.types import Finished, FinishReason, GenerationRequest, TokenChunk, TokenLogprob
 from services.inference.sampler import SampledToken, Sampler
+
+if TYPE_CHECKING:
+    from services.inference.metrics import InferenceMetrics
 
 Deliver = Callable[[Item], None]
 """Hands one item to the consumer; must be thread-safe (it runs on the engine thread)."""
@@ -100,37 +104,39 @@ class SequenceOutput:
             self.deliver(chunk)
         return reason
 
-    def finish(self, seq: Sequence) -> None:
-        """Send the closing record of a finished ``seq``: its error, or a Finished with usage and timings."""
+    def finish(self, seq: Sequence) -> Finished | None:
+        """Send the closing record of a finished ``seq``: its error (None returned), or a Finished with usage and
+        timings (returned)."""
         if seq.error is not None:
             self.deliver(seq.error)
-            return
+            return None
         if seq.finish_reason is None:
             raise ValueError(f"sequence {seq.request_id} has not finished")
         now = time.monotonic()
         started = self.started if self.started is not None else now
         reason = seq.finish_reason
-        self.deliver(
-            Finished(
-                finish_reason=reason,
-                prompt_tokens=seq.num_prompt_tokens,
-                completion_tokens=seq.num_generated - (reason == FinishReason.STOP),
-                queue_ms=elapsed_ms(self.arrival, started),
-                ttft_ms=elapsed_ms(self.arrival, self.first_token_at) if self.first_token_at is not None else 0.0,
-                total_ms=elapsed_ms(self.arrival, now),
-            )
+        done = Finished(
+            finish_reason=reason,
+            prompt_tokens=seq.num_prompt_tokens,
+            completion_tokens=seq.num_generated - (reason == FinishReason.STOP),
+            queue_ms=elapsed_ms(self.arrival, started),
+            ttft_ms=elapsed_ms(self.arrival, self.first_token_at) if self.first_token_at is not None else 0.0,
+            total_ms=elapsed_ms(self.arrival, now),
         )
+        self.deliver(done)
+        return done
 
 
 class OutputProcessor:
     """The outputs of the sequences in flight, by ``Sequence.seq_id``.
 
     ``add`` and ``discard`` run on the event loop (before the scheduler sees the sequence, and when it
-    refused it); everything else on the engine thread.
+    refused it); everything else on the engine thread. Queue times, first tokens and endings go to ``metrics``.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, metrics: InferenceMetrics | None = None) -> None:
         self._outputs: dict[int, SequenceOutput] = {}
+        self._metrics = metrics
 
     def __len__(self) -> int:
         return len(self._outputs)
@@ -148,7 +154,10 @@ class OutputProcessor:
     def mark_started(self, seqs: Iterable[Sequence], now: float) -> None:
         """Record when ``seqs`` got their cache rows."""
         for seq in seqs:
-            self._outputs[seq.seq_id].started = now
+            out = self._outputs[seq.seq_id]
+            out.started = now
+            if self._metrics is not None:
+                self._metrics.queued(now - out.arrival)
 
     def process(self, seqs: list[Sequence], logits: torch.Tensor) -> list[tuple[Sequence, FinishReason]]:
         """Sample one token per sequence from ``logits`` [len(seqs), vocab], record it, stream its text.
@@ -168,7 +177,10 @@ class OutputProcessor:
             else:
                 token = out.sampler.sample(logits[i], seq.token_ids)
             seq.append_token(token.token_id)
+            first = out.first_token_at is None
             reason = out.accept(token, seq.at_max_tokens)
+            if first and self._metrics is not None and out.first_token_at is not None:
+                self._metrics.first_token(out.first_token_at - out.arrival, seq.num_prompt_tokens)
             if reason is not None:
                 ended.append((seq, reason))
         return ended
@@ -177,5 +189,12 @@ class OutputProcessor:
         """Send the closing records of finished ``seqs`` and forget their outputs."""
         for seq in seqs:
             out = self._outputs.pop(seq.seq_id, None)
-            if out is not None:
-                out.finish(seq)
+            if out is None:
+                continue
+            done = out.finish(seq)
+            if self._metrics is None:
+                continue
+            if done is not None:
+                self._metrics.finished(done, seq.num_generated)
+            elif seq.error is not None:
+                self._metrics.failed(seq.error, seq.num_generated)
