@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from gateway.auth.caller import current_caller
 from gateway.clock import StageClock
 from gateway.fan_in import merge
+from gateway.metrics import GatewayMetrics
 from gateway.policy import ResiliencePolicy
 from gateway.request import may_call_tool, plan_request
 from gateway.stages.context import Stage, StageContext
@@ -34,6 +35,8 @@ class Orchestrator:
         self._retrieval = RetrievalStage(policy.budgets.retrieval_s)
         self._tools = ToolStage(policy.budgets.tools_s, policy.tool_attempts)
         self._inference = InferenceStage(policy.generate_attempts, policy.connect_wait_s)
+        self.metrics: GatewayMetrics | None = None
+        """What the answers record (set when the gateway serves metrics)."""
 
     async def answer(
         self,
@@ -58,7 +61,8 @@ class Orchestrator:
         if schemas is not None and allowed_tools:  # unknown-tool errors list only the tools the key may call
             schemas = {name: schema for name, schema in schemas.items() if name in allowed_tools}
         plan = plan_request(request, schemas, self._upstreams.unverifiable_tool_prefixes, allowed_tools)
-        context = StageContext(self._upstreams, plan, clock, deadline, stage_deadline)
+        metrics = self.metrics
+        context = StageContext(self._upstreams, plan, clock, deadline, stage_deadline, metrics=metrics)
 
         fan_out: list[Stage] = []
         if plan.retrieval_enabled:
@@ -70,18 +74,29 @@ class Orchestrator:
             if event.HasField("degraded") and plan.require_all_stages:
                 fault = event.degraded
                 raise error_from_status(fault.status, f"{fault.stage} failed: {fault.status.message}")
+            if metrics is not None and event.HasField("degraded"):
+                metrics.degraded(event.degraded)
             yield event
 
         pre_inference_ms = clock.now_ms()
         ttft_ms = 0.0
-        async for event in self._inference.run(context):
-            if event.HasField("delta"):
-                if not ttft_ms:
-                    ttft_ms = clock.now_ms()
-            else:
-                event.complete.degraded.extend(context.gathered.degraded)
-                _fill_timings(event.complete.timings, clock, pre_inference_ms, ttft_ms)
-            yield event
+        tokens = 0
+        try:
+            async for event in self._inference.run(context):
+                if event.HasField("delta"):
+                    if metrics is not None:
+                        tokens += len(event.delta.token_ids)
+                    if not ttft_ms:
+                        ttft_ms = clock.now_ms()
+                        if metrics is not None:
+                            metrics.first_token(ttft_ms / 1000.0)
+                else:
+                    event.complete.degraded.extend(context.gathered.degraded)
+                    _fill_timings(event.complete.timings, clock, pre_inference_ms, ttft_ms)
+                yield event
+        finally:
+            if metrics is not None:
+                metrics.relayed(tokens)  # once per answer, not per token: also those of a stream cut short
 
 
 def _fill_timings(timings: common_pb2.Timings, clock: StageClock, pre_inference_ms: float, ttft_ms: float) -> None:

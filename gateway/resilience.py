@@ -175,7 +175,7 @@ class UpstreamGuard:
     """The breaker(s) and retry rule of calls to one upstream; ``attempts`` runs a call under them.
 
     ``targets`` is the upstream's one breaker, or a chooser over its replicas (``several`` then says whether
-    there is more than one)."""
+    there is more than one); ``retried`` is called once per attempt after the first."""
 
     def __init__(
         self,
@@ -184,6 +184,7 @@ class UpstreamGuard:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         uniform: Callable[[float, float], float] = random.uniform,
         several: Callable[[], bool] = lambda: False,
+        retried: Callable[[], None] | None = None,
     ) -> None:
         if isinstance(targets, CircuitBreaker):
             single = SingleTarget(targets)
@@ -191,6 +192,8 @@ class UpstreamGuard:
         else:
             self.choose = targets
         self.several = several
+        self.retried = retried
+        """Counts each attempt after the first (the gateway's metrics), when given."""
         self.rule = rule or RetryRule()
         self._sleep = sleep
         self._uniform = uniform
@@ -221,6 +224,8 @@ class Attempts:
                 raise StopAsyncIteration
             detail = last.swallowed.details() if last.swallowed is not None else "some calls are held"
             log.info(f"retrying {self._call}", extra={"attempt": last.number + 1, "detail": detail})
+            if self._guard.retried is not None:
+                self._guard.retried()
             await self._guard._sleep(last.backoff_s)
         number = 1 if last is None else last.number + 1
         target = self._guard.choose(self._tried)

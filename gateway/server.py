@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Sequence
+from typing import Protocol
 
 import grpc
 
@@ -17,19 +20,25 @@ from gateway.auth.limits import NO_LIMITS, KeyLimiter
 from gateway.auth.service import SERVICE_NAME as API_KEY_SERVICE_NAME
 from gateway.auth.service import ApiKeyServicer
 from gateway.balancing.choice import Policy
+from gateway.gauges import NAMES as GAUGE_NAMES
+from gateway.gauges import GaugeCollector, read_gauges
 from gateway.jobs.config import JobConfig, add_job_flags
 from gateway.jobs.runtime import JobRuntime
 from gateway.jobs.service import SERVICE_NAME as JOB_SERVICE_NAME
 from gateway.jobs.service import JobServicer
+from gateway.mesh_status import SERVICE_NAME as MESH_SERVICE_NAME
+from gateway.mesh_status import MeshStatusServicer
+from gateway.metrics import GatewayMetrics, counting_refusals
 from gateway.orchestrator import Orchestrator
 from gateway.policy import ResiliencePolicy, add_resilience_flags, policy_from_args
 from gateway.request import plan_request
 from gateway.upstreams import Upstreams, UpstreamTargets
 from genmesh import mesh
 from genmesh.config import add_server_flags, add_upstream_tls_flags, parse
+from genmesh.metrics import current as current_metrics
 from genmesh.server import run
 from genmesh.tls import ClientTLS
-from genmesh.v1 import api_keys_pb2_grpc, gateway_pb2, gateway_pb2_grpc, jobs_pb2_grpc
+from genmesh.v1 import api_keys_pb2_grpc, gateway_pb2, gateway_pb2_grpc, jobs_pb2_grpc, mesh_pb2_grpc
 
 log = logging.getLogger("genmesh.gateway")
 
@@ -43,6 +52,8 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         self._orchestrator = orchestrator
         self._limiter = limiter
         self._key_limits = key_limits if key_limits is not None else KeyLimiter()
+        self.metrics: GatewayMetrics | None = None
+        """Where refusals are counted (set when the gateway serves metrics)."""
 
     async def Generate(
         self, request: gateway_pb2.GatewayRequest, context: grpc.aio.ServicerContext
@@ -53,18 +64,27 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             # arguments, which need the tools' schemas, are checked by the orchestrator, after admission).
             plan_request(request, None, allowed_tools=caller.allowed_tools)
         # The key's limits first: a key over its limits must not skew the gateway-wide slot's retry hint.
-        with self._key_limits.stream(caller) as meter, self._limiter.admit():
+        with contextlib.ExitStack() as admitted:
+            with counting_refusals(self.metrics):
+                meter = admitted.enter_context(self._key_limits.stream(caller))
+                admitted.enter_context(self._limiter.admit())
             async for event in self._orchestrator.answer(request, context.time_remaining()):
                 if meter is not None and event.HasField("delta"):
                     meter.charge(len(event.delta.token_ids))
                 yield event
 
 
+class _Recorder(Protocol):
+    """A part of the gateway that records metrics once given them."""
+
+    metrics: GatewayMetrics | None
+
+
 class GatewayService:
     """The gateway as the server bootstrap runs it: ready once its upstreams are."""
 
     service_name = mesh.GATEWAY.grpc_service
-    also_serves: tuple[str, ...] = (JOB_SERVICE_NAME,)
+    also_serves: tuple[str, ...] = (JOB_SERVICE_NAME, MESH_SERVICE_NAME)
 
     def __init__(
         self,
@@ -73,8 +93,12 @@ class GatewayService:
         jobs: JobConfig,
         policy: ResiliencePolicy | None = None,
         api_keys: KeyStore | None = None,
+        address: str = "",
     ) -> None:
         self._keys = api_keys
+        self._address = address
+        """Where the gateway listens, as MeshService reports it."""
+        self._draining = False
         auth = (AuthInterceptor(api_keys),) if api_keys is not None else ()
         self.interceptors: tuple[grpc.aio.ServerInterceptor, ...] = auth
         self.also_serves = (*self.also_serves, API_KEY_SERVICE_NAME) if api_keys is not None else self.also_serves
@@ -84,6 +108,8 @@ class GatewayService:
         self._upstreams: Upstreams | None = None
         self._job_config = jobs
         self._jobs: JobRuntime | None = None
+        self._recorders: list[_Recorder] = []
+        self._gauges: GaugeCollector | None = None
 
     def register(self, server: grpc.aio.Server) -> None:
         # Channels belong to the running event loop, so they are opened here, not in __init__.
@@ -91,14 +117,22 @@ class GatewayService:
         self._upstreams = Upstreams(self._targets, policy.circuit)
         orchestrator = Orchestrator(self._upstreams, policy)
         key_limits = KeyLimiter()  # one per process: Generate and SubmitJob count together
-        servicer = GatewayServicer(orchestrator, StreamLimiter(policy.max_streams), key_limits)
+        limiter = StreamLimiter(policy.max_streams)
+        servicer = GatewayServicer(orchestrator, limiter, key_limits)
         gateway_pb2_grpc.add_GatewayServiceServicer_to_server(servicer, server)
         self._jobs = JobRuntime(self._job_config, orchestrator.answer)
-        jobs_pb2_grpc.add_JobServiceServicer_to_server(JobServicer(self._jobs, key_limits), server)
+        job_servicer = JobServicer(self._jobs, key_limits)
+        jobs_pb2_grpc.add_JobServiceServicer_to_server(job_servicer, server)
+        self._recorders = [self._upstreams, orchestrator, servicer, job_servicer, self._jobs]
+        mesh_status = MeshStatusServicer(
+            self._upstreams, self._targets, self._jobs.count_by_state, limiter, self._address, lambda: self._draining
+        )
+        mesh_pb2_grpc.add_MeshServiceServicer_to_server(mesh_status, server)
         if self._keys is not None:
             api_keys_pb2_grpc.add_ApiKeyServiceServicer_to_server(ApiKeyServicer(self._keys), server)
 
     async def start(self) -> None:
+        self._record_metrics()
         await open_for_serving(self._keys)
         if self._upstreams is not None:
             await self._upstreams.start(self._upstream_wait_s)
@@ -106,9 +140,24 @@ class GatewayService:
             await self._jobs.start()
 
     def drain(self) -> None:
-        """Nothing to announce: health already reports NOT_SERVING."""
+        """Health already reports NOT_SERVING; MeshService reports the gateway DRAINING from now on."""
+        self._draining = True
+
+    def _record_metrics(self) -> None:
+        """When this process serves metrics: every part records into them, and the gauges are read from now on."""
+        metrics = current_metrics()
+        if metrics is None or self._upstreams is None:
+            return
+        recorded = GatewayMetrics(metrics)
+        for part in self._recorders:
+            part.metrics = recorded
+        upstreams, jobs = self._upstreams, self._jobs
+        self._gauges = GaugeCollector(lambda: read_gauges(upstreams, jobs), asyncio.get_running_loop())
+        metrics.collector("genmesh_gateway_gauges", self._gauges, GAUGE_NAMES)
 
     async def stop(self) -> None:
+        if self._gauges is not None:
+            self._gauges.close()
         if self._keys is not None:
             await self._keys.close()
         if self._jobs is not None:
@@ -151,7 +200,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         policy = policy_from_args(args)
     except ValueError as error:
         parser.error(str(error))
-    run("gateway", args, lambda: GatewayService(targets, args.upstream_wait, jobs, policy, key_store_from_args(args)))
+    address = f"{args.host}:{args.port}"
+    run(
+        "gateway",
+        args,
+        lambda: GatewayService(targets, args.upstream_wait, jobs, policy, key_store_from_args(args), address),
+    )
 
 
 if __name__ == "__main__":

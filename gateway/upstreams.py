@@ -19,6 +19,7 @@ import grpc
 from gateway.balancing.choice import Policy
 from gateway.balancing.pool import InferencePool
 from gateway.circuit import CircuitBreaker, CircuitConfig
+from gateway.metrics import GatewayMetrics
 from gateway.resilience import CircuitOpen, RetryRule, UpstreamGuard
 from genmesh import mesh
 from genmesh.channels import open_channel
@@ -86,6 +87,10 @@ class Upstreams:
             targets.spec("inference"), targets.balancing, circuit, tls=targets.tls_for(mesh.INFERENCE.name)
         )
         self.breakers = {name: CircuitBreaker(name, circuit) for name in self._channels}
+        self.serving = dict.fromkeys(self._channels, False)
+        """Whether retrieval and tools report SERVING, as their health watches last said."""
+        self.metrics: GatewayMetrics | None = None
+        """Where retries are counted (set when the gateway serves metrics)."""
         self._watchers: list[asyncio.Task[None]] = []
         self._tool_schemas: dict[str, dict[str, Any]] = {}
         self._idempotent_tools: frozenset[str] = frozenset()
@@ -112,6 +117,7 @@ class Upstreams:
             def on_status(serving: bool, status: str, breaker: CircuitBreaker = breaker) -> None:
                 if not serving:
                     log.warning("upstream not serving", extra={"upstream": breaker.name, "status": status})
+                self.serving[breaker.name] = serving
                 breaker.health(serving, status)
 
             self._watchers.append(asyncio.create_task(watch(channel, on_status), name=f"health-{name}"))
@@ -120,9 +126,10 @@ class Upstreams:
         """Calls to upstream ``name`` under its circuit breaker(s) and ``rule`` (one attempt by default: gRPC's
         retry policy retries idempotent unary calls on the channel). Inference calls go to the replica the
         pool chooses for each attempt."""
+        retried = None if self.metrics is None else self.metrics.retry_counter(name)
         if name == mesh.INFERENCE.name:
-            return UpstreamGuard(self.inference.choose, rule, several=self.inference.several)
-        return UpstreamGuard(self.breakers[name], rule)
+            return UpstreamGuard(self.inference.choose, rule, several=self.inference.several, retried=retried)
+        return UpstreamGuard(self.breakers[name], rule, retried=retried)
 
     def is_idempotent(self, tool: str) -> bool:
         """Whether ``tool`` says running it twice is safe (as of the last ListTools)."""

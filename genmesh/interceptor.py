@@ -21,6 +21,7 @@ from genmesh.faults import FaultInjector
 from genmesh.logs import REQUEST_ID
 from genmesh.metrics.rpc import MethodMetrics, RpcMetrics
 from genmesh.status import code_value, status_code_of, status_message, to_rpc_status
+from genmesh.version import VERSION_HEADER, version
 
 log = logging.getLogger("genmesh.rpc")
 
@@ -32,6 +33,8 @@ REQUEST_ID_RULE = f"must be 1..{MAX_REQUEST_ID_CHARS} printable ASCII characters
 QUIET_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
 """Health and reflection: logged at debug level, never counted in by admission, never traced."""
 DRAINING_MESSAGE = "draining: this replica is shutting down; retry on another"
+HEALTH_CHECK = "/grpc.health.v1.Health/Check"
+"""Its answers carry the server's genmesh version (genmesh.version.VERSION_HEADER)."""
 
 
 def new_request_id() -> str:
@@ -128,6 +131,8 @@ class _Call:
             self.context.set_trailing_metadata(((REQUEST_ID_HEADER, self.request_id),))
             if self.generated_id:
                 await self.context.send_initial_metadata(((REQUEST_ID_HEADER, self.request_id),))
+        elif self.method == HEALTH_CHECK:
+            self.context.set_trailing_metadata(((VERSION_HEADER, version()),))  # MeshService reports it
         if not self.quiet:
             admission.admit(self.context)
         decision = faults.decide(self.method) if faults else None

@@ -82,6 +82,10 @@ class Replica:
             int(report.named_metrics.get("max_running", 1)),
         )
 
+    def last_report(self) -> tuple[inference_pb2.WatchLoadResponse | None, float]:
+        """The latest load report (None before the first) and how many seconds ago it arrived."""
+        return self._report, time.monotonic() - self._reported_at
+
     @contextlib.contextmanager
     def call(self) -> Iterator[None]:
         """Count a call in flight on this replica while the block runs."""

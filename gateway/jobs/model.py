@@ -34,6 +34,8 @@ class NewJob:
     owner: str = ""
     #: The tools its run may call (the key's at submission); empty: every tool.
     allowed_tools: frozenset[str] = frozenset()
+    #: The W3C traceparent of the span that submitted it, which its runs continue; "" when not traced.
+    traceparent: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +62,8 @@ class JobRecord:
     owner: str = ""
     #: The tools its run may call (the key's at submission); empty: every tool.
     allowed_tools: frozenset[str] = frozenset()
+    #: The W3C traceparent of the span that submitted it, which its runs continue; "" when not traced.
+    traceparent: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -64,7 +64,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     owner TEXT, -- the gateway (store) holding the lease; owner_key is the API key the job belongs to
     lease_until DOUBLE PRECISION,
     owner_key TEXT NOT NULL DEFAULT '',
-    allowed_tools TEXT NOT NULL DEFAULT '[]'
+    allowed_tools TEXT NOT NULL DEFAULT '[]',
+    traceparent TEXT NOT NULL DEFAULT ''
 );
 -- A table made before jobs had owners (their rows are the open gateway's: owner_key ''): add the columns,
 -- and scope idempotency keys per owner.
@@ -76,6 +77,8 @@ DO $$ BEGIN
                          DROP CONSTRAINT IF EXISTS jobs_idempotency_key_key;
     END IF;
 END $$;
+-- A table made before jobs kept the trace context of their submission (theirs is '').
+ALTER TABLE jobs ADD COLUMN IF NOT EXISTS traceparent TEXT NOT NULL DEFAULT '';
 CREATE UNIQUE INDEX IF NOT EXISTS jobs_by_idempotency_key ON jobs (owner_key, idempotency_key);
 CREATE INDEX IF NOT EXISTS jobs_by_owner ON jobs (owner_key, seq);
 CREATE INDEX IF NOT EXISTS jobs_by_queue ON jobs (priority DESC, seq) WHERE state = 1;
@@ -163,11 +166,11 @@ class PostgresJobStore:
                     raise QueueFull(queued)
                 cursor = await conn.execute(
                     "INSERT INTO jobs (id, idempotency_key, state, priority, request, created, owner_key,"
-                    " allowed_tools) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
+                    " allowed_tools, traceparent) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"
                     f" ON CONFLICT (owner_key, idempotency_key) DO NOTHING RETURNING {COLUMNS}",
                     (
                         *(job.id, job.idempotency_key or None, int(JobState.QUEUED), job.priority, job.request),
-                        *(job.created, job.owner, tools_column(job.allowed_tools)),
+                        *(job.created, job.owner, tools_column(job.allowed_tools), job.traceparent),
                     ),
                 )
                 row = await cursor.fetchone()
@@ -307,6 +310,12 @@ class PostgresJobStore:
                 (before, value, value, owner, owner, limit),
             )
             return [record_of(row) for row in await cursor.fetchall()]
+
+    async def count_by_state(self) -> dict[JobState, int]:
+        async with self._db.transaction() as conn:
+            cursor = await conn.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state")
+            counts = {int(state): int(count) for state, count in await cursor.fetchall()}
+        return {state: counts.get(int(state), 0) for state in JobState}
 
     async def recover(self, max_attempts: int, now: float) -> RecoveryReport:
         async with self._db.transaction() as conn:

@@ -20,8 +20,10 @@ from gateway.jobs.store import JobNotFound, JobStore, Listener, QueueFull
 from gateway.jobs.stores import make_store
 from gateway.jobs.watch import JobFeed, watch
 from gateway.jobs.workers import Answer, WorkerPool
+from gateway.metrics import GatewayMetrics
 from genmesh.errors import Unavailable
 from genmesh.tasks import cancel_and_wait
+from genmesh.tracing.stored import current_traceparent
 
 log = logging.getLogger("genmesh.gateway.jobs")
 
@@ -75,6 +77,15 @@ class JobRuntime:
         self._pool.start()
         self._started = True
 
+    @property
+    def metrics(self) -> GatewayMetrics | None:
+        """Where finished runs are counted (set when the gateway serves metrics)."""
+        return self._pool.metrics
+
+    @metrics.setter
+    def metrics(self, metrics: GatewayMetrics | None) -> None:
+        self._pool.metrics = metrics
+
     async def stop(self) -> None:
         """Stop the workers (their jobs go back to the queue) and close the store."""
         if not self._started:
@@ -98,8 +109,11 @@ class JobRuntime:
         allowed_tools: frozenset[str] = frozenset(),
     ) -> JobRecord:
         """Queue a job of ``owner`` whose run may call ``allowed_tools`` (empty: all), committed when this
-        returns; or return the owner's job that the idempotency key names."""
-        job = NewJob(f"job-{uuid.uuid4().hex}", request, idempotency_key, priority, time.time(), owner, allowed_tools)
+        returns; or return the owner's job that the idempotency key names. Its runs continue the current trace."""
+        job = NewJob(
+            *(f"job-{uuid.uuid4().hex}", request, idempotency_key, priority, time.time(), owner, allowed_tools),
+            traceparent=current_traceparent(),
+        )
         try:
             record, created = await self._ready().submit(job, self.config.queue_max)
         except QueueFull as full:
@@ -148,6 +162,11 @@ class JobRuntime:
     ) -> list[JobRecord]:
         """A page of jobs (of ``owner`` only, when given), newest first."""
         return await self._ready().list(state, before_seq, limit, owner)
+
+    async def count_by_state(self) -> dict[JobState, int]:
+        """How many jobs are in each state (all gateways' jobs, when they share the store); Unavailable while
+        starting."""
+        return await self._ready().count_by_state()
 
     async def watch(self, job_id: str, after_seq: int, owner: str | None = None) -> AsyncIterator[JobEvent | JobRecord]:
         """The job's events from ``after_seq`` on, live, then the job in its final state; NotFound as ``get``."""

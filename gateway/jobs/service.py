@@ -10,6 +10,7 @@ from gateway.auth.caller import current_caller
 from gateway.auth.limits import KeyLimiter
 from gateway.jobs.model import JobRecord, JobState
 from gateway.jobs.runtime import JobRuntime
+from gateway.metrics import GatewayMetrics, counting_refusals
 from gateway.request import plan_request
 from genmesh.errors import InvalidArgument
 from genmesh.paging import check_page_size, decode_page_token, encode_page_token, fitting
@@ -28,6 +29,8 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
     def __init__(self, runtime: JobRuntime, key_limits: KeyLimiter | None = None) -> None:
         self._runtime = runtime
         self._key_limits = key_limits if key_limits is not None else KeyLimiter()
+        self.metrics: GatewayMetrics | None = None
+        """Where refused submissions are counted (set when the gateway serves metrics)."""
 
     async def SubmitJob(
         self, request: jobs_pb2.SubmitJobRequest, context: grpc.aio.ServicerContext
@@ -43,10 +46,11 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
         # A valid SubmitJob costs one request of its key and reserves its max_tokens (charged in full even if
         # the run stops earlier: it may run on another gateway, which charges nothing; docs/SECURITY.md).
         caller = current_caller()
-        self._key_limits.admit_request(caller, reserve_tokens=plan.sampling.max_tokens)
         body = request.request.SerializeToString(deterministic=True)
         owner, tools = (caller.key_name, caller.allowed_tools) if caller else ("", frozenset[str]())
-        record = await self._runtime.submit(body, request.idempotency_key, request.priority, owner, tools)
+        with counting_refusals(self.metrics):  # the key's limits, then a full queue
+            self._key_limits.admit_request(caller, reserve_tokens=plan.sampling.max_tokens)
+            record = await self._runtime.submit(body, request.idempotency_key, request.priority, owner, tools)
         return jobs_pb2.SubmitJobResponse(job=to_proto(record))
 
     async def GetJob(

@@ -47,6 +47,7 @@ CREATE TABLE IF NOT EXISTS {table} (
     seq_base INTEGER NOT NULL DEFAULT 0,
     owner_key TEXT NOT NULL DEFAULT '',
     allowed_tools TEXT NOT NULL DEFAULT '[]',
+    traceparent TEXT NOT NULL DEFAULT '',
     UNIQUE (owner_key, idempotency_key)
 )
 """
@@ -101,6 +102,7 @@ class SqliteJobStore:
             db.execute("PRAGMA busy_timeout=5000")
             db.execute(_JOBS.format(table="jobs"))
             _add_owners(db)
+            _add_traceparent(db)
             db.executescript(_SCHEMA)
             db.isolation_level = "DEFERRED"
             self._db = db
@@ -130,11 +132,11 @@ class SqliteJobStore:
             if queued >= queue_max:
                 raise QueueFull(int(queued))
             db.execute(
-                "INSERT INTO jobs (id, idempotency_key, state, priority, request, created, owner_key, allowed_tools)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO jobs (id, idempotency_key, state, priority, request, created, owner_key, allowed_tools,"
+                " traceparent) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     *(job.id, job.idempotency_key or None, int(JobState.QUEUED), job.priority, job.request),
-                    *(job.created, job.owner, tools_column(job.allowed_tools)),
+                    *(job.created, job.owner, tools_column(job.allowed_tools), job.traceparent),
                 ),
             )
             record = _one(db, "id = ?", (job.id,))
@@ -263,6 +265,13 @@ class SqliteJobStore:
 
         return await self._call(run)
 
+    async def count_by_state(self) -> dict[JobState, int]:
+        def run(db: sqlite3.Connection) -> dict[JobState, int]:
+            counts = dict(db.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall())
+            return {state: int(counts.get(int(state), 0)) for state in JobState}
+
+        return await self._call(run)
+
     async def recover(self, max_attempts: int, now: float) -> RecoveryReport:
         def run(db: sqlite3.Connection) -> RecoveryReport:
             running = int(JobState.RUNNING)
@@ -322,6 +331,12 @@ def _add_owners(db: sqlite3.Connection) -> None:
             raise
     finally:
         db.execute("PRAGMA foreign_keys=ON")
+
+
+def _add_traceparent(db: sqlite3.Connection) -> None:
+    """Migrate a job table made before jobs kept the trace context of their submission (theirs is "")."""
+    if "traceparent" not in {row[1] for row in db.execute("PRAGMA table_info(jobs)")}:
+        db.execute("ALTER TABLE jobs ADD COLUMN traceparent TEXT NOT NULL DEFAULT ''")
 
 
 def _one(db: sqlite3.Connection, where: str, params: tuple[object, ...]) -> JobRecord | None:

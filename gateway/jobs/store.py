@@ -20,7 +20,7 @@ ABORTED_CODE = 10  # google.rpc.Code ABORTED
 #: The columns of a stored job, in the order ``record_of`` reads them.
 COLUMNS = (
     "seq, id, state, priority, idempotency_key, request, created, started, finished, attempts,"
-    " cancel_requested, error_code, error_message, result, seq_base, owner_key, allowed_tools"
+    " cancel_requested, error_code, error_message, result, seq_base, owner_key, allowed_tools, traceparent"
 )
 
 
@@ -123,6 +123,9 @@ class JobStore(Protocol):
     ) -> list[JobRecord]:
         """Jobs newest first (by ``seq``), optionally of one state and of one ``owner``, older than ``before_seq``."""
 
+    async def count_by_state(self) -> dict[JobState, int]:
+        """How many jobs are in each state (every state present, 0 included)."""
+
     async def recover(self, max_attempts: int, now: float) -> RecoveryReport:
         """Jobs whose gateway died while they ran go back to the queue, or fail once they ran ``max_attempts``
         times, or end CANCELLED when a cancel was under way. One gateway's file: every RUNNING job (at start);
@@ -155,6 +158,7 @@ def record_of(row: Any) -> JobRecord:
         seq_base=row[14],
         owner=row[15],
         allowed_tools=frozenset(json.loads(row[16])),
+        traceparent=row[17],
     )
 
 

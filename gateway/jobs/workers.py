@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections import deque
@@ -14,7 +15,9 @@ import grpc
 from gateway.jobs.model import JobRecord, JobState, Outcome
 from gateway.jobs.result import ResultCollector
 from gateway.jobs.store import CANCELLED_CODE, JobStore, LeaseLost
+from gateway.jobs.tracing import traced_run
 from gateway.jobs.watch import JobFeed
+from gateway.metrics import GatewayMetrics
 from genmesh.errors import GenmeshError
 from genmesh.logs import REQUEST_ID
 from genmesh.status import code_value, status_code_of
@@ -63,6 +66,8 @@ class WorkerPool:
         #: When each running job's lease ends unless renewed (monotonic clock).
         self._lease_end: dict[str, float] = {}
         self._mean_run_s = 0.0
+        self.metrics: GatewayMetrics | None = None
+        """Where finished runs are counted (set when the gateway serves metrics)."""
 
     def start(self) -> None:
         """Start the workers (each claims at once) and the heartbeat."""
@@ -112,7 +117,7 @@ class WorkerPool:
         while True:
             job = await self._next_job()
             self._feed.notify(job.id)
-            run = asyncio.create_task(self._run(job), name=f"job-{job.id}")
+            run = asyncio.create_task(traced_run(job, functools.partial(self._run, job)), name=f"job-{job.id}")
             try:
                 await run
             except asyncio.CancelledError:
@@ -185,7 +190,8 @@ class WorkerPool:
                 await self._store.requeue(job.id)
             raise
 
-    async def _run(self, job: JobRecord) -> None:
+    async def _run(self, job: JobRecord) -> Outcome | None:
+        """One attempt of ``job``: its outcome, recorded; None when another gateway took the job over."""
         request = gateway_pb2.GatewayRequest.FromString(job.request)
         if not request.request_id:
             request.request_id = job.id
@@ -225,7 +231,7 @@ class WorkerPool:
             outcome = Outcome(JobState.CANCELLED, CANCELLED_CODE, "cancelled while running")
         except LeaseLost:
             log.warning("job lease lost; its run stops here", extra={"job": job.id})
-            return
+            return None
         except GenmeshError as error:
             outcome = Outcome(JobState.FAILED, code_value(status_code_of(error)), error.message)
         except Exception as error:
@@ -237,7 +243,10 @@ class WorkerPool:
         self._feed.notify(job.id)
         elapsed = time.perf_counter() - started
         self._mean_run_s = elapsed if not self._mean_run_s else 0.8 * self._mean_run_s + 0.2 * elapsed
+        if self.metrics is not None:
+            self.metrics.job_finished(outcome.state, elapsed)
         log.info("job finished", extra={"job": job.id, "state": outcome.state.name, "duration_s": round(elapsed, 3)})
+        return outcome
 
 
 def _stopping() -> bool:

@@ -10,6 +10,7 @@ import grpc
 from google.rpc import status_pb2
 
 from gateway.clock import StageClock
+from gateway.metrics import GatewayMetrics
 from gateway.request import AnswerPlan
 from gateway.upstreams import Upstreams
 from genmesh.errors import GenmeshError
@@ -49,6 +50,12 @@ class StageContext:
     """When retrieval and the tool calls must be done: a share of the client's deadline (StageBudgets), so that
     inference keeps the rest; None without a client deadline."""
     gathered: Gathered = field(default_factory=Gathered)
+    metrics: GatewayMetrics | None = None
+    """Where the stages' latencies go; None while metrics are off."""
+
+    def latency(self, stage: str) -> Callable[[float], None] | None:
+        """What observes the latency of ``stage`` (None while metrics are off)."""
+        return None if self.metrics is None else self.metrics.stage_latency(stage)
 
 
 class Stage(Protocol):

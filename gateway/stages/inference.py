@@ -19,12 +19,14 @@ from gateway.prompt import PromptPassage, PromptToolResult, build_prompt, prompt
 from gateway.relay import relay
 from gateway.resilience import RetryRule
 from gateway.stages.context import StageContext
+from gateway.stages.span import StageSpan
 from genmesh.deadlines import left_s, timeout
 from genmesh.errors import InvalidArgument
 from genmesh.status import from_rpc_error
 from genmesh.v1 import gateway_pb2, inference_pb2
 
 STAGE = "inference"
+PROMPT = "prompt"
 
 
 def _client_field(name: str) -> str:
@@ -41,36 +43,42 @@ class InferenceStage:
 
     async def run(self, context: StageContext) -> AsyncIterator[gateway_pb2.GatewayEvent]:
         """Stream the answer; raises GenmeshError for failures the client must see. Its span runs from when
-        the prompt is ready to the Completion."""
-        upstreams, deadline = context.upstreams, context.deadline
+        the prompt is ready to the Completion. Traced as the stages ``prompt`` (building it, the model's context
+        length asked on first use) then ``inference`` (timed too, over the same span)."""
+        with StageSpan(PROMPT) as prompt_span, prompt_span.current():  # no yield inside: it may stay current
+            prompt = await self._prompt(context)
         request = inference_pb2.GenerateRequest(
             request_id=context.plan.request_id,
-            prompt=await self._prompt(context),
+            prompt=prompt,
             sampling=context.plan.sampling_proto,
             truncate_prompt=True,
         )
-        start_ms = context.clock.now_ms()
-        connect_until = time.monotonic() + self._connect_wait_s  # one reconnect wait per request, not per attempt
-        try:
-            async for attempt in upstreams.guard(STAGE, self._rule).attempts(deadline, "Generate"):
-                replica = upstreams.inference.replicas[attempt.target.name]
-                with attempt, upstreams.inference.serving(replica, request.request_id):
-                    await replica.ensure_connected(min(left_s(connect_until), left_s(deadline)))
-                    call = replica.stub.Generate(request, timeout=timeout(deadline))
-                    try:
-                        async for message in relay(call):
-                            attempt.commit()
-                            if message.HasField("delta"):
-                                yield gateway_pb2.GatewayEvent(delta=message.delta)
-                            else:
-                                context.clock.spans[STAGE] = (start_ms, context.clock.now_ms())
-                                yield gateway_pb2.GatewayEvent(complete=message.complete)
-                    except (asyncio.CancelledError, GeneratorExit):
-                        upstreams.inference.abort_soon(request.request_id)  # while it still maps to the replica
-                        raise
-                    return
-        except grpc.aio.AioRpcError as error:
-            raise from_rpc_error(error, _client_field) from None
+        with StageSpan(STAGE, context.latency(STAGE)) as span:  # in this generator: no layer more per token
+            upstreams, deadline = context.upstreams, context.deadline
+            start_ms = context.clock.now_ms()
+            connect_until = time.monotonic() + self._connect_wait_s  # one reconnect wait per request, not per attempt
+            try:
+                async for attempt in upstreams.guard(STAGE, self._rule).attempts(deadline, "Generate"):
+                    replica = upstreams.inference.replicas[attempt.target.name]
+                    with attempt, upstreams.inference.serving(replica, request.request_id):
+                        await replica.ensure_connected(min(left_s(connect_until), left_s(deadline)))
+                        with span.current():
+                            call = replica.stub.Generate(request, timeout=timeout(deadline))
+                        try:
+                            async for message in relay(call):
+                                attempt.commit()
+                                if message.HasField("delta"):
+                                    yield gateway_pb2.GatewayEvent(delta=message.delta)
+                                else:
+                                    context.clock.spans[STAGE] = (start_ms, context.clock.now_ms())
+                                    span.end()
+                                    yield gateway_pb2.GatewayEvent(complete=message.complete)
+                        except (asyncio.CancelledError, GeneratorExit):
+                            upstreams.inference.abort_soon(request.request_id)  # while it still maps to the replica
+                            raise
+                        return
+            except grpc.aio.AioRpcError as error:
+                raise from_rpc_error(error, _client_field) from None
 
     @staticmethod
     async def _prompt(context: StageContext) -> str:

@@ -3,13 +3,15 @@ Sources event, its failure a Degraded."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import aclosing
 
 import grpc
 
 from gateway.deadlines import budget_timeout
 from gateway.resilience import CircuitOpen
 from gateway.stages.context import StageContext, client_mistake, degraded
+from gateway.stages.span import StageSpan
 from genmesh.deadlines import timeout
 from genmesh.v1 import gateway_pb2, retrieval_pb2
 
@@ -30,7 +32,16 @@ class RetrievalStage:
 
     async def run(self, context: StageContext) -> AsyncIterator[gateway_pb2.GatewayEvent]:
         """Yield the Sources found, or a Degraded event when retrieval fails, misses its budget or finds its
-        circuit open; a client mistake (bad top_k, unknown collection) fails the request."""
+        circuit open; a client mistake (bad top_k, unknown collection) fails the request. Traced and timed as
+        the stage ``retrieval`` (gateway.stages.span)."""
+        with StageSpan(STAGE, context.latency(STAGE)) as span:
+            async with aclosing(self._query(context, span)) as events:
+                async for event in events:
+                    span.saw(event)
+                    span.end()  # its one event is its outcome
+                    yield event
+
+    async def _query(self, context: StageContext, span: StageSpan) -> AsyncGenerator[gateway_pb2.GatewayEvent, None]:
         plan = context.plan
         budget_s = plan.retrieval_budget_s or self._budget_s
         limit = timeout(context.stage_deadline)
@@ -49,7 +60,8 @@ class RetrievalStage:
             async for attempt in context.upstreams.guard(STAGE).attempts(context.stage_deadline, "Query"):
                 with attempt:
                     try:
-                        call = stub.Query(query, timeout=budget_timeout(context.stage_deadline, budget_s))
+                        with span.current():
+                            call = stub.Query(query, timeout=budget_timeout(context.stage_deadline, budget_s))
                         response = await context.clock.timed(STAGE, call)
                     except grpc.aio.AioRpcError as error:
                         if error.code() == grpc.StatusCode.DEADLINE_EXCEEDED and by_budget:

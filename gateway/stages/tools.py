@@ -13,7 +13,8 @@ fails at once, in its own ToolResult (PERMISSION_DENIED, reason TOOL_NOT_ALLOWED
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import aclosing
 
 import grpc
 
@@ -21,6 +22,7 @@ from gateway.deadlines import REPORT_GRACE_S, budget_timeout
 from gateway.request import ToolCallPlan
 from gateway.resilience import Attempt, CircuitOpen, RetryRule
 from gateway.stages.context import StageContext, client_mistake, degraded
+from gateway.stages.span import StageSpan
 from genmesh.deadlines import left_s, timeout
 from genmesh.errors import FieldViolation, InvalidArgument, PermissionDenied, Reason
 from genmesh.status import code_of_value, code_value, status_message, status_of
@@ -39,7 +41,15 @@ class ToolStage:
         self._rule = RetryRule(attempts)
 
     async def run(self, context: StageContext) -> AsyncIterator[gateway_pb2.GatewayEvent]:
-        """Yield each ToolResult (and a Degraded per failed call) as it arrives."""
+        """Yield each ToolResult (and a Degraded per failed call) as it arrives. Traced and timed as the stage
+        ``tools`` (gateway.stages.span), until the last result."""
+        with StageSpan(STAGE, context.latency(STAGE)) as span:
+            async with aclosing(self._calls(context, span)) as events:
+                async for event in events:
+                    span.saw(event)
+                    yield event
+
+    async def _calls(self, context: StageContext, span: StageSpan) -> AsyncGenerator[gateway_pb2.GatewayEvent, None]:
         limit = timeout(context.stage_deadline)
         if limit is None or self._budget_s < limit:
             missed = f"the tool calls missed their {self._budget_s * 1000:.0f} ms budget"
@@ -56,7 +66,7 @@ class ToolStage:
         try:
             async for attempt in context.upstreams.guard(STAGE, self._rule).attempts(stage_deadline, "InvokeMany"):
                 with attempt:
-                    async for event in self._invoke_many(context, attempt, pending, stage_deadline, missed):
+                    async for event in self._invoke_many(context, span, attempt, pending, stage_deadline, missed):
                         yield event
         except CircuitOpen as refused:
             for call in pending:
@@ -66,6 +76,7 @@ class ToolStage:
     async def _invoke_many(
         self,
         context: StageContext,
+        span: StageSpan,
         attempt: Attempt,
         pending: list[ToolCallPlan],
         stage_deadline: float,
@@ -96,7 +107,8 @@ class ToolStage:
         client_timeout = timeout(context.deadline)
         if client_timeout is not None:
             rpc_timeout = min(rpc_timeout, client_timeout)
-        stream = context.upstreams.tools.InvokeMany(request, timeout=max(0.001, rpc_timeout))
+        with span.current():
+            stream = context.upstreams.tools.InvokeMany(request, timeout=max(0.001, rpc_timeout))
         try:
             async for response in stream:
                 result = response.result

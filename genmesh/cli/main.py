@@ -1,5 +1,5 @@
 """The `genmesh` command: serve one service, bring the whole mesh up, ask the gateway, background jobs, check
-health, ingest."""
+health, show the mesh's status, ingest."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from genmesh.cli.client_flags import add_api_key_flag, add_client_tls_flags, cli
 from genmesh.cli.jobs import add_jobs_parser, run_jobs
 from genmesh.cli.keys import add_keys_parser, run_keys
 from genmesh.cli.launcher import die_with_launcher, start_mesh
+from genmesh.cli.status import add_status_parser, run_status
 from genmesh.health import check
 
 DEMO_QUESTION = "How does the with statement use a context manager?"
@@ -259,6 +260,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     add_jobs_parser(commands, _add_ask_flags)
     add_keys_parser(commands)
+    add_status_parser(commands)
     add_certs_parser(commands)
 
     args = parser.parse_args(argv)
@@ -271,6 +273,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit(run_certs(args))
     if args.command == "keys":
         sys.exit(run_keys(args))
+    if args.command == "status":
+        sys.exit(run_status(args))
     if args.command == "jobs":
         sys.exit(run_jobs(args, _ask_options))
     if args.command == "ingest":

@@ -13,7 +13,6 @@ import contextvars
 import re
 import threading
 from collections.abc import Callable, Iterable, Sequence
-from importlib import metadata
 from typing import Literal, TypeVar, cast
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -22,6 +21,8 @@ from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
+
+from genmesh.version import version
 
 PREFIX = "genmesh_"
 #: Latencies from 1 ms to 60 s: RPC handling, request latency, queue time, time to first token.
@@ -143,13 +144,6 @@ class Metrics:
             return made
 
 
-def _version() -> str:
-    try:
-        return metadata.version("genmesh")
-    except metadata.PackageNotFoundError:
-        return "unknown"
-
-
 _process: Metrics | None = None
 _process_lock = threading.Lock()
 
@@ -166,7 +160,7 @@ def process_metrics() -> Metrics:
             PlatformCollector(registry=made.registry)
             GCCollector(registry=made.registry)
             build = made.gauge("genmesh_build_info", "Always 1; the genmesh version serving", ["version"])
-            build.labels(_version()).set(1)
+            build.labels(version()).set(1)
             _process = made
         return _process
 

@@ -19,7 +19,8 @@ from genmesh.tracing import PROPAGATOR, SERVER_FAULTS, end_rpc_span, rpc_attribu
 
 
 class _ServerSpan:
-    """The span of one RPC, current while its handler runs."""
+    """The span of one RPC, current while its handler runs: the block of a ``with``, which ends it with the
+    status of the error that left the block, if any."""
 
     def __init__(self, method: str, context: grpc.aio.ServicerContext) -> None:
         self._context = context
@@ -37,6 +38,12 @@ class _ServerSpan:
         end_rpc_span(self.span, code, code in SERVER_FAULTS)
         if otel_context.get_current() is self._current:  # not when a stream is closed from another task
             otel_context.detach(self._token)
+
+    def __enter__(self) -> _ServerSpan:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, traceback: object) -> None:
+        self.end(error)
 
 
 def _code_of(error: BaseException | None) -> grpc.StatusCode:
@@ -69,15 +76,8 @@ class TracingInterceptor(grpc.aio.ServerInterceptor):
 
 def _unary(method: str, inner: Unary) -> Unary:
     async def handle(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        call = _ServerSpan(method, context)
-        error: BaseException | None = None
-        try:
+        with _ServerSpan(method, context):
             return await inner(request, context)
-        except BaseException as raised:
-            error = raised
-            raise
-        finally:
-            call.end(error)
 
     return handle
 
@@ -87,15 +87,8 @@ def _stream(method: str, inner: Streaming) -> Streaming | Unary:
         return _unary(method, cast(Unary, inner))  # streams with ``context.write``: a coroutine
 
     async def handle(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-        call = _ServerSpan(method, context)
-        error: BaseException | None = None
-        try:
+        with _ServerSpan(method, context):
             async for response in inner(request, context):
                 yield response
-        except BaseException as raised:
-            error = raised
-            raise
-        finally:
-            call.end(error)
 
     return handle

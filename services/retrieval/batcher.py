@@ -44,7 +44,8 @@ class MicroBatcher(Generic[T, R]):
     A batch closes ``window_s`` after its first item arrived, or as soon as it holds ``max_batch`` items; one
     batch runs at a time, and items that arrive while it runs form the next one (which starts at once if its
     first item has already waited a full window). ``window_s == 0`` turns batching off: every item runs alone.
-    ``function`` must return one result per item, in order. Use it from one event loop.
+    ``function`` must return one result per item, in order. Use it from one event loop. ``observe`` is told
+    each batch's size as it starts.
     """
 
     def __init__(
@@ -54,6 +55,7 @@ class MicroBatcher(Generic[T, R]):
         *,
         window_s: float,
         max_batch: int,
+        observe: Callable[[int], None] | None = None,
     ) -> None:
         if not window_s >= 0:
             raise ValueError(f"window_s must be >= 0, got {window_s!r}")
@@ -61,6 +63,7 @@ class MicroBatcher(Generic[T, R]):
             raise ValueError(f"max_batch must be >= 1, got {max_batch!r}")
         self._function = function
         self._executor = executor
+        self._observe = observe
         self.window_s = window_s
         self.max_batch = max_batch if window_s > 0 else 1
         self.stats = BatchStats()
@@ -113,6 +116,8 @@ class MicroBatcher(Generic[T, R]):
             self.stats.batches += 1
             self.stats.items += len(batch)
             self.stats.largest = max(self.stats.largest, len(batch))
+            if self._observe is not None:
+                self._observe(len(batch))
             try:
                 results = await loop.run_in_executor(self._executor, self._function, [p.item for p in batch])
                 if len(results) != len(batch):

@@ -16,6 +16,7 @@ from pathlib import Path
 from services.retrieval import catalog, documents
 from services.retrieval.catalog import CollectionRow
 from services.retrieval.documents import WriteOutcome
+from services.retrieval.metrics import RetrievalMetrics
 from services.retrieval.schema import transaction
 from services.retrieval.vectors import (
     IndexOptions,
@@ -30,9 +31,10 @@ log = logging.getLogger("genmesh.retrieval")
 class IndexCache:
     """The vector indexes of the collections of one store (``directory`` holds their files)."""
 
-    def __init__(self, directory: Path, options: IndexOptions) -> None:
+    def __init__(self, directory: Path, options: IndexOptions, metrics: RetrievalMetrics | None = None) -> None:
         self.directory = directory
         self.options = options
+        self._metrics = metrics
         self._indexes: dict[int, VectorIndex] = {}
         self._lock = threading.Lock()
 
@@ -46,20 +48,23 @@ class IndexCache:
 
     def rebuild(self, conn: sqlite3.Connection, index: VectorIndex, collection_id: int) -> None:
         """Reload the index from SQLite (caller holds ``index.lock``); one read snapshot for ids and generation."""
+        started = time.perf_counter()
         with transaction(conn, immediate=False):
             collection = catalog.get_collection_by_id(conn, collection_id)
             if collection is None:
                 return
             ids, vectors = documents.collection_vectors(conn, collection)
-        started = time.perf_counter()
         index.reset(ids, vectors, collection.generation)
+        seconds = time.perf_counter() - started
+        if self._metrics is not None:
+            self._metrics.rebuilt(seconds)
         log.info(
             "vector index rebuilt from the store",
             extra={
                 "collection": collection.name,
                 "vectors": len(ids),
                 "generation": collection.generation,
-                "duration_ms": round((time.perf_counter() - started) * 1000, 1),
+                "duration_ms": round(seconds * 1000, 1),
             },
         )
 

@@ -16,6 +16,7 @@ import contextlib
 import functools
 import logging
 import sqlite3
+import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -39,6 +40,7 @@ from services.retrieval.documents import DocumentWrite, WriteOutcome
 from services.retrieval.embedder import Embedder, Vectors
 from services.retrieval.indexes import IndexCache
 from services.retrieval.ingest import IngestSession, Prepared, UpsertResult, prepare
+from services.retrieval.metrics import RetrievalMetrics
 from services.retrieval.query import Hit, run_queries
 from services.retrieval.schema import DATABASE_FILE, Database, init_schema, reindex_keywords_if_needed, transaction
 from services.retrieval.validation import (
@@ -115,11 +117,12 @@ class CollectionStats:
 class Retriever:
     """Collections of chunked documents in SQLite + FAISS; ``open`` before use, ``close`` after."""
 
-    def __init__(self, config: RetrieverConfig, embedder: Embedder) -> None:
+    def __init__(self, config: RetrieverConfig, embedder: Embedder, metrics: RetrievalMetrics | None = None) -> None:
         self.config = config
         self.embedder = embedder
+        self._metrics = metrics
         self._db = Database(config.data_dir / DATABASE_FILE)
-        self._indexes = IndexCache(config.data_dir / "vectors", config.index)
+        self._indexes = IndexCache(config.data_dir / "vectors", config.index, metrics)
         self._encoder = ThreadPoolExecutor(1, thread_name_prefix="retrieval-encode")
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="retrieval-write")
         self._readers = ThreadPoolExecutor(
@@ -142,6 +145,7 @@ class Retriever:
             self._encoder,
             window_s=self.config.batch_window_ms / 1000.0,
             max_batch=self.config.max_batch,
+            observe=None if self._metrics is None else self._metrics.batched,
         )
         await self._write(init_schema)
         reindexed = await self._write(reindex_keywords_if_needed)
@@ -238,6 +242,7 @@ class Retriever:
         Dense and hybrid queries join the micro-batch (with the window off, a batch of one); BM25-only
         queries need no forward pass and run in a reader thread at once.
         """
+        started = time.perf_counter()
         await self._require(params.collection)
         if params.mode is SearchMode.BM25:
             result = await self._read(lambda conn: run_queries(conn, self._indexes, [params], [None])[0])
@@ -248,6 +253,8 @@ class Retriever:
             result = (await asyncio.shield(asyncio.wrap_future(search)))[position]
         if isinstance(result, NotFound):
             raise result
+        if self._metrics is not None:
+            self._metrics.queried(params.mode, time.perf_counter() - started)
         return result
 
     def _encode_and_search(self, batch: Sequence[QueryParams]) -> list[tuple[Future[Answers], int]]:
@@ -313,6 +320,8 @@ class Retriever:
 
         outcome = await self._write(commit)
         self._known.add(collection)
+        if self._metrics is not None:
+            self._metrics.ingested(len(vectors), sum(len(p.document.text.encode()) for p in prepared))
         return outcome
 
     async def delete(
@@ -363,19 +372,8 @@ class Retriever:
                 with index.lock:
                     self._indexes.sync(conn, index, row.id)
                     vectors, nbytes = index.size, index.nbytes
-                result.append(
-                    CollectionStats(
-                        row.name,
-                        row.documents,
-                        row.chunks,
-                        vectors,
-                        index.kind.value,
-                        nbytes,
-                        row.embedder,
-                        row.dim,
-                        row.generation,
-                    )
-                )
+                counts = (row.name, row.documents, row.chunks, vectors, index.kind.value, nbytes)
+                result.append(CollectionStats(*counts, row.embedder, row.dim, row.generation))
             return result
 
         return await self._read(read)

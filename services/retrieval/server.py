@@ -14,13 +14,16 @@ import grpc
 from genmesh import mesh
 from genmesh.config import add_server_flags, parse, parse_bool
 from genmesh.errors import FieldViolation, InvalidArgument, Unavailable
+from genmesh.metrics import current as current_metrics
 from genmesh.server import run
 from genmesh.v1 import common_pb2, retrieval_pb2, retrieval_pb2_grpc
 from services.retrieval.catalog import IngestRecord
 from services.retrieval.corpus import DEFAULT_CHUNK_OVERLAP, DEFAULT_CHUNK_SIZE, Document
 from services.retrieval.embedder import PRECISIONS, SentenceTransformerEmbedder, default_model_path
 from services.retrieval.ingest import seed_demo
+from services.retrieval.metrics import RetrievalMetrics
 from services.retrieval.retriever import Retriever, RetrieverConfig
+from services.retrieval.schema import DATABASE_FILE
 from services.retrieval.validation import DEFAULT_TOP_K, SearchMode, check_query
 from services.retrieval.vectors import IndexKind, IndexOptions
 
@@ -189,9 +192,13 @@ class RetrievalService:
         log.info(
             "embedder loaded", extra={**embedder.describe(), "duration_s": round(time.perf_counter() - started, 2)}
         )
-        retriever = Retriever(config, embedder)
+        registry = current_metrics()
+        metrics = None if registry is None else RetrievalMetrics(registry)
+        retriever = Retriever(config, embedder, metrics)
         self._opened = retriever
         await retriever.open()
+        if metrics is not None:
+            metrics.watch_store(config.data_dir / DATABASE_FILE)
         if args.seed_demo:
             started = time.perf_counter()
 

@@ -14,7 +14,7 @@ import logging
 import re
 import shlex
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -106,6 +106,7 @@ class McpProvider:
         self._broken = asyncio.Event()
         self._first_attempt = asyncio.Event()
         self._supervisor: asyncio.Task[None] | None = None
+        self._restarted: Callable[[str], None] | None = None
 
     @property
     def name(self) -> str:
@@ -128,8 +129,10 @@ class McpProvider:
             raise Unavailable(f"tool {quote(name)}: MCP server {self.config.name!r} is not running ({self.last_error})")
         return tool
 
-    async def start(self) -> None:
-        """Start the supervisor (it connects, lists the tools, then watches the server)."""
+    async def start(self, restarted: Callable[[str], None] | None = None) -> None:
+        """Start the supervisor (it connects, lists the tools, then watches the server); it calls ``restarted``
+        with the server's name each time it starts the server again."""
+        self._restarted = restarted
         if self._supervisor is None:
             self._supervisor = asyncio.create_task(self._supervise(), name=f"mcp-{self.config.name}")
 
@@ -168,6 +171,8 @@ class McpProvider:
             )
             await asyncio.sleep(delay)
             self.restarts += 1
+            if self._restarted is not None:
+                self._restarted(self.config.name)
 
     async def _run_once(self) -> None:
         """One life of the server: connect, list, serve until it dies (or the supervisor is cancelled)."""

@@ -140,6 +140,13 @@ class ToolRegistry:
             raise NotFound(f"tool {quote(name)} does not exist")
         return tool
 
+    def knows(self, name: str) -> bool:
+        """Whether ``name`` is a registered tool or one of its provider's last-listed tools (down or not)."""
+        if name in self._tools:
+            return True
+        provider = self._provider_of(name)
+        return provider is not None and any(tool.name == name for tool in provider.tools())
+
     def tools(self) -> list[Tool]:
         """All tools: registered ones in registration order, then each provider's."""
         return [*self._tools.values(), *(tool for provider in self._providers for tool in provider.tools())]

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
@@ -17,6 +18,7 @@ from genmesh.config import add_server_flags, add_upstream_tls_flags, parse, pars
 from genmesh.deadlines import DEADLINE_MARGIN_S
 from genmesh.errors import FieldViolation, GenmeshError, InvalidArgument, quote
 from genmesh.limits import call_id_violation
+from genmesh.metrics import current as current_metrics
 from genmesh.paging import check_page_size, decode_page_token, encode_page_token, fitting
 from genmesh.server import run
 from genmesh.status import code_value, status_code_of, status_message, status_of
@@ -26,6 +28,7 @@ from genmesh.v1 import common_pb2, tools_pb2, tools_pb2_grpc
 from services.tools.builtin.search_docs import search_docs_tool
 from services.tools.fanout import DEFAULT_MAX_CONCURRENCY, MAX_CALLS, CallOutcome, CallSpec, invoke_many
 from services.tools.mcp_provider import McpProvider, McpServerConfig, parse_mcp_server
+from services.tools.metrics import ToolsMetrics, code_of
 from services.tools.plugins import load_entry_points, load_spec
 from services.tools.registry import DEFAULT_MAX_WORKERS, ToolRegistry, default_registry
 from services.tools.retrieval_client import RetrievalSearcher
@@ -40,6 +43,8 @@ class ToolsServicer(tools_pb2_grpc.ToolsServiceServicer):
     def __init__(self, registry: ToolRegistry, max_concurrency: int = DEFAULT_MAX_CONCURRENCY) -> None:
         self._registry = registry
         self._max_concurrency = max_concurrency
+        self.metrics: ToolsMetrics | None = None
+        """Where calls are counted (set by ``ToolsService.start`` when metrics are on)."""
 
     async def ListTools(
         self, request: tools_pb2.ListToolsRequest, context: grpc.aio.ServicerContext
@@ -83,6 +88,21 @@ class ToolsServicer(tools_pb2_grpc.ToolsServiceServicer):
     async def Invoke(
         self, request: tools_pb2.InvokeRequest, context: grpc.aio.ServicerContext
     ) -> tools_pb2.InvokeResponse:
+        metrics = self.metrics
+        if metrics is None:
+            return await self._invoke(request, context)
+        started = time.perf_counter()
+        try:
+            response = await self._invoke(request, context)
+        except Exception as error:
+            metrics.called(request.call.name, code_of(error), time.perf_counter() - started)
+            raise
+        metrics.called(request.call.name, grpc.StatusCode.OK, time.perf_counter() - started)
+        return response
+
+    async def _invoke(
+        self, request: tools_pb2.InvokeRequest, context: grpc.aio.ServicerContext
+    ) -> tools_pb2.InvokeResponse:
         call = request.call
         if (violation := call_id_violation(call.call_id, "call.call_id")) is not None:
             raise InvalidArgument(violation)
@@ -123,13 +143,18 @@ class ToolsServicer(tools_pb2_grpc.ToolsServiceServicer):
         timeout_s = min(budgets) if budgets else None
 
         for outcome in rejected:  # calls that cannot run at all are reported first
-            yield _response(outcome)
+            yield self._answer(outcome)
         if not calls:
             return
         outcomes = invoke_many(self._registry, calls, concurrency, timeout_s)
         async with contextlib.aclosing(outcomes):
             async for outcome in outcomes:
-                yield _response(outcome)
+                yield self._answer(outcome)
+
+    def _answer(self, outcome: CallOutcome) -> tools_pb2.InvokeManyResponse:
+        if self.metrics is not None:
+            self.metrics.called(outcome.call.name, code_of(outcome.error), outcome.duration_ms / 1000.0)
+        return _response(outcome)
 
 
 def _plan_calls(request: tools_pb2.InvokeManyRequest) -> tuple[list[CallSpec], list[CallOutcome]]:
@@ -226,6 +251,7 @@ class ToolsService:
         self._registry = default_registry(config.max_workers)
         self._searcher: RetrievalSearcher | None = None
         self._providers = [McpProvider(server, tool_timeout_s=config.mcp_timeout_s) for server in config.mcp_servers]
+        self._servicer = ToolsServicer(self._registry, config.max_concurrency)
         plugins = load_entry_points() if config.entry_points else []
         for spec in config.tools_modules:
             plugins.extend(load_spec(spec))
@@ -239,13 +265,17 @@ class ToolsService:
         if self._config.retrieval_target:
             self._searcher = RetrievalSearcher(self._config.retrieval_target, self._config.retrieval_tls)
             self._registry.register(search_docs_tool(self._searcher))
-        servicer = ToolsServicer(self._registry, self._config.max_concurrency)
-        tools_pb2_grpc.add_ToolsServiceServicer_to_server(servicer, server)
+        tools_pb2_grpc.add_ToolsServiceServicer_to_server(self._servicer, server)
 
     async def start(self) -> None:
         """Start the MCP servers and wait for each one's first connection (up or failed, never forever)."""
+        registry = current_metrics()
+        metrics = None if registry is None else ToolsMetrics(registry, self._registry.knows)
+        if metrics is not None:
+            metrics.watch_mcp(self._providers)
+        self._servicer.metrics = metrics
         for provider in self._providers:
-            await provider.start()
+            await provider.start(None if metrics is None else metrics.mcp_restarted)
         ready = await asyncio.gather(*(p.wait_first_attempt(self._config.mcp_start_timeout_s) for p in self._providers))
         for provider, up in zip(self._providers, ready, strict=True):
             if not up:

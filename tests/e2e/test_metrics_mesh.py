@@ -1,13 +1,13 @@
 """A mesh started as `genmesh up` starts it, with metrics: every process serves /metrics on its own port, and one
-answer through the gateway shows on each service's RPC metrics and in the inference engine's token counts."""
+answer through the gateway shows on each service's RPC metrics, in the inference engine's token counts, and as
+the retrieval query and the tool call it made."""
 
 from __future__ import annotations
 
 import asyncio
-import urllib.request
 from pathlib import Path
 
-from prometheus_client.parser import text_string_to_metric_families
+from support.scrape import Samples, scrape, value
 from support.streams import collect
 
 from genmesh import mesh
@@ -15,22 +15,12 @@ from genmesh.channels import open_channel
 from genmesh.cli.launcher import start_mesh
 from genmesh.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
 
-Labels = frozenset[tuple[str, str]]
 
-
-def scrape(url: str) -> dict[tuple[str, Labels], float]:
-    with urllib.request.urlopen(url, timeout=10) as answer:
-        text = answer.read().decode()
-    return {
-        (s.name, frozenset(s.labels.items())): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
-
-
-def handled(samples: dict[tuple[str, Labels], float], service: str, method: str, code: str = "OK") -> float:
+def handled(samples: Samples, service: str, method: str, code: str = "OK") -> float:
     wanted = {("grpc_service", f"genmesh.v1.{service}"), ("grpc_method", method), ("grpc_code", code)}
-    return sum(v for (name, labels), v in samples.items() if name == "genmesh_rpc_handled_total" and wanted <= labels)
+    return float(
+        sum(v for (name, labels), v in samples.items() if name == "genmesh_rpc_handled_total" and wanted <= labels)
+    )
 
 
 async def test_every_service_serves_metrics_and_one_answer_shows_on_each(tmp_path: Path) -> None:
@@ -60,6 +50,8 @@ async def test_every_service_serves_metrics_and_one_answer_shows_on_each(tmp_pat
     assert handled(seen["retrieval"], "RetrievalService", "Query") >= 1
     assert handled(seen["tools"], "ToolsService", "InvokeMany") + handled(seen["tools"], "ToolsService", "Invoke") >= 1
     assert handled(seen["inference"], "InferenceService", "Generate") == 1
+    assert value(seen["tools"], "genmesh_tools_calls_total", tool="calculator", code="OK") == 1
+    assert value(seen["retrieval"], "genmesh_retrieval_query_duration_seconds_count", mode="hybrid") >= 1
 
     inference = seen["inference"]
     assert inference[("genmesh_inference_generation_tokens_total", frozenset())] == usage.completion_tokens > 0

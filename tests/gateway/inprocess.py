@@ -10,8 +10,10 @@ from dataclasses import dataclass, field
 from typing import NoReturn
 
 import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from gateway.upstreams import UpstreamTargets
+from genmesh import mesh
 from genmesh.errors import GenmeshError
 from genmesh.status import code_value, status_message, to_rpc_status
 from genmesh.tasks import cancel_and_wait
@@ -245,13 +247,19 @@ class ScriptedMesh:
         await self.server.stop(None)
 
 
-async def start_scripted_mesh(*tools: ScriptedTool) -> ScriptedMesh:
-    """Serve fresh scripted upstreams (with ``tools``) on a free port of 127.0.0.1."""
+async def start_scripted_mesh(*tools: ScriptedTool, health_service: bool = False) -> ScriptedMesh:
+    """Serve fresh scripted upstreams (with ``tools``) on a free port of 127.0.0.1; with ``health_service``,
+    also grpc.health.v1, SERVING (what a gateway's start-up waits for)."""
     retrieval, tools_servicer, inference = ScriptedRetrieval(), ScriptedTools(*tools), ScriptedInference()
     server = grpc.aio.server()
     retrieval_pb2_grpc.add_RetrievalServiceServicer_to_server(retrieval, server)
     tools_pb2_grpc.add_ToolsServiceServicer_to_server(tools_servicer, server)
     inference_pb2_grpc.add_InferenceServiceServicer_to_server(inference, server)
+    health_servicer = health.aio.HealthServicer()
+    if health_service:
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        for name in (mesh.RETRIEVAL.grpc_service, mesh.TOOLS.grpc_service):  # checked by the gateway's channels
+            await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     return ScriptedMesh(retrieval, tools_servicer, inference, server, f"127.0.0.1:{port}")

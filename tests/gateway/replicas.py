@@ -27,6 +27,8 @@ class Reported:
     waiting: int = 0
     max_running: int = 8
     accepting: bool = True
+    kv_used_tokens: int = 0
+    kv_capacity_tokens: int = 0
 
 
 class ReplicaInference(ScriptedInference):
@@ -58,6 +60,8 @@ class ReplicaInference(ScriptedInference):
             yield inference_pb2.WatchLoadResponse(
                 running_count=r.running,
                 waiting_count=r.waiting,
+                kv_used_tokens=r.kv_used_tokens,
+                kv_capacity_tokens=r.kv_capacity_tokens,
                 accepting=r.accepting,
                 named_metrics={"max_running": float(r.max_running)},
             )

@@ -176,6 +176,8 @@ async def test_requeue_cancel_list_and_purge(stores: tuple[PostgresJobStore, ...
     assert [j.id for j in await b.list(None, None, 2)] == ["job-4", "job-3"]
     assert [j.id for j in await b.list(None, 3, 10)] == ["job-2", "job-1"]
     assert [j.id for j in await b.list(JobState.QUEUED, None, 10)] == ["job-4", "job-3"]
+    counts = {JobState.QUEUED: 2, JobState.RUNNING: 0, JobState.SUCCEEDED: 1, JobState.FAILED: 0, JobState.CANCELLED: 1}
+    assert await a.count_by_state() == counts, "every gateway's jobs, every state listed"
     assert await a.purge(finished_before=NOW + 10) == 1, "only job-2 finished before"
     assert await a.get("job-2") is None and await a.get("job-1") is not None
     assert (await b.submit(_job(9, key="key-2"), 10))[1], "the purged job's key is free again"

@@ -99,6 +99,23 @@ async def test_cancel_ends_a_queued_job_and_flags_a_running_one(store: SqliteJob
     assert await store.request_cancel("job-404", NOW) is None
 
 
+async def test_jobs_are_counted_by_state_every_state_listed(store: SqliteJobStore) -> None:
+    assert await store.count_by_state() == dict.fromkeys(JobState, 0)
+    for n in range(1, 5):
+        await store.submit(_job(n), 10)
+    first, second = await store.claim_next(NOW), await store.claim_next(NOW)
+    assert first is not None and second is not None
+    await store.finish(first.id, Outcome(JobState.SUCCEEDED), NOW + 1)
+    await store.request_cancel("job-4", NOW + 1)
+    assert await store.count_by_state() == {
+        JobState.QUEUED: 1,
+        JobState.RUNNING: 1,
+        JobState.SUCCEEDED: 1,
+        JobState.FAILED: 0,
+        JobState.CANCELLED: 1,
+    }
+
+
 async def test_recovery_requeues_running_jobs_until_their_attempts_run_out(store: SqliteJobStore) -> None:
     for n in range(1, 5):
         await store.submit(_job(n), 10)

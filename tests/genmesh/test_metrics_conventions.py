@@ -1,5 +1,6 @@
 """The metric naming rules are enforced at definition; definitions are made once per registry; every metric the
-services define is in docs/OBSERVABILITY.md's tables; the --metrics-port flag and `genmesh up`'s plan."""
+services define is in one row of docs/OBSERVABILITY.md's tables, which name no other; the --metrics-port flag and
+`genmesh up`'s plan."""
 
 from __future__ import annotations
 
@@ -10,12 +11,16 @@ from pathlib import Path
 import pytest
 from prometheus_client.registry import CollectorRegistry
 
+from gateway.gauges import NAMES as GATEWAY_GAUGES
+from gateway.metrics import GatewayMetrics
 from genmesh import mesh
 from genmesh.cli.launcher import plan_mesh
 from genmesh.config import add_server_flags
-from genmesh.metrics import LATENCY_BUCKETS, Metrics, RpcMetrics, check_name
+from genmesh.metrics import LATENCY_BUCKETS, Metrics, RpcMetrics, check_name, process_metrics
 from services.inference.engine import EngineConfig, LoadStats
 from services.inference.metrics import InferenceMetrics
+from services.retrieval.metrics import RetrievalMetrics
+from services.tools.metrics import ToolsMetrics
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "OBSERVABILITY.md"
 
@@ -59,11 +64,17 @@ def test_every_metric_is_documented() -> None:
     metrics = Metrics(CollectorRegistry())
     RpcMetrics(metrics)
     InferenceMetrics(metrics).attach(lambda: LoadStats(0, 0, 0, 1), EngineConfig())
+    RetrievalMetrics(metrics).watch_store(Path("/nonexistent/retrieval.sqlite3"))  # the gauge, without samples
+    ToolsMetrics(metrics, lambda name: True).watch_mcp([])
+    GatewayMetrics(metrics)
     metrics.histogram("genmesh_unrelated_seconds", "Not documented: the check must see it", LATENCY_BUCKETS)
-    defined = {family.name for family in metrics.registry.collect()}
-    documented = set(re.findall(r"^\| `(genmesh_[a-z0-9_]+)`", DOCS.read_text(), re.MULTILINE))
-    missing = {name.removesuffix("_total") for name in defined} - {d.removesuffix("_total") for d in documented}
-    assert missing == {"genmesh_unrelated_seconds"}
+    defined = {family.name for family in metrics.registry.collect()} | set(GATEWAY_GAUGES)  # read from a loop
+    defined |= {family.name for family in process_metrics().registry.collect() if family.name.startswith("genmesh_")}
+    rows = re.findall(r"^\| `(genmesh_[a-z0-9_]+)`", DOCS.read_text(), re.MULTILINE)
+    assert sorted(rows) == sorted(set(rows)), "each metric has one row"
+    names, documented = {n.removesuffix("_total") for n in defined}, {d.removesuffix("_total") for d in rows}
+    assert names - documented == {"genmesh_unrelated_seconds"}
+    assert documented - names == set(), "every row names a metric the code defines"
 
 
 def test_metrics_port_flag_and_environment(monkeypatch: pytest.MonkeyPatch) -> None:

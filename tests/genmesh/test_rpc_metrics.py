@@ -7,20 +7,18 @@ from __future__ import annotations
 import asyncio
 import urllib.error
 import urllib.request
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from prometheus_client import generate_latest
-from prometheus_client.parser import text_string_to_metric_families
+from support.scrape import changed, recorded, scrape_async, scrape_until, value
+from support.served import Hosted, served
 
-from genmesh.cli.launcher import free_ports
 from genmesh.errors import NotFound
-from genmesh.health import wait_until_serving
-from genmesh.metrics import Metrics, check_name, current, process_metrics
-from genmesh.server import ServerConfig, serve
+from genmesh.metrics import Metrics, check_name, current
 from genmesh.v1 import common_pb2, inference_pb2, inference_pb2_grpc
 
 SERVICE = "genmesh.v1.InferenceService"
@@ -65,75 +63,37 @@ class Servicer(inference_pb2_grpc.InferenceServiceServicer):
             yield inference_pb2.GenerateResponse()
 
 
-class FakeService:
-    service_name = SERVICE
-    also_serves: tuple[str, ...] = ()
-    interceptors: tuple[grpc.aio.ServerInterceptor, ...] = ()
+class FakeService(Hosted):
+    """The servicer, served; ``metrics_at_start`` is what its ``start()`` found."""
 
     def __init__(self) -> None:
         self.servicer = Servicer()
+        super().__init__(SERVICE, partial(inference_pb2_grpc.add_InferenceServiceServicer_to_server, self.servicer))
         self.metrics_at_start: Metrics | str | None = "not started"
-
-    def register(self, server: grpc.aio.Server) -> None:
-        inference_pb2_grpc.add_InferenceServiceServicer_to_server(self.servicer, server)
 
     async def start(self) -> None:
         self.metrics_at_start = current()
 
-    def drain(self) -> None:
-        pass
-
-    async def stop(self) -> None:
-        pass
-
 
 @asynccontextmanager
 async def serving(metrics: bool) -> AsyncIterator[tuple[FakeService, grpc.aio.Channel, str]]:
-    port, metrics_port = free_ports(2)
-    service, stop = FakeService(), asyncio.Event()
-    config = ServerConfig("127.0.0.1", port, grace_s=1.0, metrics_port=metrics_port if metrics else None)
-    task = asyncio.create_task(serve(service, config, stop))
-    ready = asyncio.create_task(wait_until_serving(f"127.0.0.1:{port}", timeout_s=30))
-    try:
-        await asyncio.wait({task, ready}, return_when=asyncio.FIRST_COMPLETED)
-        if task.done():
-            task.result()  # serve() failed: its error, at once
-        await ready
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            yield service, channel, f"http://127.0.0.1:{metrics_port}/metrics"
-    finally:
-        ready.cancel()
-        stop.set()
-        await asyncio.wait_for(task, 30)
-
-
-def samples(text: str) -> Iterator[tuple[str, dict[str, str], float]]:
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            yield sample.name, sample.labels, sample.value
-
-
-async def scrape(url: str) -> Samples:
-    """The genmesh_rpc_* samples of this test's service, by (name, type, method, code)."""
-
-    def get() -> str:
-        with urllib.request.urlopen(url, timeout=10) as answer:
-            return str(answer.read().decode())
-
-    found: Samples = {}
-    for name, labels, value in samples(await asyncio.to_thread(get)):
-        if name.startswith("genmesh_rpc_") and labels.get("grpc_service") in (SERVICE, "grpc.health.v1.Health"):
-            key = (name, labels["grpc_type"], labels["grpc_method"], labels.get("grpc_code", ""))
-            if "le" not in labels and not name.endswith("_created"):
-                found[key] = value
-    return found
+    service = FakeService()
+    async with served(service, metrics) as where, grpc.aio.insecure_channel(where.address) as channel:
+        yield service, channel, where.metrics_url
 
 
 Samples = dict[tuple[str, str, str, str], float]
 
 
-def delta(after: Samples, before: Samples) -> Samples:
-    return {key: value - before.get(key, 0.0) for key, value in after.items() if value != before.get(key, 0.0)}
+async def scrape(url: str) -> Samples:
+    """The genmesh_rpc_* samples of this test's service and health, by (name, type, method, code); no buckets."""
+    found: Samples = {}
+    for (name, labelset), seen in (await scrape_async(url)).items():
+        labels = dict(labelset)
+        ours = labels.get("grpc_service") in (SERVICE, "grpc.health.v1.Health")
+        if name.startswith("genmesh_rpc_") and ours and "le" not in labels:
+            found[(name, labels["grpc_type"], labels["grpc_method"], labels.get("grpc_code", ""))] = seen
+    return found
 
 
 async def test_unary_and_streaming_calls_are_counted_by_method_and_code() -> None:
@@ -147,8 +107,8 @@ async def test_unary_and_streaming_calls_are_counted_by_method_and_code() -> Non
         assert failed.value.code() == grpc.StatusCode.NOT_FOUND
         request = inference_pb2.GenerateRequest(prompt="p", sampling=common_pb2.SamplingParams(max_tokens=3))
         assert len([r async for r in stub.Generate(request, timeout=10)]) == 3
-        changed = delta(await scrape(url), before)
-    assert changed == {
+        grown = changed(await scrape(url), before)
+    assert grown == {
         ("genmesh_rpc_started_total", "unary", "GetModelInfo", ""): 2,
         ("genmesh_rpc_handled_total", "unary", "GetModelInfo", "OK"): 2,
         ("genmesh_rpc_handling_seconds_count", "unary", "GetModelInfo", ""): 2,
@@ -178,11 +138,9 @@ async def test_a_cancelled_stream_is_in_flight_until_it_ends_cancelled() -> None
         running = await scrape(url)
         assert running[in_flight] == 1
         call.cancel()
-        for _ in range(500):
-            after = await scrape(url)
-            if after[in_flight] == 0:
-                break
-            await asyncio.sleep(0.01)
+        generate = {"grpc_type": "server_stream", "grpc_service": SERVICE, "grpc_method": "Generate"}
+        await scrape_until(url, lambda samples: value(samples, "genmesh_rpc_in_flight", **generate) == 0, 5.0)
+        after = await scrape(url)
     assert after[in_flight] == 0
     assert after[canceled] - before.get(canceled, 0) == 1
 
@@ -202,8 +160,7 @@ async def test_health_checks_are_counted_and_unknown_methods_are_not() -> None:
 
 async def test_process_metrics_are_served() -> None:
     async with serving(metrics=True) as (_, _channel, url):
-        text = await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=10).read().decode())
-    names = {name for name, _, _ in samples(text)}
+        names = {name for name, _ in await scrape_async(url)}
     assert {"process_cpu_seconds_total", "process_resident_memory_bytes", "genmesh_build_info"} <= names
     for name in {n for n in names if n.startswith("genmesh_")}:
         base = name.removesuffix("_bucket").removesuffix("_count").removesuffix("_sum").removesuffix("_created")
@@ -211,8 +168,7 @@ async def test_process_metrics_are_served() -> None:
 
 
 async def test_metrics_off_serve_nothing_and_count_nothing() -> None:
-    registry = process_metrics().registry
-    before = generate_latest(registry)
+    before = recorded("genmesh_rpc_")
     async with serving(metrics=False) as (service, channel, url):
         await inference_pb2_grpc.InferenceServiceStub(channel).GetModelInfo(
             inference_pb2.GetModelInfoRequest(), timeout=10
@@ -220,5 +176,4 @@ async def test_metrics_off_serve_nothing_and_count_nothing() -> None:
         with pytest.raises(urllib.error.URLError):
             await asyncio.to_thread(urllib.request.urlopen, url, timeout=5)
     assert service.metrics_at_start is None, "the service instruments nothing"
-    rpc_lines = [line for line in generate_latest(registry).splitlines() if line.startswith(b"genmesh_rpc_")]
-    assert rpc_lines == [line for line in before.splitlines() if line.startswith(b"genmesh_rpc_")]
+    assert recorded("genmesh_rpc_") == before

@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 from support.engine_steps import ForwardGate
+from support.scrape import scrape_async
 
 from genmesh.errors import DeadlineExceeded
 from genmesh.metrics import Metrics, MetricsServer
@@ -106,10 +105,9 @@ async def test_cancelled_and_expired_requests_are_aborts_not_completions(loaded:
         assert value(metrics, f"{P}request_success_total", finished_reason="length") == 0
 
 
-def scrape(url: str) -> dict[str, float]:
-    with urllib.request.urlopen(url, timeout=10) as answer:
-        text = answer.read().decode()
-    return {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples if not s.labels}
+async def scrape(url: str) -> dict[str, float]:
+    """The samples without labels served at ``url``, by name."""
+    return {name: seen for (name, labels), seen in (await scrape_async(url)).items() if not labels}
 
 
 async def test_occupancy_gauges_read_the_load_snapshot_at_scrape_time(loaded: LoadedModel) -> None:
@@ -126,11 +124,11 @@ async def test_occupancy_gauges_read_the_load_snapshot_at_scrape_time(loaded: Lo
                 passes.hold()
                 await asyncio.to_thread(passes.blocked.wait, 10)
                 load = engine.load()
-                seen = await asyncio.to_thread(scrape, exporter.url)
+                seen = await scrape(exporter.url)
                 for name in ("x", "y", "z"):
                     engine.abort(name)
             await asyncio.gather(*tasks)
-            idle = await asyncio.to_thread(scrape, exporter.url)
+            idle = await scrape(exporter.url)
     finally:
         await exporter.close()
     assert (load.running, load.waiting) == (1, 2) and load.kv_used_tokens > 0

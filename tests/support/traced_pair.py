@@ -21,12 +21,10 @@ import grpc
 
 from genmesh import tracing
 from genmesh.channels import open_channel
-from genmesh.cli.launcher import free_ports
 from genmesh.errors import InvalidArgument
-from genmesh.health import wait_until_serving
 from genmesh.logs import JsonFormatter
-from genmesh.server import ServerConfig, serve
 from support.otlp_receiver import OtlpReceiver, ReceivedSpan, running_receiver
+from support.served import Hosted, served
 
 FRONT = "genmesh.test.Front"
 BACK = "genmesh.test.Back"
@@ -34,27 +32,10 @@ TRACE_HEADERS = ("traceparent", "tracestate")
 log = logging.getLogger("genmesh.test.traced")
 
 
-class _Service:
+def _service(service_name: str, handlers: dict[str, grpc.RpcMethodHandler]) -> Hosted:
     """A genmesh.server Service that serves ``handlers`` (raw bytes) under ``service_name``."""
-
-    also_serves: tuple[str, ...] = ()
-    interceptors: tuple[grpc.aio.ServerInterceptor, ...] = ()
-
-    def __init__(self, service_name: str, handlers: dict[str, grpc.RpcMethodHandler]) -> None:
-        self.service_name = service_name
-        self._handlers = handlers
-
-    def register(self, server: grpc.aio.Server) -> None:
-        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(self.service_name, self._handlers),))
-
-    async def start(self) -> None:
-        pass
-
-    def drain(self) -> None:
-        pass
-
-    async def stop(self) -> None:
-        pass
+    generic = grpc.method_handlers_generic_handler(service_name, handlers)
+    return Hosted(service_name, lambda server: server.add_generic_rpc_handlers((generic,)))
 
 
 @dataclass
@@ -82,10 +63,10 @@ class Pair:
         return [line for line in self.log_lines if line["msg"] == "rpc" and line.get("method") == method][-1]
 
 
-def _back(pair: Pair) -> _Service:
+def _back(seen: list[tuple[str, dict[str, str]]]) -> Hosted:
     def record(method: str, context: grpc.aio.ServicerContext) -> None:
         metadata = {key: value for key, value in context.invocation_metadata() or () if key in TRACE_HEADERS}
-        pair.seen.append((method, metadata))
+        seen.append((method, metadata))
 
     async def ask(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         record("Ask", context)
@@ -120,7 +101,7 @@ def _back(pair: Pair) -> _Service:
             yield request
             await asyncio.sleep(0.05)
 
-    return _Service(
+    return _service(
         BACK,
         {
             "Ask": grpc.unary_unary_rpc_method_handler(ask),
@@ -134,7 +115,7 @@ def _back(pair: Pair) -> _Service:
     )
 
 
-def _front(channel: grpc.aio.Channel) -> _Service:
+def _front(channel: grpc.aio.Channel) -> Hosted:
     ask_back = channel.unary_unary(f"/{BACK}/Ask")
 
     async def ask(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
@@ -142,7 +123,7 @@ def _front(channel: grpc.aio.Channel) -> _Service:
         answer: bytes = await ask_back(request, timeout=10)
         return answer
 
-    return _Service(FRONT, {"Ask": grpc.unary_unary_rpc_method_handler(ask)})
+    return _service(FRONT, {"Ask": grpc.unary_unary_rpc_method_handler(ask)})
 
 
 class _Lines(logging.Handler):
@@ -162,9 +143,9 @@ async def traced_pair(sample_ratio: float = 1.0, traced: bool = True) -> AsyncIt
     """Front and Back serving on loopback, this process traced (unless ``traced`` is false) to a receiver."""
     async with AsyncExitStack() as stack:
         receiver = await stack.enter_async_context(running_receiver())
-        front_port, back_port = free_ports(2)
-        pair = Pair(f"127.0.0.1:{front_port}", f"127.0.0.1:{back_port}", receiver)
-        handler = _Lines(pair.log_lines)
+        seen: list[tuple[str, dict[str, str]]] = []
+        log_lines: list[dict[str, Any]] = []
+        handler = _Lines(log_lines)
         genmesh_log = logging.getLogger("genmesh")
         level = genmesh_log.level
         genmesh_log.setLevel(logging.INFO)  # setLevel also clears the loggers' cached levels
@@ -174,18 +155,7 @@ async def traced_pair(sample_ratio: float = 1.0, traced: bool = True) -> AsyncIt
         if traced:
             tracing.install("test", tracing.TraceSettings(receiver.endpoint, sample_ratio))
         stack.push_async_callback(asyncio.to_thread, tracing.shutdown)  # the receiver must still listen
-        channel = await stack.enter_async_context(open_channel(pair.back))  # after install: it traces
-        stop = asyncio.Event()
-        servers = [
-            asyncio.create_task(serve(service, ServerConfig("127.0.0.1", port, reflection=False), stop))
-            for service, port in ((_back(pair), back_port), (_front(channel), front_port))
-        ]
-
-        async def stopped() -> None:
-            stop.set()
-            await asyncio.gather(*servers)
-
-        stack.push_async_callback(stopped)
-        for address in (pair.back, pair.front):
-            await wait_until_serving(address, timeout_s=20)
-        yield pair
+        back = await stack.enter_async_context(served(_back(seen), metrics=False))
+        channel = await stack.enter_async_context(open_channel(back.address))  # after install: it traces
+        front = await stack.enter_async_context(served(_front(channel), metrics=False))
+        yield Pair(front.address, back.address, receiver, seen, log_lines)

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from genmesh import tracing
 from genmesh.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument, quote
 from services.inference.engine.config import EngineConfig
 from services.inference.engine.kv_cache import SlotKVCache
@@ -31,6 +32,7 @@ from services.inference.engine.output import OutputProcessor, SequenceOutput
 from services.inference.engine.runner import ModelRunner
 from services.inference.engine.scheduler import Scheduler
 from services.inference.engine.sequence import Sequence
+from services.inference.engine.spans import PhaseSpans
 from services.inference.engine.stream import Item, Outbox, Stream
 from services.inference.engine.types import (
     Finished,
@@ -98,21 +100,32 @@ class Engine:
         request id in use), ResourceExhausted (waiting queue full), DeadlineExceeded (deadline already
         passed), FailedPrecondition (engine closed). Raises DeadlineExceeded mid-stream when the deadline
         passes. Leaving the iteration early (cancellation, ``aclose()``) stops the generation at the next step.
+        While tracing is on, the request's phases become spans (``spans.PhaseSpans``) of the current one.
         """
-        seq, stream = self._admit(request)
+        seq, stream, out = self._admit(request)
+        spans = PhaseSpans() if tracing.enabled() else None
+        done: Finished | None = None
+        error: BaseException | None = None
         try:
             while True:
                 item = await self._next(seq, stream)
                 if isinstance(item, BaseException):
                     raise item
-                yield item
                 if isinstance(item, Finished):
+                    done = item
+                    yield item
                     return
+                yield item
+        except BaseException as raised:
+            error = raised
+            raise
         finally:
             if not stream.finished:
                 self._scheduler.abort(seq)
             if self._active.get(request.request_id, (None,))[0] is seq:
                 del self._active[request.request_id]
+            if spans is not None:
+                spans.end(seq, out, done, error)
 
     def abort(self, request_id: str) -> bool:
         """Stop ``request_id``; its stream ends with a cancelled Finished. False when it is not active."""
@@ -152,7 +165,7 @@ class Engine:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    def _admit(self, request: GenerationRequest) -> tuple[Sequence, Stream]:
+    def _admit(self, request: GenerationRequest) -> tuple[Sequence, Stream, SequenceOutput]:
         if self._closed:
             raise FailedPrecondition("the inference engine is closed")
         if request.request_id in self._active:
@@ -183,14 +196,15 @@ class Engine:
 
         max_new = min(request.sampling.max_tokens, context - len(ids))
         seq = Sequence(request.request_id, ids, max_new, request.deadline)
-        self._outputs.add(seq, SequenceOutput(request, ids, loaded.tokenizer, self._eos, deliver))
+        out = SequenceOutput(request, ids, loaded.tokenizer, self._eos, deliver)
+        self._outputs.add(seq, out)
         try:
             self._scheduler.add(seq, retry_after_s=round(max(0.1, self._service_s), 3))
         except BaseException:
             self._outputs.discard(seq)
             raise
         self._active[request.request_id] = (seq, stream)
-        return seq, stream
+        return seq, stream, out
 
     async def _next(self, seq: Sequence, stream: Stream) -> Item:
         deadline = seq.deadline
@@ -227,7 +241,7 @@ class Engine:
         self._outputs.mark_started(batch.admitted, time.monotonic())
         if batch.prefill:
             logits = self._runner.prefill(batch.prefill)
-            ended = [] if logits is None else self._outputs.process(batch.completing, logits)
+            ended = [] if logits is None else self._outputs.process(batch.completing, logits, len(batch.prefill))
             self._outputs.finish(self._scheduler.postprocess(ended, batch.prefill))
         self._outbox.flush()  # first tokens go out before the decode pass
         decoding = self._scheduler.decode_batch()

@@ -48,6 +48,7 @@ class SequenceOutput:
         "deliver",
         "first_token_at",
         "plain_greedy",
+        "prefill_batch",
         "sampler",
         "started",
     )
@@ -68,6 +69,8 @@ class SequenceOutput:
         self.arrival = time.monotonic()
         self.started: float | None = None
         self.first_token_at: float | None = None
+        #: Sequences prefilled in the forward pass that gave the first token (0 before it).
+        self.prefill_batch = 0
         self._tokenizer = tokenizer
         self._eos = eos_token_ids
         self._detok = IncrementalDetokenizer(tokenizer, prompt_ids)
@@ -159,11 +162,13 @@ class OutputProcessor:
             if self._metrics is not None:
                 self._metrics.queued(now - out.arrival)
 
-    def process(self, seqs: list[Sequence], logits: torch.Tensor) -> list[tuple[Sequence, FinishReason]]:
+    def process(
+        self, seqs: list[Sequence], logits: torch.Tensor, prefill_batch: int = 0
+    ) -> list[tuple[Sequence, FinishReason]]:
         """Sample one token per sequence from ``logits`` [len(seqs), vocab], record it, stream its text.
 
         The plain greedy sequences share one argmax over the batch. Returns the sequences the token ends,
-        with why, in ``seqs`` order.
+        with why, in ``seqs`` order. ``prefill_batch``: the sequences the prefill pass of these logits fed.
         """
         outputs = self._outputs
         best: list[int] | None = None
@@ -178,6 +183,8 @@ class OutputProcessor:
                 token = out.sampler.sample(logits[i], seq.token_ids)
             seq.append_token(token.token_id)
             first = out.first_token_at is None
+            if first:
+                out.prefill_batch = prefill_batch
             reason = out.accept(token, seq.at_max_tokens)
             if first and self._metrics is not None and out.first_token_at is not None:
                 self._metrics.first_token(out.first_token_at - out.arrival, seq.num_prompt_tokens)
