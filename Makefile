@@ -51,7 +51,7 @@ test: install  ## run the test suite
 mutants: install  ## apply each curated one-line mutant of load-bearing code; fail if its tests still pass
 	$(PY) scripts/mutants.py
 
-lint: install  ## buf lint, buf breaking (against the published contract), ruff, mypy, hadolint, k8s manifests, mutants still apply
+lint: install  ## buf lint, buf breaking (against the published contract), ruff, mypy, hadolint, k8s manifests, Prometheus config and alert rules, mutants still apply
 	$(BIN)/buf lint
 	$(BIN)/buf breaking --against $(CONTRACT_IMAGE)
 	$(BIN)/ruff check .
@@ -59,6 +59,9 @@ lint: install  ## buf lint, buf breaking (against the published contract), ruff,
 	$(BIN)/mypy .
 	$(BIN)/hadolint Dockerfile
 	$(PY) scripts/validate_k8s.py
+	promtool check config deploy/prometheus/prometheus.yml
+	promtool check rules deploy/prometheus/alerts.yml
+	promtool test rules deploy/prometheus/alerts_test.yml
 	$(PY) scripts/mutants.py --check
 
 compose-test: install  ## build the images (local Debian base, local wheels, no registry) and run docker-compose.yml's stack under podman: one answer, then two inference replicas
@@ -85,6 +88,7 @@ bench: install  ## quick benchmarks (about a minute each), as CI runs them
 	$(PY) -m bench.resilience --quick
 	$(PY) -m bench.scale --quick
 	$(PY) -m bench.security --quick
+	$(PY) -m bench.observability --quick
 
 bench-full: install  ## full benchmarks, the figures of docs/BENCHMARKS.md and docs/RESILIENCE.md
 	$(PY) -m bench.gateway
@@ -95,6 +99,7 @@ bench-full: install  ## full benchmarks, the figures of docs/BENCHMARKS.md and d
 	$(PY) -m bench.resilience
 	$(PY) -m bench.scale
 	$(PY) -m bench.security
+	$(PY) -m bench.observability
 
 clean:  ## remove the virtual environment and generated stubs
 	rm -rf $(VENV) genmesh/v1 *.egg-info .mypy_cache .ruff_cache .pytest_cache

@@ -149,6 +149,8 @@ def reference_problems(objs: list[Obj], report: Report) -> None:
             report.problems += _selects_a_workload(name_of(obj), spec["podSelector"].get("matchLabels", {}), objs)
             for rule in spec.get("ingress", []):
                 for peer in rule.get("from", []):
+                    if "namespaceSelector" in peer:
+                        continue  # pods of another namespace (Prometheus's): none of them is rendered here
                     labels = peer.get("podSelector", {}).get("matchLabels", {})
                     report.problems += _selects_a_workload(f"{name_of(obj)} ingress", labels, objs)
         elif kind in WORKLOADS:

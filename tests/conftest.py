@@ -1,9 +1,10 @@
-"""Shared fixtures: a real mesh of four processes on free loopback ports, and clients of it."""
+"""Shared fixtures: a real mesh of four processes on free loopback ports, and clients of it; deploy/k8s rendered."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -92,3 +93,20 @@ def retrieval(channels: dict[str, grpc.aio.Channel]) -> retrieval_pb2_grpc.Retri
 @pytest.fixture
 def tools(channels: dict[str, grpc.aio.Channel]) -> tools_pb2_grpc.ToolsServiceStub:
     return tools_pb2_grpc.ToolsServiceStub(channels["tools"])
+
+
+@pytest.fixture(scope="session")
+def kubectl() -> str:
+    """kubectl, with its kustomize (tests/support/k8s.py): a dev tool that must be installed; missing, a test
+    that needs it fails, not skips."""
+    from support.k8s import kubectl_path  # loads scripts/validate_k8s.py, for the tests that need it only
+
+    return kubectl_path()
+
+
+@pytest.fixture(scope="session")
+def rendered(kubectl: str) -> dict[str, list[dict[str, Any]]]:
+    """Each deploy/k8s kustomization's objects, by its path under deploy/k8s."""
+    from support.k8s import render_all
+
+    return render_all(kubectl)

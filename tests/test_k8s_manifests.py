@@ -1,70 +1,32 @@
 """deploy/k8s renders and validates offline (scripts/validate_k8s.py) and keeps what users rely on: gRPC probes on
 the services' ports, a drain that fits the termination grace, headless upstreams the gateway reaches by dns:///,
-a GPU for inference in overlays/gpu. Each promise is shown to catch a one-line mutation of the manifests."""
+a GPU for inference in overlays/gpu, metrics that Prometheus finds and reaches. Each promise is shown to catch a
+one-line mutation of the manifests."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
 import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from types import ModuleType
-from typing import Any
 
 import pytest
+from support.k8s import (
+    K8S,
+    ROOT,
+    SCRIPT,
+    Obj,
+    genmesh_containers,
+    service_env,
+    validator,
+    workload,
+)
 
 from genmesh import mesh
 
-ROOT = Path(__file__).resolve().parents[1]
-K8S = ROOT / "deploy" / "k8s"
-SCRIPT = ROOT / "scripts" / "validate_k8s.py"
 UPSTREAMS = (mesh.RETRIEVAL, mesh.TOOLS, mesh.INFERENCE)
-
-Obj = dict[str, Any]
-
-
-def _load_validator() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("validate_k8s", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the class is made
-    spec.loader.exec_module(module)
-    return module
-
-
-validator = _load_validator()
-
-
-@pytest.fixture(scope="module")
-def kubectl() -> str:
-    """kubectl (with its kustomize) is a dev tool that must be installed: missing, the test fails, not skips."""
-    try:
-        return str(validator.find_kubectl())
-    except validator.ValidationFailed as error:
-        pytest.fail(str(error))
-
-
-@pytest.fixture(scope="module")
-def rendered(kubectl: str) -> dict[str, list[Obj]]:
-    """Each kustomization's objects, by its path under deploy/k8s."""
-    return {str(path.relative_to(K8S)): validator.render(path, kubectl) for path in validator.kustomizations()}
-
-
-def _genmesh_containers(objs: list[Obj]) -> dict[str, Obj]:
-    """Service name → the container that runs `genmesh serve NAME`."""
-    return {name: c for _, c in validator.containers(objs) if (name := validator.serve_target(c)) is not None}
-
-
-def _workload(objs: list[Obj], name: str) -> Obj:
-    return next(o for o in objs if o["kind"] == "Deployment" and o["metadata"]["name"] == name)
-
-
-def _env(container: Obj, service: str, flag: str) -> str | None:
-    value: str | None = validator.env_value(container, f"GENMESH_{service.upper()}_{flag}")
-    return value
 
 
 # The promises: each returns what is wrong (nothing when kept).
@@ -75,7 +37,7 @@ def _checks_health(probe: Obj, container: Obj, service: str, port: int) -> bool:
     `genmesh health 127.0.0.1:<port>` presenting the service's own certificate and trusting its CA."""
     if probe.get("grpc", {}).get("port") == port:
         return True
-    files = [_env(container, service, f"TLS_{name}") for name in ("CA", "CERT", "KEY")]
+    files = [service_env(container, service, f"TLS_{name}") for name in ("CA", "CERT", "KEY")]
     flags = [arg for pair in zip(("--tls-ca", "--tls-cert", "--tls-key"), files, strict=True) for arg in pair]
     command = probe.get("exec", {}).get("command", [])
     return None not in files and command[:3] == ["genmesh", "health", f"127.0.0.1:{port}"] and _has(command, flags)
@@ -93,14 +55,14 @@ def probe_problems(objs: list[Obj]) -> list[str]:
     """Readiness and liveness (and startup for retrieval and inference) check the gRPC health of the service's
     port (``_checks_health``)."""
     problems = []
-    containers = _genmesh_containers(objs)
+    containers = genmesh_containers(objs)
     for spec in mesh.SERVICES:
         container = containers.get(spec.name)
         if container is None:
             problems.append(f"no container runs genmesh serve {spec.name}")
             continue
         ports = {p["containerPort"] for p in container["ports"]}
-        if spec.default_port not in ports or _env(container, spec.name, "PORT") != str(spec.default_port):
+        if spec.default_port not in ports or service_env(container, spec.name, "PORT") != str(spec.default_port):
             problems.append(f"{spec.name}: does not listen on {spec.default_port}")
         probes = ["readinessProbe", "livenessProbe"]
         probes += ["startupProbe"] if spec in (mesh.RETRIEVAL, mesh.INFERENCE) else []
@@ -113,12 +75,12 @@ def probe_problems(objs: list[Obj]) -> list[str]:
 def drain_problems(objs: list[Obj]) -> list[str]:
     """Every service drains (drain delay > 0) and its pod may take longer than drain delay + grace to stop."""
     problems = []
-    for name, container in _genmesh_containers(objs).items():
-        drain, grace = _env(container, name, "DRAIN_DELAY"), _env(container, name, "GRACE")
+    for name, container in genmesh_containers(objs).items():
+        drain, grace = service_env(container, name, "DRAIN_DELAY"), service_env(container, name, "GRACE")
         if drain is None or grace is None or float(drain) <= 0:
             problems.append(f"{name}: drain delay {drain} and grace {grace} must both be set, the delay above 0")
             continue
-        budget = _workload(objs, name)["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+        budget = workload(objs, name)["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
         if not budget > float(drain) + float(grace):
             problems.append(f"{name}: terminationGracePeriodSeconds {budget} <= drain {drain} + grace {grace}")
     return problems
@@ -139,10 +101,10 @@ def service_problems(objs: list[Obj]) -> list[str]:
 def target_problems(objs: list[Obj]) -> list[str]:
     """The gateway reaches each upstream as dns:///<its Service>:<port>."""
     services = {o["metadata"]["name"]: o["spec"] for o in objs if o["kind"] == "Service"}
-    gateway = _genmesh_containers(objs)["gateway"]
+    gateway = genmesh_containers(objs)["gateway"]
     problems = []
     for spec in UPSTREAMS:
-        target = _env(gateway, "gateway", f"{spec.name.upper()}_TARGET")
+        target = service_env(gateway, "gateway", f"{spec.name.upper()}_TARGET")
         ports = [p["port"] for p in services.get(spec.name, {}).get("ports", [])]
         if target != f"dns:///{spec.name}:{spec.default_port}" or spec.default_port not in ports:
             problems.append(f"gateway's {spec.name} target is {target}, Service ports {ports}")
@@ -151,12 +113,12 @@ def target_problems(objs: list[Obj]) -> list[str]:
 
 def gpu_problems(objs: list[Obj]) -> list[str]:
     """Inference asks for one NVIDIA GPU, runs on cuda, and may land on a GPU node (toleration)."""
-    deployment = _workload(objs, "inference")
-    container = _genmesh_containers(objs)["inference"]
+    deployment = workload(objs, "inference")
+    container = genmesh_containers(objs)["inference"]
     problems = []
     if str(container["resources"].get("limits", {}).get("nvidia.com/gpu")) != "1":
         problems.append("inference has no nvidia.com/gpu: 1 limit")
-    if _env(container, "inference", "DEVICE") != "cuda":
+    if service_env(container, "inference", "DEVICE") != "cuda":
         problems.append("inference does not run on cuda")
     tolerations = deployment["spec"]["template"]["spec"].get("tolerations", [])
     if not any(t.get("key") == "nvidia.com/gpu" for t in tolerations):
@@ -167,12 +129,42 @@ def gpu_problems(objs: list[Obj]) -> list[str]:
 def security_problems(objs: list[Obj]) -> list[str]:
     """The services run as the image's uid 10001, non-root, on a read-only root filesystem."""
     problems = []
-    for name, container in _genmesh_containers(objs).items():
-        pod = _workload(objs, name)["spec"]["template"]["spec"].get("securityContext", {})
+    for name, container in genmesh_containers(objs).items():
+        pod = workload(objs, name)["spec"]["template"]["spec"].get("securityContext", {})
         if pod.get("runAsNonRoot") is not True or pod.get("runAsUser") != 10001:
             problems.append(f"{name}: not runAsNonRoot as uid 10001")
         if container.get("securityContext", {}).get("readOnlyRootFilesystem") is not True:
             problems.append(f"{name}: root filesystem is writable")
+    return problems
+
+
+def metrics_problems(objs: list[Obj]) -> list[str]:
+    """Every service serves /metrics on a container port named metrics, which Prometheus finds both ways: the
+    pod's prometheus.io annotations (deploy/prometheus/prometheus-k8s.yml) and a port named metrics on its Service
+    (deploy/k8s/monitoring's ServiceMonitor); each NetworkPolicy guarding the pod lets another namespace's pods
+    (Prometheus's) in on that port."""
+    services = {o["metadata"]["name"]: o["spec"] for o in objs if o["kind"] == "Service"}
+    policies = [o["spec"] for o in objs if o["kind"] == "NetworkPolicy"]
+    problems = []
+    for name, container in genmesh_containers(objs).items():
+        port = service_env(container, name, "METRICS_PORT")
+        if port is None or int(port) <= 0:
+            problems.append(f"{name}: serves no metrics (METRICS_PORT {port})")
+            continue
+        if {"name": "metrics", "containerPort": int(port)} not in container["ports"]:
+            problems.append(f"{name}: no container port named metrics on {port}")
+        wanted = {"prometheus.io/scrape": "true", "prometheus.io/port": port, "prometheus.io/path": "/metrics"}
+        annotations = workload(objs, name)["spec"]["template"]["metadata"].get("annotations", {})
+        if wanted.items() - annotations.items():
+            problems.append(f"{name}: pod annotations {annotations} do not point Prometheus at {port}/metrics")
+        if not any(p["name"] == "metrics" and p["targetPort"] == "metrics" for p in services[name]["ports"]):
+            problems.append(f"Service {name} has no port named metrics")
+        for policy in policies:
+            if policy["podSelector"].get("matchLabels", {}).get("app.kubernetes.io/name") != name:
+                continue
+            rules = [r for r in policy.get("ingress", []) if any("namespaceSelector" in p for p in r.get("from", []))]
+            if not any({"port": "metrics"} in r.get("ports", []) for r in rules):
+                problems.append(f"NetworkPolicy {name} keeps Prometheus off the metrics port")
     return problems
 
 
@@ -199,6 +191,7 @@ COMMON = {
     "services": service_problems,
     "targets": target_problems,
     "security": security_problems,
+    "metrics": metrics_problems,
 }
 
 
@@ -217,14 +210,14 @@ def test_every_kustomization_keeps_the_promises(rendered: dict[str, list[Obj]], 
 
 def test_only_the_gpu_overlay_asks_for_a_gpu(rendered: dict[str, list[Obj]]) -> None:
     assert gpu_problems(rendered["overlays/gpu"]) == []
-    image = _genmesh_containers(rendered["overlays/gpu"])["inference"]["image"]
+    image = genmesh_containers(rendered["overlays/gpu"])["inference"]["image"]
     assert image == "genmesh/inference:0.1.0-cuda"
     assert len(gpu_problems(rendered["base"])) == 3
 
 
 def test_the_base_reads_the_users_secret_and_the_postgres_overlay_makes_it(rendered: dict[str, list[Obj]]) -> None:
     def jobs_db(objs: list[Obj]) -> Obj:
-        gateway = _genmesh_containers(objs)["gateway"]
+        gateway = genmesh_containers(objs)["gateway"]
         ref: Obj = next(v for v in gateway["env"] if v["name"] == "GENMESH_GATEWAY_JOBS_DB")["valueFrom"][
             "secretKeyRef"
         ]
@@ -232,7 +225,7 @@ def test_the_base_reads_the_users_secret_and_the_postgres_overlay_makes_it(rende
 
     assert jobs_db(rendered["base"]) == {"name": "genmesh-jobs-db", "key": "url"}
     assert not any(o["kind"] == "Secret" for o in rendered["base"])
-    assert _workload(rendered["base"], "gateway")["spec"]["replicas"] >= 2
+    assert workload(rendered["base"], "gateway")["spec"]["replicas"] >= 2
     ref = jobs_db(rendered["overlays/postgres"])
     secret = next(o for o in rendered["overlays/postgres"] if o["metadata"]["name"] == ref["name"])
     assert ref["name"].startswith("genmesh-jobs-db-") and secret["kind"] == "Secret"
@@ -252,6 +245,11 @@ def test_the_docs_combination_of_postgres_and_gpu_renders(kubectl: str, tmp_path
     assert any(o["kind"] == "StatefulSet" for o in objs)
 
 
+# The end of retrieval's metrics rule (the only one after a rule letting tools in).
+_FROM_TOOLS = "name: tools\n      ports:\n        - port: grpc\n    - from:\n        - namespaceSelector:\n"
+_FROM_TOOLS += (
+    "            matchLabels:\n              kubernetes.io/metadata.name: monitoring\n      ports:\n        - port: "
+)
 # One-line mutations: (file under deploy/k8s, text with the line to change, its replacement, the kustomization to
 # render, the promise that must catch it).
 MUTATIONS: list[tuple[str, str, str, str, Callable[[list[Obj]], list[str]]]] = [
@@ -319,6 +317,10 @@ MUTATIONS: list[tuple[str, str, str, str, Callable[[list[Obj]], list[str]]]] = [
         "base",
         unread_variable_problems,
     ),
+    ("base/inference.yaml", 'prometheus.io/port: "9464"', 'prometheus.io/port: "9465"', "base", metrics_problems),
+    ("base/gateway.yaml", 'value: "9464"', 'value: "-1"', "base", metrics_problems),
+    ("base/retrieval.yaml", "targetPort: metrics", "targetPort: grpc", "base", metrics_problems),
+    ("base/network-policies.yaml", f"{_FROM_TOOLS}metrics", f"{_FROM_TOOLS}grpc", "base", metrics_problems),
     # What only the validator catches: a misspelt field (strict schema), a selector that selects nothing, a probe
     # on a port the container does not have, a Secret without the key read, a target to a non-headless Service.
     (

@@ -6,42 +6,33 @@ from __future__ import annotations
 import shutil
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
-from test_k8s_manifests import K8S, _env, _genmesh_containers, _workload, probe_problems, validator, validator_problems
+from support.k8s import K8S, Obj, genmesh_containers, service_env, validator, workload
+from test_k8s_manifests import probe_problems, validator_problems
 
 from genmesh import mesh
 
-Obj = dict[str, Any]
 OVERLAY = K8S / "overlays" / "tls"
-
-
-@pytest.fixture(scope="module")
-def kubectl() -> str:
-    try:
-        return str(validator.find_kubectl())
-    except validator.ValidationFailed as error:
-        pytest.fail(str(error))
 
 
 def tls_problems(objs: list[Obj]) -> list[str]:
     """Every service serves TLS with the files of its own Secret genmesh-tls-<name>; retrieval, tools and inference
     require client certificates; the gateway and tools present their certificate to their upstreams."""
     problems = []
-    for name, container in _genmesh_containers(objs).items():
-        pod = _workload(objs, name)["spec"]["template"]["spec"]
+    for name, container in genmesh_containers(objs).items():
+        pod = workload(objs, name)["spec"]["template"]["spec"]
         secrets = {v["name"]: v["secret"]["secretName"] for v in pod.get("volumes", []) if "secret" in v}
         mounts = {m["mountPath"]: m["name"] for m in container.get("volumeMounts", [])}
-        files = {flag: _env(container, name, flag) or "" for flag in ("TLS_CERT", "TLS_KEY", "TLS_CA")}
+        files = {flag: service_env(container, name, flag) or "" for flag in ("TLS_CERT", "TLS_KEY", "TLS_CA")}
         for flag, path in files.items():
             if secrets.get(mounts.get(path.rpartition("/")[0], "")) != f"genmesh-tls-{name}":
                 problems.append(f"{name}: {flag}={path!r} is no file of Secret genmesh-tls-{name}")
-        auth = _env(container, name, "TLS_CLIENT_AUTH")
+        auth = service_env(container, name, "TLS_CLIENT_AUTH")
         if auth != ("none" if name == "gateway" else "require"):
             problems.append(f"{name}: client auth {auth}")
         if name in mesh.UPSTREAMS:
-            upstream = [_env(container, name, f"UPSTREAM_{flag}") for flag in files]
+            upstream = [service_env(container, name, f"UPSTREAM_{flag}") for flag in files]
             if upstream != list(files.values()):
                 problems.append(f"{name}: presents {upstream} to its upstreams, not its own {list(files.values())}")
     return problems
