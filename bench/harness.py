@@ -50,11 +50,12 @@ def scratch() -> Iterator[Path]:
 
 @contextlib.asynccontextmanager
 async def running_mesh(
-    log_dir: Path, extra_args: Mapping[str, Sequence[str]], tls: CertDir | None = None
+    log_dir: Path, extra_args: Mapping[str, Sequence[str]], tls: CertDir | None = None, metrics: bool = False
 ) -> AsyncIterator[Mesh]:
     """The four services on free loopback ports, SERVING for the block and stopped after it; with ``tls``, mutual
-    TLS on every hop (``mesh.client_tls()`` reaches them)."""
-    mesh = await start_mesh(log_dir=log_dir, extra_args=extra_args, tls=tls)
+    TLS on every hop (``mesh.client_tls()`` reaches them); with ``metrics``, each serves /metrics on a free port
+    (``mesh.services[name].metrics_url``)."""
+    mesh = await start_mesh(log_dir=log_dir, extra_args=extra_args, tls=tls, metrics=metrics)
     try:
         yield mesh
     finally:

@@ -32,25 +32,22 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import statistics
 import sys
-import time
 from collections import Counter
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 
 from bench import harness
-from bench.gateway import QUESTION, StreamResult, _consume, _gateway_tokens, sampling
+from bench.paired import Gateways, full_path_request, relay_request
 from gateway.auth.caller import Limits, Scope
 from gateway.auth.keystore import open_key_store
 from genmesh import mesh as topology
 from genmesh.channels import channel_options, open_channel
 from genmesh.cli.certs import create_certs
 from genmesh.cli.launcher import Mesh, free_port
-from genmesh.v1 import gateway_pb2, gateway_pb2_grpc
 
 ROOT = Path(__file__).resolve().parents[1]
 RELAY_TARGET = 0.9
@@ -70,74 +67,6 @@ class Settings:
 
 QUICK = Settings(max_tokens=16, trials=2, concurrency=32, ttft_samples=20)
 FULL = Settings(max_tokens=64, trials=5, concurrency=32, ttft_samples=200)
-
-
-def full_path_request(max_tokens: int) -> gateway_pb2.GatewayRequest:
-    """The question with retrieval on (one passage of the demo collection, to keep the prompt short) and one forced
-    calculator call: every hop is used."""
-    request = gateway_pb2.GatewayRequest(question=QUESTION, sampling=sampling(max_tokens))
-    request.retrieval.top_k = 1
-    request.tool_calls.add(call_id="calc", name="calculator", arguments_json='{"expression": "2**16"}')
-    return request
-
-
-def relay_request(max_tokens: int) -> gateway_pb2.GatewayRequest:
-    """The question alone, as bench/gateway.py relays it: the streaming hops (client, gateway, inference) only."""
-    request = gateway_pb2.GatewayRequest(question=QUESTION, sampling=sampling(max_tokens))
-    request.retrieval.disabled = True
-    return request
-
-
-@dataclass(frozen=True, slots=True)
-class Ttft:
-    """Two paths' median time to first token, and the median of the per-trial differences (each pair measured
-    back to back, so the machine's slower drifts cancel out)."""
-
-    first_ms: float
-    second_ms: float
-    overhead_ms: float
-
-
-class Gateways:
-    """Generate streams through gateways by name, each sent the same request."""
-
-    def __init__(self, channels: Mapping[str, grpc.aio.Channel]) -> None:
-        self.stubs = {name: gateway_pb2_grpc.GatewayServiceStub(channel) for name, channel in channels.items()}
-
-    async def run(
-        self, name: str, request: gateway_pb2.GatewayRequest, concurrency: int
-    ) -> tuple[float, list[StreamResult]]:
-        """(elapsed seconds, per-stream results) of ``concurrency`` streams through ``name`` started together."""
-        stub = self.stubs[name]
-        start = time.perf_counter()
-        streams = (_consume(stub.Generate(request, timeout=600), _gateway_tokens) for _ in range(concurrency))
-        results = await asyncio.gather(*streams)
-        return time.perf_counter() - start, list(results)
-
-    async def warm(self) -> None:
-        """Connections, TLS sessions, the tool-schema cache and the model's first step, on every path."""
-        for name in self.stubs:
-            await self.run(name, full_path_request(1), 2)
-
-    async def ttft(self, first: str, second: str, samples: int, request: gateway_pb2.GatewayRequest) -> Ttft:
-        """Time to first token of ``request``, one stream at a time through each, the two interleaved."""
-        ttfts: dict[str, list[float]] = {first: [], second: []}
-        for trial in range(samples):
-            for name in harness.alternate(trial, first, second):
-                _, (result,) = await self.run(name, request, 1)
-                ttfts[name].append(result.ttft_s * 1000)
-        paired = [a - b for a, b in zip(ttfts[first], ttfts[second], strict=True)]
-        return Ttft(statistics.median(ttfts[first]), statistics.median(ttfts[second]), statistics.median(paired))
-
-    async def tokens_per_s(self, first: str, second: str, settings: Settings) -> tuple[float, float]:
-        """Median tokens/s received through each at ``settings.concurrency`` streams, trials interleaved."""
-        request = relay_request(settings.max_tokens)
-        rates: dict[str, list[float]] = {first: [], second: []}
-        for trial in range(settings.trials):
-            for name in harness.alternate(trial, first, second):
-                elapsed, results = await self.run(name, request, settings.concurrency)
-                rates[name].append(sum(r.tokens for r in results) / elapsed)
-        return statistics.median(rates[first]), statistics.median(rates[second])
 
 
 async def _generous_key(path: Path) -> str:
@@ -180,7 +109,10 @@ def malformed_counts(mesh: Mesh) -> Counter[str]:
 
 async def measure(gateways: Gateways, settings: Settings) -> harness.Figures:
     await gateways.warm()
-    tls_rate, plain_rate = await gateways.tokens_per_s("tls", "plain", settings)
+    rates = await gateways.tokens_per_s(
+        "tls", "plain", relay_request(settings.max_tokens), settings.trials, settings.concurrency
+    )
+    tls_rate, plain_rate = rates.medians
     ratio = tls_rate / plain_rate
     print(
         f"c={settings.concurrency}: tls {tls_rate:8.1f} tok/s   plaintext {plain_rate:8.1f} tok/s"
