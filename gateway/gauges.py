@@ -4,7 +4,9 @@ load as the balancer sees it, and its job queue by state.
 A scrape runs in the metrics server's thread, while breakers, replicas and the job store belong to the event
 loop: the collector never touches them. It asks the loop for a snapshot (``read_gauges``, run there as a
 coroutine), at most once a second however often it is scraped, and waits up to a second for it; a loop too
-busy to answer in time gets the last snapshot served again. Nothing is read between scrapes.
+busy to answer in time gets the last snapshot served again. The job count gets half a second of that: a job store
+slow or down (Postgres gone, the SQLite thread busy) leaves the jobs gauge out, never the upstreams' gauges
+stale. Nothing is read between scrapes.
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ P = "genmesh_gateway_"
 MAX_AGE_S = 1.0
 #: How long a scrape waits for the loop to read one.
 WAIT_S = 1.0
+#: How long a snapshot waits for the job store's counts (well within WAIT_S).
+JOBS_WAIT_S = 0.5
 #: The value of ``circuit_state``: 0 closed, 1 half-open, 2 open.
 CIRCUIT_VALUES = {CircuitState.CLOSED: 0, CircuitState.HALF_OPEN: 1, CircuitState.OPEN: 2}
 
@@ -70,7 +74,7 @@ class GatewayGauges:
     """By the same names."""
     replicas: tuple[ReplicaLoad, ...] = ()
     jobs: dict[JobState, int] | None = None
-    """None while the job queue cannot be counted (starting, or its store failing)."""
+    """None while the job queue cannot be counted (starting, or its store failing or slower than JOBS_WAIT_S)."""
 
 
 def read_upstreams(upstreams: Upstreams) -> GatewayGauges:
@@ -94,18 +98,26 @@ def read_upstreams(upstreams: Upstreams) -> GatewayGauges:
 
 
 async def read_gauges(upstreams: Upstreams, jobs: JobRuntime | None) -> GatewayGauges:
-    """The upstreams' state and the job queue's counts."""
+    """The job queue's counts (None when they take over JOBS_WAIT_S), then the upstreams' state."""
+    counts = None if jobs is None else await count_jobs(jobs)
     gauges = read_upstreams(upstreams)
-    if jobs is None:
-        return gauges
+    return GatewayGauges(gauges.circuits, gauges.up, gauges.replicas, counts)
+
+
+async def count_jobs(jobs: JobRuntime) -> dict[JobState, int] | None:
+    """The job queue by state; None while it cannot be counted within JOBS_WAIT_S."""
     try:
-        counts = await jobs.count_by_state()
+        return await asyncio.wait_for(jobs.count_by_state(), JOBS_WAIT_S)
     except GenmeshError:  # still starting
-        return gauges
+        return None
+    except TimeoutError:
+        log.warning(
+            "the job store did not count the jobs in time; the jobs gauge is left out", extra={"wait_s": JOBS_WAIT_S}
+        )
+        return None
     except Exception:
         log.exception("counting the jobs for the metrics failed")
-        return gauges
-    return GatewayGauges(gauges.circuits, gauges.up, gauges.replicas, counts)
+        return None
 
 
 class GaugeCollector:
@@ -175,7 +187,7 @@ class GaugeCollector:
                 self._snapshot, self._read_at = future.result(WAIT_S), now
             except concurrent.futures.TimeoutError:
                 future.cancel()
-                log.warning("the event loop was too busy to read the gauges; serving the last ones")
+                log.warning("the gauges were not read in time; serving the last ones", extra={"wait_s": WAIT_S})
             except Exception:
                 log.exception("reading the gauges failed")
             return self._snapshot

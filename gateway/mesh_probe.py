@@ -1,13 +1,16 @@
 """What MeshService asks one replica, under one short deadline: its health (and version), its figures (retrieval
 GetStats, tools ListTools, inference GetModelInfo plus the balancer's latest load report), and the state that
 follows from them and the gateway's circuit breaker. A probe never raises for the replica's sake: whatever went
-wrong becomes the entry's state and last_error."""
+wrong (an inference replica's channel closed as the pool retires it included) becomes the entry's state and
+last_error; only the caller's own cancellation goes through."""
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 from google.protobuf import timestamp_pb2
@@ -55,7 +58,8 @@ async def check_health(channel: grpc.aio.Channel, timeout_s: float) -> Health:
     except grpc.aio.AioRpcError as error:
         return Health(error=error)
     version = next((str(v) for k, v in trailing or () if k == VERSION_HEADER), "")
-    return Health(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status), version)
+    known = health_pb2.HealthCheckResponse.ServingStatus.DESCRIPTOR.values_by_number.get(response.status)
+    return Health(f"STATUS_{response.status}" if known is None else known.name, version)
 
 
 def rpc_failure(what: str, error: grpc.aio.AioRpcError) -> status_pb2.Status:
@@ -101,7 +105,8 @@ def _stamp(entry: mesh_pb2.Replica, health: Health, breaker: CircuitBreaker, acc
 
 
 def unresolved(service: str, target: str, breaker: CircuitBreaker | None, why: str) -> mesh_pb2.Replica:
-    """The one entry of a service whose target stands for no address now (``breaker``: the service's own)."""
+    """A NOT_SERVING entry saying ``why``: the one of a service whose target stands for no address now
+    (``breaker``: the service's own), or a replica whose probe failed."""
     entry = mesh_pb2.Replica(service=service, target=target, state=mesh_pb2.REPLICA_STATE_NOT_SERVING)
     if breaker is not None:
         entry.circuit_state = CIRCUIT_STATES[breaker.state]
@@ -109,11 +114,34 @@ def unresolved(service: str, target: str, breaker: CircuitBreaker | None, why: s
     return entry
 
 
+async def never_failing(
+    probe: Coroutine[Any, Any, mesh_pb2.Replica], service: str, target: str, breaker: CircuitBreaker
+) -> mesh_pb2.Replica:
+    """``probe``'s entry, or a NOT_SERVING one saying why the probe failed; the caller's cancellation still
+    cancels (a call cancelled under it, as closing its channel does, is the probe's failure)."""
+    try:
+        return await probe
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise
+        why = "probe cancelled: its channel closed (the replica left the pool)"
+    except Exception as error:
+        why = f"probe failed: {type(error).__name__}: {error}"
+    return unresolved(service, target, breaker, why)
+
+
 async def probe_address(
     service: str, address: str, breaker: CircuitBreaker, tls: ClientTLS | None, timeout_s: float
 ) -> mesh_pb2.Replica:
     """One retrieval or tools replica at ``address``, reached on a channel of its own (the gateway's own channel
     spreads calls over every replica) and asked for its health and figures at once."""
+    return await never_failing(_probe_address(service, address, breaker, tls, timeout_s), service, address, breaker)
+
+
+async def _probe_address(
+    service: str, address: str, breaker: CircuitBreaker, tls: ClientTLS | None, timeout_s: float
+) -> mesh_pb2.Replica:
     entry = mesh_pb2.Replica(service=service, target=address)
     async with open_channel(address, tls=tls) as channel:
         figures = _retrieval_figures if service == mesh.RETRIEVAL.name else _tools_figures
@@ -164,6 +192,13 @@ async def _tools_figures(
 async def probe_inference(replica: InferenceReplica, timeout_s: float) -> mesh_pb2.Replica:
     """One inference replica: health and model asked now on the balancer's own channel; load, draining and
     breaker as the balancer follows them (its WatchLoad feed)."""
+    probe = _probe_inference(replica, timeout_s)
+    entry = await never_failing(probe, mesh.INFERENCE.name, replica.name, replica.breaker)
+    entry.replica_id = replica.replica_id
+    return entry
+
+
+async def _probe_inference(replica: InferenceReplica, timeout_s: float) -> mesh_pb2.Replica:
     entry = mesh_pb2.Replica(service=mesh.INFERENCE.name, target=replica.name, replica_id=replica.replica_id)
     health, info = await asyncio.gather(check_health(replica.channel, timeout_s), _model_info(replica, timeout_s))
     report, age_s = replica.last_report()

@@ -3,10 +3,10 @@ operator needs (docker-compose and Kubernetes expose only it).
 
 GetMeshStatus asks every replica at once: the retrieval and tools replicas their targets stand for now (each on a
 channel of its own), and the inference replicas of the balancer's pool; each probe gets the same short deadline
-(PROBE_TIMEOUT_S, less when the caller's deadline is nearer), so a dead or hanging replica costs the answer at most
-that long and shows up as NOT_SERVING with its last_error instead of failing the call. It needs the ``admin``
-scope when the gateway has API keys (gateway.auth.interceptor.SCOPE_OF_SERVICE): it names every address and
-model of the mesh.
+(PROBE_TIMEOUT_S, less when the caller's deadline is nearer; resolving a service's target spends from it too), so a
+dead or hanging replica costs the answer at most that long and shows up as NOT_SERVING with its last_error instead
+of failing the call. It needs the ``admin`` scope when the gateway has API keys
+(gateway.auth.interceptor.SCOPE_OF_SERVICE): it names every address and model of the mesh.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import asyncio
 import logging
 import os
 import socket
+import time
 from collections.abc import Awaitable, Callable
 
 import grpc
@@ -90,9 +91,11 @@ class MeshStatusServicer(mesh_pb2_grpc.MeshServiceServicer):
         return list(await asyncio.gather(*(probe_inference(replica, timeout_s) for replica in replicas)))
 
     async def _service(self, name: str, timeout_s: float) -> list[mesh_pb2.Replica]:
-        """Every replica of retrieval or tools, in address order."""
+        """Every replica of retrieval or tools, in address order; resolving the target and probing its replicas
+        share the one ``timeout_s``."""
         spec = self._targets.spec(name)
         breaker = self._upstreams.breakers[name]
+        deadline = time.monotonic() + timeout_s
         try:
             addresses = await asyncio.wait_for(resolve(spec), timeout_s)
         except TimeoutError:
@@ -100,7 +103,8 @@ class MeshStatusServicer(mesh_pb2_grpc.MeshServiceServicer):
         if not addresses:
             return [unresolved(name, spec.text, breaker, f"{spec.text} resolves to no address")]
         tls = self._targets.tls_for(name)
-        return list(await asyncio.gather(*(probe_address(name, a, breaker, tls, timeout_s) for a in addresses)))
+        left_s = max(MIN_PROBE_TIMEOUT_S, deadline - time.monotonic())
+        return list(await asyncio.gather(*(probe_address(name, a, breaker, tls, left_s) for a in addresses)))
 
     async def _gateway(self, timeout_s: float) -> mesh_pb2.Replica:
         """The gateway's own entry: it answers, so it serves (or drains); its streams and its job queue."""

@@ -128,7 +128,8 @@ def add_tracing_flags(flags: Flags) -> None:
         "--trace-sample-ratio",
         type=sample_ratio,
         default=1.0,
-        help="share of the traces started here that are recorded (0..1); a call with a traceparent follows its flag",
+        help="share of the traces started here that are recorded (0..1); a call with a traceparent follows its flag, "
+        "but at the gateway the ratio decides for clients' traces too",
     )
 
 

@@ -95,6 +95,10 @@ class Service(Protocol):
         """Release resources after the server stopped."""
 
 
+class StartupFailed(Exception):
+    """``serve`` could not start (its message says why, for one line on stderr); nothing is left serving."""
+
+
 async def serve(service: Service, config: ServerConfig, stop: asyncio.Event | None = None) -> None:
     """Run ``service`` until SIGTERM/SIGINT (or ``stop`` is set), then drain: health turns NOT_SERVING while
     calls are still served for the drain delay (skipped by a second signal, and by a service never ready), then
@@ -143,7 +147,12 @@ async def serve(service: Service, config: ServerConfig, stop: asyncio.Event | No
     await set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
     exporter = None
     if metrics is not None and config.metrics_port is not None:  # before the model loads: scrapes see it load
-        exporter = MetricsServer(metrics, config.host, config.metrics_port)
+        try:
+            exporter = MetricsServer(metrics, config.host, config.metrics_port)
+        except OSError as error:  # the port is taken, or the address is not this host's
+            await server.stop(0)
+            where, why = f"{config.host}:{config.metrics_port}", error.strerror or str(error)
+            raise StartupFailed(f"cannot serve metrics on {where} (--metrics-port): {why}") from None
         log.info("metrics", extra={"service": service.service_name, "url": exporter.url})
     metrics_token = use(metrics)  # service.start() reads it (genmesh.metrics.current)
     await server.start()
@@ -211,4 +220,7 @@ def run(name: str, args: argparse.Namespace, build: Callable[[], Service]) -> No
     if args.metrics_port >= 0:
         config = dataclasses.replace(config, metrics_port=args.metrics_port)
     with installed(name, trace_settings):  # before build(): the channels it opens trace; flushed at the end
-        asyncio.run(serve(build(), config))
+        try:
+            asyncio.run(serve(build(), config))
+        except StartupFailed as error:
+            sys.exit(f"genmesh serve {name}: {error}")

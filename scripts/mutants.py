@@ -44,6 +44,20 @@ MUTANTS: tuple[Mutant, ...] = (
         ("tests/test_operator_files.py",),
     ),
     Mutant(
+        "alert-blind-to-a-vanished-service",
+        "deploy/prometheus/alerts.yml",
+        'or absent(up{service="inference"})',
+        'or absent(up{service="inference", job="none"})',
+        ("tests/test_operator_files.py",),
+    ),
+    Mutant(
+        "grafana-published-on-every-interface",
+        "docker-compose.observability.yml",
+        '- "127.0.0.1:3000:3000"',
+        '- "3000:3000"',
+        ("tests/test_operator_files.py::test_the_observability_overlay_wires_prometheus_grafana_and_jaeger",),
+    ),
+    Mutant(
         "queue-alert-threshold-off",
         "deploy/prometheus/alerts.yml",
         "expr: genmesh_inference_num_requests_waiting / genmesh_inference_max_num_requests_waiting > 0.9",
@@ -1113,6 +1127,13 @@ MUTANTS: tuple[Mutant, ...] = (
         ("tests/gateway/test_gateway_metrics.py::test_each_replica_reports_its_load_health_and_breaker",),
     ),
     Mutant(
+        "gateway-gauges-wait-for-the-job-store",
+        "gateway/gauges.py",
+        "return await asyncio.wait_for(jobs.count_by_state(), JOBS_WAIT_S)",
+        "return await jobs.count_by_state()",
+        ("tests/gateway/test_gateway_metrics.py::test_upstream_gauges_go_on_while_the_job_store_hangs",),
+    ),
+    Mutant(
         "gateway-inference-circuit-of-its-worst-replica",
         "gateway/gauges.py",
         "circuits[mesh.INFERENCE.name] = min((r.breaker.state for r in replicas), key=CIRCUIT_VALUES.__getitem__)",
@@ -1223,9 +1244,16 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "trace-ratio-ignored",
         "genmesh/tracing/__init__.py",
-        "provider = TracerProvider(resource=resource, sampler=ParentBased(TraceIdRatioBased(settings.sample_ratio)))",
+        "provider = TracerProvider(resource=resource, sampler=ParentBased(ratio, **edge))",
         "provider = TracerProvider(resource=resource)",
         ("tests/genmesh/test_tracing.py",),
+    ),
+    Mutant(
+        "trace-gateway-follows-the-client-flag",
+        "genmesh/tracing/__init__.py",
+        'edge = {"remote_parent_sampled": ratio, "remote_parent_not_sampled": ratio} if service == "gateway" else {}',
+        "edge = {}",
+        ("tests/genmesh/test_tracing_flags.py",),
     ),
     Mutant(
         "trace-ids-not-logged",
@@ -1299,6 +1327,13 @@ MUTANTS: tuple[Mutant, ...] = (
         ("tests/gateway/test_job_traces.py",),
     ),
     Mutant(
+        "job-run-resampled-as-a-client-trace",
+        "genmesh/tracing/stored.py",
+        "local = trace.SpanContext(parent.trace_id, parent.span_id, False, parent.trace_flags, parent.trace_state)",
+        "local = trace.SpanContext(parent.trace_id, parent.span_id, True, parent.trace_flags, parent.trace_state)",
+        ("tests/gateway/test_job_traces.py::test_an_unsampled_submit_leaves_the_run_unrecorded_too",),
+    ),
+    Mutant(
         "job-run-attempt-always-1",
         "gateway/jobs/tracing.py",
         "attributes={JOB_ID: job.id, ATTEMPT: job.attempts},",
@@ -1322,9 +1357,17 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "postgres-traceparent-not-migrated",
         "gateway/jobs/postgres_store.py",
-        "ALTER TABLE jobs ADD COLUMN IF NOT EXISTS traceparent TEXT NOT NULL DEFAULT '';",
-        "SELECT 1;",
+        "ALTER TABLE jobs ADD COLUMN traceparent TEXT NOT NULL DEFAULT '';",
+        "NULL;",
         ("tests/gateway/test_job_traces.py",),
+    ),
+    Mutant(  # the ALTER TABLE of every start again (ACCESS EXCLUSIVE: it waits for every reader)
+        "postgres-traceparent-migration-locks-every-start",
+        "gateway/jobs/postgres_store.py",
+        "WHERE table_schema = current_schema() AND table_name = 'jobs' AND column_name = 'traceparent') THEN",
+        "WHERE FALSE) THEN ALTER TABLE jobs ADD COLUMN IF NOT EXISTS traceparent TEXT NOT NULL DEFAULT '';"
+        " ELSIF FALSE THEN",
+        ("tests/gateway/test_job_traces.py::test_a_gateway_starting_on_a_migrated_queue_waits_for_no_reader",),
     ),
     # --- the gateway's MeshService and `genmesh status` (gateway/mesh_status.py, gateway/mesh_probe.py) ---
     Mutant(
@@ -1347,6 +1390,34 @@ MUTANTS: tuple[Mutant, ...] = (
         "return Health(error=error)",
         "raise",
         ("tests/gateway/test_mesh_status.py",),
+    ),
+    Mutant(
+        "mesh-status-fails-on-a-retired-replica",
+        "gateway/mesh_probe.py",
+        "if task is not None and task.cancelling():",
+        "if True:",
+        ("tests/gateway/test_mesh_status.py::test_a_replica_retired_while_probed_is_shown_not_serving",),
+    ),
+    Mutant(
+        "mesh-probe-swallows-the-callers-cancellation",
+        "gateway/mesh_probe.py",
+        "if task is not None and task.cancelling():",
+        "if False:",
+        ("tests/gateway/test_mesh_status.py::test_a_probe_still_ends_when_its_caller_is_cancelled",),
+    ),
+    Mutant(
+        "mesh-probe-fails-on-an-unknown-health-status",
+        "gateway/mesh_probe.py",
+        'return Health(f"STATUS_{response.status}" if known is None else known.name, version)',
+        "return Health(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status), version)",
+        ("tests/gateway/test_mesh_status.py::test_a_health_status_the_gateway_does_not_know_is_not_serving",),
+    ),
+    Mutant(
+        "mesh-status-probes-after-resolving-get-the-whole-deadline",
+        "gateway/mesh_status.py",
+        "left_s = max(MIN_PROBE_TIMEOUT_S, deadline - time.monotonic())",
+        "left_s = timeout_s",
+        ("tests/gateway/test_mesh_status.py::test_resolving_a_target_and_probing_it_share_the_callers_deadline",),
     ),
     Mutant(
         "mesh-status-ignores-the-circuit",

@@ -224,3 +224,6 @@ def test_the_observability_overlay_wires_prometheus_grafana_and_jaeger() -> None
         ("jaeger", "http://jaeger:16686"),
     }
     assert set(overlay) >= {"prometheus", "grafana", "jaeger"}
+    # Grafana's admin/admin and Prometheus's API are for this host only
+    published = [port for service in overlay.values() for port in service.get("ports", [])]
+    assert len(published) == 3 and all(port.startswith("127.0.0.1:") for port in published), published

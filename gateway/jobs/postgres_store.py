@@ -77,8 +77,14 @@ DO $$ BEGIN
                          DROP CONSTRAINT IF EXISTS jobs_idempotency_key_key;
     END IF;
 END $$;
--- A table made before jobs kept the trace context of their submission (theirs is '').
-ALTER TABLE jobs ADD COLUMN IF NOT EXISTS traceparent TEXT NOT NULL DEFAULT '';
+-- A table made before jobs kept the trace context of their submission (theirs is ''). Checked first: ALTER TABLE
+-- locks the whole table (waiting for every reader, holding up every call after it) even when there is nothing to add.
+DO $$ BEGIN
+    IF NOT EXISTS (SELECT FROM information_schema.columns
+                   WHERE table_schema = current_schema() AND table_name = 'jobs' AND column_name = 'traceparent') THEN
+        ALTER TABLE jobs ADD COLUMN traceparent TEXT NOT NULL DEFAULT '';
+    END IF;
+END $$;
 CREATE UNIQUE INDEX IF NOT EXISTS jobs_by_idempotency_key ON jobs (owner_key, idempotency_key);
 CREATE INDEX IF NOT EXISTS jobs_by_owner ON jobs (owner_key, seq);
 CREATE INDEX IF NOT EXISTS jobs_by_queue ON jobs (priority DESC, seq) WHERE state = 1;

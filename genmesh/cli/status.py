@@ -15,6 +15,7 @@ from typing import TextIO
 
 import grpc
 from google.protobuf import json_format
+from google.protobuf.descriptor import EnumDescriptor
 
 from genmesh import mesh
 from genmesh.channels import open_channel
@@ -63,15 +64,23 @@ async def fetch(target: str, args: argparse.Namespace) -> mesh_pb2.GetMeshStatus
         return response
 
 
+def enum_name(enum: EnumDescriptor, value: int, prefix: str) -> str:
+    """The name of ``value`` less ``prefix``; ``STATE_<value>`` for one this client does not know (a newer gateway
+    may send it)."""
+    known = enum.values_by_number.get(value)
+    return f"STATE_{value}" if known is None else known.name.removeprefix(prefix)
+
+
 def state_name(state: int) -> str:
     """``SERVING``, ``NOT_SERVING``, ..."""
-    return mesh_pb2.ReplicaState.Name(state).removeprefix("REPLICA_STATE_")  # type: ignore[arg-type]
+    return enum_name(mesh_pb2.ReplicaState.DESCRIPTOR, state, "REPLICA_STATE_")
 
 
 def _circuit(state: int) -> str:
     if state == mesh_pb2.CIRCUIT_STATE_UNSPECIFIED:
         return "-"
-    return mesh_pb2.CircuitState.Name(state).removeprefix("CIRCUIT_STATE_").lower()  # type: ignore[arg-type]
+    name = enum_name(mesh_pb2.CircuitState.DESCRIPTOR, state, "CIRCUIT_STATE_")
+    return name if name.startswith("STATE_") else name.lower()
 
 
 def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
@@ -153,4 +162,5 @@ def _tools(replica: mesh_pb2.Replica) -> list[str]:
 
 
 def _job_state(state: int) -> str:
-    return jobs_pb2.JobState.Name(state).removeprefix("JOB_STATE_").lower()  # type: ignore[arg-type]
+    name = enum_name(jobs_pb2.JobState.DESCRIPTOR, state, "JOB_STATE_")
+    return name if name.startswith("STATE_") else name.lower()

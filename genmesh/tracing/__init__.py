@@ -1,7 +1,8 @@
 """OpenTelemetry traces of one process: the SDK set up for its service, W3C trace context, and the span of an RPC.
 
 Tracing is on when an OTLP endpoint is given (``--otlp-endpoint``): ``install`` sets up a tracer provider whose
-spans go through a batch processor to an OTLP/gRPC exporter, sampled ``ParentBased(TraceIdRatioBased(ratio))``.
+spans go through a batch processor to an OTLP/gRPC exporter, sampled ``ParentBased(TraceIdRatioBased(ratio))``;
+at the gateway (the public edge) the ratio also decides for calls that arrive with a traceparent.
 Without an endpoint nothing is set up: no SDK is imported, servers and channels get no tracing interceptors, and
 ``tracer()`` is OpenTelemetry's no-op tracer. The provider is genmesh's own, not OpenTelemetry's global one, so
 that it can be replaced (tests install one per test); code that makes spans takes ``tracer()``.
@@ -54,7 +55,8 @@ class TraceSettings:
     """OTLP/gRPC receiver: ``host:port`` or ``http://host:port`` (plaintext), ``https://host:port`` (TLS); off when
     empty."""
     sample_ratio: float = 1.0
-    """Share of traces started here that are recorded; a call that arrives with a traceparent follows its flag."""
+    """Share of traces started here that are recorded; a call that arrives with a traceparent follows its flag,
+    except at the gateway, where the ratio decides for clients' traces too (they are still continued)."""
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.sample_ratio <= 1.0:
@@ -105,7 +107,11 @@ def install(service: str, settings: TraceSettings, exporter: SpanExporter | None
             "service.version": version,
         }
     )
-    provider = TracerProvider(resource=resource, sampler=ParentBased(TraceIdRatioBased(settings.sample_ratio)))
+    ratio = TraceIdRatioBased(settings.sample_ratio)
+    # The gateway is the public edge: a client's traceparent is continued, but its sampled flag decides nothing
+    # there (else any client could force recording); the services behind it follow the gateway's decision.
+    edge = {"remote_parent_sampled": ratio, "remote_parent_not_sampled": ratio} if service == "gateway" else {}
+    provider = TracerProvider(resource=resource, sampler=ParentBased(ratio, **edge))
     provider.add_span_processor(BatchSpanProcessor(exporter or _exporter(settings.endpoint)))
     _provider, _tracer = provider, provider.get_tracer("genmesh", version)
     return True

@@ -5,6 +5,9 @@ breaker and load; the job queue by state and the run time of finished jobs. With
 
 from __future__ import annotations
 
+import asyncio
+import sqlite3
+from contextlib import closing
 from pathlib import Path
 
 import grpc
@@ -158,6 +161,27 @@ async def test_jobs_are_gauged_by_state_and_timed_when_they_finish(tmp_path: Pat
     assert value(grown, f"{G}job_run_duration_seconds_sum", outcome="succeeded") >= 0.3  # 3 deltas, 0.1 s apart
     assert value(grown, f"{G}job_run_duration_seconds_sum", outcome="cancelled") >= 1.0  # seen running, then queued
     assert value(grown, f"{G}admission_refused_total", reason="job_queue_full") == 1
+
+
+async def test_upstream_gauges_go_on_while_the_job_store_hangs(tmp_path: Path) -> None:
+    async with served_gateway(tmp_path) as served:
+        replica = served.replicas.replicas[0]
+        await scrape_until(served.metrics_url, lambda s: value(s, f"{G}jobs", state="queued") == 0 < len(s))
+        # Another process holds the job file's write lock: a submit waits on it (busy_timeout, 5 s) in the
+        # store's only thread, and a count of the jobs waits behind that submit.
+        with closing(sqlite3.connect(tmp_path / "jobs.db", isolation_level=None)) as other:
+            other.execute("BEGIN IMMEDIATE")
+            submit = jobs_pb2.SubmitJobRequest(request=ask(retrieval=False))
+            waiting = asyncio.ensure_future(served.jobs.SubmitJob(submit, timeout=30))
+            await asyncio.sleep(0.2)
+            await replica.set_serving(False)
+            down = await scrape_until(
+                served.metrics_url, lambda s: value(s, f"{G}upstream_up", upstream=replica.address) == 0, 3.0
+            )
+            other.execute("ROLLBACK")
+        await waiting
+    assert value(down, f"{G}circuit_state", upstream=replica.address) == 2
+    assert not [key for key in down if key[0] == f"{G}jobs"], "no job counts rather than stale ones"
 
 
 async def test_with_metrics_off_nothing_is_counted(tmp_path: Path) -> None:

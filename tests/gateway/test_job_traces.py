@@ -17,6 +17,7 @@ import psycopg
 import pytest
 import pytest_asyncio
 from inprocess import Fault, ScriptedMesh, ScriptedTool, start_scripted_mesh
+from opentelemetry import trace
 from support.jobs_gateway import wait_final
 from support.otlp_receiver import OtlpReceiver, ReceivedSpan, running_receiver
 from support.served import served
@@ -180,9 +181,14 @@ async def test_a_failed_run_is_an_error_span_saying_why(gateway: Gateway) -> Non
 
 
 async def test_an_unsampled_submit_leaves_the_run_unrecorded_too(gateway: Gateway) -> None:
-    job = await submit(gateway, f"00-{CLIENT_TRACE}-{CLIENT_SPAN}-00")
-    stored = await gateway.runtime.get(job.id)
-    assert stored.traceparent.startswith(f"00-{CLIENT_TRACE}-") and stored.traceparent.endswith("-00")
+    # The gateway's own decision not to record the submission (a ratio below 1), stored with the job; the run
+    # follows it, although the gateway's ratio (1) would record a client's unsampled trace.
+    unsampled = trace.SpanContext(int(CLIENT_TRACE, 16), int(CLIENT_SPAN, 16), False, trace.TraceFlags(0))
+    with trace.use_span(trace.NonRecordingSpan(unsampled)):
+        record = await gateway.runtime.submit(REQUEST.SerializeToString(), "", 0)
+    assert record.traceparent == f"00-{CLIENT_TRACE}-{CLIENT_SPAN}-00"
+    job = await wait_final(gateway.stub, record.id, timeout_s=60)
+    assert job.state == jobs_pb2.JOB_STATE_SUCCEEDED, job
     await submit(gateway, None)  # a sampled one after it: once its run is exported, the first's would be too
     spans = await gateway.exported()
     assert {span.trace_id for span in spans} != {CLIENT_TRACE} and all(span.trace_id != CLIENT_TRACE for span in spans)
@@ -272,3 +278,19 @@ async def test_a_queue_made_before_traceparents_is_migrated(
         assert again is not None and again.traceparent == traceparent
     finally:
         await store.close()
+
+
+async def test_a_gateway_starting_on_a_migrated_queue_waits_for_no_reader(postgres_url: str) -> None:
+    config = JobConfig(postgres_url)
+    first = make_store(config)
+    await first.open()  # the schema as it is now: nothing left to migrate
+    await first.close()
+    with psycopg.connect(postgres_url) as reader:  # a read under way holds ACCESS SHARE on jobs until it ends
+        reader.execute("SELECT COUNT(*) FROM jobs")
+        store = make_store(config)
+        opening = asyncio.ensure_future(store.open())
+        done, _ = await asyncio.wait({opening}, timeout=5)
+        reader.rollback()
+        await opening
+        await store.close()
+    assert done, "the start waited for the reader: it took a lock of the whole table (and held up every call after)"

@@ -7,10 +7,12 @@ call still answers, in about the probe deadline."""
 from __future__ import annotations
 
 import asyncio
+import socket
 import sys
 import time
-from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -18,15 +20,17 @@ from pathlib import Path
 import grpc
 import pytest
 from inprocess import Fault, ScriptedRetrieval
-from replicas import ReplicaInference
+from replicas import ReplicaInference, start_replica
 from support.api_keys import error_info
 from support.served import Hosted, Served, served
 
 from gateway.auth.caller import Scope
 from gateway.auth.file_keys import FileKeyStore
 from gateway.auth.keystore import KeyStore
+from gateway.balancing.replica import Replica as InferenceReplica
 from gateway.circuit import CircuitConfig
 from gateway.jobs.config import JobConfig
+from gateway.mesh_probe import probe_inference
 from gateway.mesh_status import PROBE_TIMEOUT_S, probe_timeout
 from gateway.policy import ResiliencePolicy
 from gateway.server import GatewayService
@@ -94,7 +98,10 @@ def by_target(response: mesh_pb2.GetMeshStatusResponse) -> dict[str, mesh_pb2.Re
 
 
 @asynccontextmanager
-async def running_mesh(tmp_path: Path, api_keys: KeyStore | None = None) -> AsyncIterator[Mesh]:
+async def running_mesh(
+    tmp_path: Path, api_keys: KeyStore | None = None, named_retrieval: bool = False
+) -> AsyncIterator[Mesh]:
+    """``named_retrieval``: retrieval's target is ``localhost:PORT``, a name each status call resolves."""
     retrieval, inference = StatsRetrieval(), [ReplicaInference(), ReplicaInference()]
     mcp = (
         McpServerConfig("echo", (sys.executable, str(ECHO_SERVER))),
@@ -120,8 +127,9 @@ async def running_mesh(tmp_path: Path, api_keys: KeyStore | None = None) -> Asyn
             stops[name] = AsyncExitStack()
             stack.push_async_callback(stops[name].aclose)
             addresses[name] = (await stops[name].enter_async_context(served(service, metrics=False))).address
+        retrieval_target = addresses["retrieval"].replace("127.0.0.1", "localhost" if named_retrieval else "127.0.0.1")
         targets = UpstreamTargets(
-            addresses["retrieval"], addresses["tools"], f"{addresses['inference-1']},{addresses['inference-2']}"
+            retrieval_target, addresses["tools"], f"{addresses['inference-1']},{addresses['inference-2']}"
         )
         policy = ResiliencePolicy(circuit=CircuitConfig(failures=1, cooldown_s=600.0))
         jobs = JobConfig(db=str(tmp_path / "jobs.db"))
@@ -228,3 +236,60 @@ def test_probes_get_at_most_a_second_and_never_outlive_the_caller() -> None:
     assert probe_timeout(30.0) == 1.0
     assert 0.4 < probe_timeout(0.5) < 0.5
     assert probe_timeout(0.0) > 0
+
+
+async def test_resolving_a_target_and_probing_it_share_the_callers_deadline(tmp_path: Path) -> None:
+    async with running_mesh(tmp_path, named_retrieval=True) as running:
+        running.retrieval.stats_delay_s = 30.0
+        loop = asyncio.get_running_loop()
+        loop.set_default_executor(ThreadPoolExecutor(max_workers=1))
+        slow_dns = loop.run_in_executor(None, time.sleep, 0.5)  # the lookup (getaddrinfo, run there) waits 0.5 s
+        started = time.monotonic()
+        response = await running.status(timeout_s=1.0)
+        elapsed = time.monotonic() - started
+        await slow_dns
+    assert elapsed < 1.0, "the probes got what the lookup left of the deadline"
+    retrieval = by_target(response)[running.addresses["retrieval"]]
+    assert retrieval.last_error.code == DEADLINE_EXCEEDED and retrieval.last_error.message.startswith("GetStats")
+
+
+@contextmanager
+def silent_replica() -> Iterator[InferenceReplica]:
+    """A replica as the balancer holds it, at an address that accepts connections and never answers."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        yield InferenceReplica(f"127.0.0.1:{silent.getsockname()[1]}", None)
+
+
+async def test_a_replica_retired_while_probed_is_shown_not_serving() -> None:
+    with silent_replica() as replica:
+        probing = asyncio.ensure_future(probe_inference(replica, 10.0))
+        await asyncio.sleep(0.3)
+        await replica.close()  # as the pool retires a replica that left the target: its calls are cancelled
+        entry = await asyncio.wait_for(probing, 5)
+    assert entry.state == mesh_pb2.REPLICA_STATE_NOT_SERVING and entry.target == replica.name
+    assert entry.last_error.code == UNAVAILABLE and "left the pool" in entry.last_error.message
+
+
+async def test_a_probe_still_ends_when_its_caller_is_cancelled() -> None:
+    with silent_replica() as replica:
+        probing = asyncio.ensure_future(probe_inference(replica, 10.0))
+        await asyncio.sleep(0.3)
+        probing.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await probing
+        await replica.close()
+
+
+async def test_a_health_status_the_gateway_does_not_know_is_not_serving() -> None:
+    served_replica = await start_replica()
+    replica = InferenceReplica(served_replica.address, None)
+    try:
+        await served_replica.health.set("", 7)  # a newer server's status
+        entry = await probe_inference(replica, 5.0)
+    finally:
+        await replica.close()
+        await served_replica.server.stop(None)
+    assert entry.state == mesh_pb2.REPLICA_STATE_NOT_SERVING and entry.inference.model == "scripted"
+    assert entry.last_error.message == "health check: STATUS_7"

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from genmesh import tracing
 from genmesh.config import add_server_flags
@@ -73,3 +74,29 @@ def test_off_sets_nothing_up_and_imports_no_sdk() -> None:
         "assert not loaded, loaded\n"
     )
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=60)
+
+
+CLIENT_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
+
+
+def _recorded(service: str, ratio: float, flags: str) -> list[int]:
+    """The trace ids that ``service``, traced at ``ratio``, records for a call whose traceparent has ``flags``."""
+    exporter = InMemorySpanExporter()
+    tracing.install(service, tracing.TraceSettings(sample_ratio=ratio), exporter=exporter)
+    try:
+        parent = tracing.PROPAGATOR.extract({"traceparent": f"00-{CLIENT_TRACE}-00f067aa0ba902b7-{flags}"})
+        tracing.tracer().start_span("call", context=parent).end()
+        assert tracing.flush()
+        return [span.context.trace_id for span in exporter.get_finished_spans() if span.context is not None]
+    finally:
+        tracing.shutdown()
+
+
+def test_at_the_gateway_the_ratio_not_the_client_decides_what_is_recorded() -> None:
+    assert _recorded("gateway", 0.0, "01") == []
+    assert _recorded("gateway", 1.0, "00") == [int(CLIENT_TRACE, 16)]
+
+
+def test_services_behind_the_gateway_follow_its_decision() -> None:
+    assert _recorded("inference", 0.0, "01") == [int(CLIENT_TRACE, 16)]
+    assert _recorded("inference", 1.0, "00") == []
