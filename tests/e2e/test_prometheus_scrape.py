@@ -100,11 +100,14 @@ def _check_the_counters_and_quantiles(
     for name in (counter, "genmesh_inference_generation_tokens_total"):
         prometheus.wait(f"{name} == {tokens}", functools.partial(_equals, prometheus, name, tokens))
     assert prometheus.scalar("genmesh_gateway_time_to_first_token_seconds_count") == len(answers)
-    # Over a window from before the traffic (a sample of 0 in it): increase() extrapolates past the last
-    # sample, never below the count.
+    # Over a window from before the traffic (a sample of 0 in it): the samples in it grew by exactly the count;
+    # increase() extrapolates that to the window's edges (by how much depends on when the scrapes landed, which a
+    # busy machine delays), never below it.
     window = f"{math.ceil(time.time() - before) + 3}s"
+    grown = prometheus.scalar(f"max_over_time({counter}[{window}]) - min_over_time({counter}[{window}])")
+    assert grown == tokens, (grown, tokens)
     increase = prometheus.scalar(f"increase({counter}[{window}])")
-    assert increase is not None and tokens <= increase <= tokens * 1.3, (increase, tokens)
+    assert increase is not None and increase >= tokens, (increase, tokens)
     rate = prometheus.scalar(f"rate({counter}[{window}])")
     assert rate is not None and rate > 0
     measured = [ttft for _, ttft, _ in answers]
