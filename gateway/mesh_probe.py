@@ -9,13 +9,11 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Coroutine
-from dataclasses import dataclass
 from typing import Any
 
 import grpc
 from google.protobuf import timestamp_pb2
 from google.rpc import status_pb2
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gateway.balancing.replica import STALE_AFTER_S
 from gateway.balancing.replica import Replica as InferenceReplica
@@ -23,43 +21,16 @@ from gateway.circuit import CircuitBreaker, CircuitState
 from gateway.upstreams import MAX_TOOL_PAGES
 from genmesh import mesh
 from genmesh.channels import open_channel
+from genmesh.health import Health, check_health
 from genmesh.status import status_message
 from genmesh.tls import ClientTLS
 from genmesh.v1 import inference_pb2, mesh_pb2, retrieval_pb2, retrieval_pb2_grpc, tools_pb2, tools_pb2_grpc
-from genmesh.version import VERSION_HEADER
 
 CIRCUIT_STATES = {
     CircuitState.CLOSED: mesh_pb2.CIRCUIT_STATE_CLOSED,
     CircuitState.HALF_OPEN: mesh_pb2.CIRCUIT_STATE_HALF_OPEN,
     CircuitState.OPEN: mesh_pb2.CIRCUIT_STATE_OPEN,
 }
-
-
-@dataclass(frozen=True, slots=True)
-class Health:
-    """A health Check's answer: the status name ("SERVING", "NOT_SERVING", ...) and the version the server sent,
-    or the error of a check that got no answer."""
-
-    status: str = ""
-    version: str = ""
-    error: grpc.aio.AioRpcError | None = None
-
-    @property
-    def answered(self) -> bool:
-        return self.error is None
-
-
-async def check_health(channel: grpc.aio.Channel, timeout_s: float) -> Health:
-    """Ask ``channel``'s server for its overall health and version."""
-    call = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=timeout_s)
-    try:
-        response = await call
-        trailing = await call.trailing_metadata()
-    except grpc.aio.AioRpcError as error:
-        return Health(error=error)
-    version = next((str(v) for k, v in trailing or () if k == VERSION_HEADER), "")
-    known = health_pb2.HealthCheckResponse.ServingStatus.DESCRIPTOR.values_by_number.get(response.status)
-    return Health(f"STATUS_{response.status}" if known is None else known.name, version)
 
 
 def rpc_failure(what: str, error: grpc.aio.AioRpcError) -> status_pb2.Status:

@@ -5,24 +5,49 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from genmesh.channels import open_channel
 from genmesh.tls import ClientTLS
+from genmesh.version import VERSION_HEADER
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 
 
+@dataclass(frozen=True, slots=True)
+class Health:
+    """A health Check's answer: the status name ("SERVING", "NOT_SERVING", ``STATUS_<n>`` for a value this
+    client does not know) and the genmesh version the server sent, or the error of a check that got no answer."""
+
+    status: str = ""
+    version: str = ""
+    error: grpc.aio.AioRpcError | None = None
+
+    @property
+    def answered(self) -> bool:
+        return self.error is None
+
+
+async def check_health(channel: grpc.aio.Channel, timeout_s: float, service: str = "") -> Health:
+    """Ask ``channel``'s server for the health of ``service`` (the whole server by default) and its version."""
+    call = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout_s)
+    try:
+        response = await call
+        trailing = await call.trailing_metadata()
+    except grpc.aio.AioRpcError as error:
+        return Health(error=error)
+    version = next((str(v) for k, v in trailing or () if k == VERSION_HEADER), "")
+    known = health_pb2.HealthCheckResponse.ServingStatus.DESCRIPTOR.values_by_number.get(response.status)
+    return Health(f"STATUS_{response.status}" if known is None else known.name, version)
+
+
 async def check(channel: grpc.aio.Channel, service: str = "", timeout_s: float = 1.0) -> str:
     """The service's status name (SERVING, NOT_SERVING, ...), or UNREACHABLE."""
-    stub = health_pb2_grpc.HealthStub(channel)
-    try:
-        response = await stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout_s)
-    except grpc.aio.AioRpcError:
-        return "UNREACHABLE"
-    return str(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))
+    health = await check_health(channel, timeout_s, service)
+    return health.status if health.answered else "UNREACHABLE"
 
 
 async def wait_until_serving(

@@ -1386,7 +1386,7 @@ MUTANTS: tuple[Mutant, ...] = (
     ),
     Mutant(
         "mesh-status-fails-on-a-down-replica",
-        "gateway/mesh_probe.py",
+        "genmesh/health.py",
         "return Health(error=error)",
         "raise",
         ("tests/gateway/test_mesh_status.py",),
@@ -1407,7 +1407,7 @@ MUTANTS: tuple[Mutant, ...] = (
     ),
     Mutant(
         "mesh-probe-fails-on-an-unknown-health-status",
-        "gateway/mesh_probe.py",
+        "genmesh/health.py",
         'return Health(f"STATUS_{response.status}" if known is None else known.name, version)',
         "return Health(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status), version)",
         ("tests/gateway/test_mesh_status.py::test_a_health_status_the_gateway_does_not_know_is_not_serving",),
