@@ -12,6 +12,7 @@ from genmesh.errors import FieldViolation, InvalidArgument, quote
 from genmesh.limits import call_id_violation
 from genmesh.logs import REQUEST_ID
 from genmesh.mesh import DEFAULT_COLLECTION
+from genmesh.messages import last_user_text, message_violations
 from genmesh.sampling import SamplingParams
 from genmesh.schema import validate_arguments
 from genmesh.v1 import common_pb2, gateway_pb2
@@ -41,6 +42,8 @@ class AnswerPlan:
 
     request_id: str
     question: str
+    """The question, or the text of the last ROLE_USER message of ``messages``: what retrieval searches for (and,
+    until the prompt is rendered with the chat template, what the prompt asks)."""
     tool_calls: tuple[ToolCallPlan, ...]
     retrieval_enabled: bool
     top_k: int
@@ -51,6 +54,8 @@ class AnswerPlan:
     retrieval_budget_s: float | None = None
     """The request's own retrieval budget; None: the gateway's."""
     require_all_stages: bool = False
+    messages: tuple[common_pb2.ChatMessage, ...] = ()
+    """The client's conversation when it sent messages instead of a question (checked)."""
 
 
 def plan_request(
@@ -69,11 +74,7 @@ def plan_request(
     start with one of ``unverifiable_prefixes`` (a tool provider that is down) are left to it too.
     """
     bad: list[FieldViolation] = []
-    question = request.question.strip()
-    if not question:
-        bad.append(FieldViolation("question", "must not be empty"))
-    elif len(request.question) > MAX_QUESTION_CHARS:
-        bad.append(FieldViolation("question", f"must be at most {MAX_QUESTION_CHARS} characters"))
+    question = _plan_question(request, bad)
 
     options = request.retrieval
     top_k = options.top_k if options.HasField("top_k") else DEFAULT_TOP_K
@@ -101,7 +102,28 @@ def plan_request(
         sampling_proto=request.sampling,
         retrieval_budget_s=None if budget_ms is None else budget_ms / 1000.0,
         require_all_stages=request.require_all_stages,
+        messages=tuple(request.messages),
     )
+
+
+def _plan_question(request: gateway_pb2.GatewayRequest, bad: list[FieldViolation]) -> str:
+    """The question (or the last user message's text); exactly one of question and messages must be set."""
+    if not request.messages:
+        question = request.question.strip()
+        if not question:
+            bad.append(FieldViolation("question", "must not be empty"))
+        elif len(request.question) > MAX_QUESTION_CHARS:
+            bad.append(FieldViolation("question", f"must be at most {MAX_QUESTION_CHARS} characters"))
+        return question
+    if request.question:
+        bad.append(FieldViolation("messages", "set either question or messages, not both"))
+    if violations := message_violations(request.messages):
+        bad.extend(violations)
+        return ""
+    question = last_user_text(request.messages).strip()
+    if not question:
+        bad.append(FieldViolation("messages", "must hold a ROLE_USER message with text"))
+    return question
 
 
 def _plan_tool_calls(

@@ -622,6 +622,44 @@ MUTANTS: tuple[Mutant, ...] = (
         "pass",
         ("tests/gateway/test_key_limits_grpc.py::test_an_invalid_generate_costs_its_key_nothing",),
     ),
+    # --- chat messages and the model's chat template (issue #15) ---
+    Mutant(
+        "chat-template-without-trim-blocks",
+        "services/inference/chat_template.py",
+        "trim_blocks=True, lstrip_blocks=True, extensions=[_Generation, jinja2.ext.loopcontrols]",
+        "extensions=[_Generation, jinja2.ext.loopcontrols]",
+        ("tests/inference/test_chat_template.py",),
+    ),
+    Mutant(
+        "chat-template-with-jinjas-html-escaping-tojson",
+        "services/inference/chat_template.py",
+        'env.filters["tojson"] = _tojson',
+        "pass",
+        ("tests/inference/test_chat_template.py::test_tojson_and_strftime_now_are_hugging_faces",),
+    ),
+    Mutant(
+        "chat-template-failures-escape-as-internal-errors",
+        "services/inference/chat_template.py",
+        "except Exception as error:  # a template is a program: any failure is its verdict on these messages",
+        "except jinja2.exceptions.SecurityError as error:",
+        ("tests/inference/test_chat_template.py",),
+    ),
+    Mutant(
+        "rendered-chat-prompt-gets-a-second-bos",
+        "services/inference/engine/engine.py",
+        "ids = loaded.encode_rendered(request.prompt) if request.rendered else loaded.encode_prompt(request.prompt)",
+        "ids = loaded.encode_prompt(request.prompt)",
+        (
+            "tests/inference/test_chat_messages.py::test_a_question_as_messages_is_the_prompt_the_model_was_always_given",
+        ),
+    ),
+    Mutant(
+        "question-and-messages-both-accepted",
+        "gateway/request.py",
+        'bad.append(FieldViolation("messages", "set either question or messages, not both"))',
+        "pass",
+        ("tests/gateway/test_request_messages.py::test_both_question_and_messages_names_messages",),
+    ),
     # --- issue #13 hardening: stage share of the deadline, the inference queue bound, job sequences ---
     Mutant(
         "stages-take-the-whole-client-deadline",
@@ -865,7 +903,7 @@ MUTANTS: tuple[Mutant, ...] = (
         "return gateway_pb2.GatewayEvent(tool_result=result), degraded(_stage(call), code, message)",
         ("tests/gateway/test_tool_permissions.py",),
     ),
-    # --- the CLI's API key (genmesh/bearer.py, genmesh/cli/ask.py) ---
+    # --- the CLI's API key (genmesh/bearer.py, genmesh/cli/rpc_errors.py) ---
     Mutant(
         "cli-api-key-not-sent",
         "genmesh/bearer.py",
@@ -884,7 +922,7 @@ MUTANTS: tuple[Mutant, ...] = (
     ),
     Mutant(
         "cli-unauthenticated-without-a-hint",
-        "genmesh/cli/ask.py",
+        "genmesh/cli/rpc_errors.py",
         "if error.code() == grpc.StatusCode.UNAUTHENTICATED:",
         "if False:",
         ("tests/security/test_cli_security.py::test_ask_without_a_valid_key_fails_and_says_how_to_give_one",),
@@ -1460,6 +1498,56 @@ MUTANTS: tuple[Mutant, ...] = (
         "return 0",
         "return 1 if any(r.state != mesh_pb2.REPLICA_STATE_SERVING for r in response.replicas) else 0",
         ("tests/e2e/test_status_cli.py",),
+    ),
+    # --- the CLI's rough edges (#15): genmesh/cli/ ---
+    Mutant(
+        "cli-ctrl-c-raises",
+        "genmesh/cli/ask_command.py",
+        "except KeyboardInterrupt:",
+        "except ZeroDivisionError:",
+        ("tests/gateway/test_cli_ask.py::test_ctrl_c_mid_answer_exits_130_with_one_line",),
+    ),
+    Mutant(
+        "cli-validation-error-told-twice",
+        "genmesh/cli/rpc_errors.py",
+        'if violations and (details == joined or all(f"{v.field}: {v.description}" in details for v in violations)):',
+        "if False:",
+        ("tests/gateway/test_cli_ask.py::test_a_validation_error_is_told_once_with_each_field",),
+    ),
+    Mutant(
+        "cli-sources-repeat-a-document",
+        "genmesh/cli/ask_output.py",
+        "key = passage.document_id or passage.chunk_id",
+        "key = passage.chunk_id",
+        ("tests/cli/test_cli_output.py",),
+    ),
+    Mutant(
+        "cli-empty-folder-ingested",
+        "genmesh/cli/ingest_command.py",
+        "if not documents:",
+        "if False:",
+        ("tests/cli/test_cli_commands.py::test_ingesting_a_folder_without_text_files_makes_no_collection",),
+    ),
+    Mutant(
+        "up-port-check-skipped",
+        "genmesh/cli/ports.py",
+        "problem = port_problem(host, port)",
+        "problem = None",
+        ("tests/cli/test_cli_commands.py::test_a_taken_port_is_named_before_anything_starts",),
+    ),
+    Mutant(
+        "up-restart-forgotten",
+        "genmesh/cli/supervise.py",
+        "running.services[name] = restarted  # at once: Mesh.stop must find the new process",
+        "pass",
+        ("tests/cli/test_cli_supervise.py",),
+    ),
+    Mutant(
+        "up-restart-during-stop",
+        "genmesh/cli/supervise.py",
+        "if await _stopped_within(stop, delay):",
+        "if await _stopped_within(asyncio.Event(), 0.1):",
+        ("tests/cli/test_cli_supervise.py::test_stop_during_the_backoff_restarts_nothing",),
     ),
 )
 

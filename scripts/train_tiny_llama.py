@@ -25,9 +25,11 @@ from safetensors.torch import save_file
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
 try:
+    from services.inference.chat_template import DEFAULT_CHAT_TEMPLATE
     from services.inference.models.llama import LlamaConfig, LlamaForCausalLM
 except ImportError:  # run as a plain script without the project installed
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from services.inference.chat_template import DEFAULT_CHAT_TEMPLATE
     from services.inference.models.llama import LlamaConfig, LlamaForCausalLM
 
 BOS, EOS, PAD = "<|bos|>", "<|eos|>", "<|pad|>"
@@ -182,6 +184,8 @@ def save(model: LlamaForCausalLM, tok: Tokenizer, out: Path) -> None:
         "add_eos_token": False,
         "clean_up_tokenization_spaces": False,
         "model_max_length": config.max_position_embeddings,
+        # genmesh's Question/Answer prompt: the model is not instruction-tuned and was always prompted so
+        "chat_template": DEFAULT_CHAT_TEMPLATE,
     }
     (out / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2) + "\n")
     generation_config = {

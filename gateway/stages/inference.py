@@ -91,7 +91,8 @@ class InferenceStage:
         limit = budget // 2
         if len(plan.question) > limit:
             raise InvalidArgument.field(
-                "question", f"is too long for the model's context: {len(plan.question)} characters, at most {limit}"
+                "messages" if plan.messages else "question",
+                f"is too long for the model's context: {len(plan.question)} characters, at most {limit}",
             )
         calls = {call.call_id: call for call in plan.tool_calls}
         return build_prompt(

@@ -5,17 +5,20 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import TextIO
 
 import grpc
-from google.protobuf import timestamp_pb2
+from google.protobuf import json_format, timestamp_pb2
 
 from genmesh import mesh
 from genmesh.channels import open_channel
-from genmesh.cli.ask import AskOptions, EventPrinter, build_request, describe_rpc_error
+from genmesh.cli.ask import AskOptions, build_request
+from genmesh.cli.ask_command import INTERRUPTED
+from genmesh.cli.ask_output import EventPrinter
 from genmesh.cli.client_flags import add_api_key_flag, add_client_tls_flags, client_tls
+from genmesh.cli.rpc_errors import describe_rpc_error
 from genmesh.v1 import common_pb2, jobs_pb2, jobs_pb2_grpc
 
 STATES: dict[str, jobs_pb2.JobState.ValueType] = {
@@ -53,6 +56,9 @@ def add_jobs_parser(
     listing.add_argument("--state", choices=sorted(STATES), help="only jobs in this state")
     listing.add_argument("--page-size", type=int, default=20)
     listing.add_argument("--page-token", default="", help="from the previous page")
+    listing.add_argument(
+        "--json", action="store_true", help="print the ListJobs response (jobs and next page token) as JSON"
+    )
 
 
 def run_jobs(args: argparse.Namespace, ask_options: Callable[[str, argparse.Namespace], AskOptions]) -> int | str:
@@ -60,7 +66,10 @@ def run_jobs(args: argparse.Namespace, ask_options: Callable[[str, argparse.Name
     try:
         return asyncio.run(_run(args, ask_options))
     except grpc.aio.AioRpcError as error:
-        return describe_rpc_error(error)
+        return describe_rpc_error(error, args.target)
+    except KeyboardInterrupt:  # watch stops following; the job itself runs on
+        print("interrupted (the job is not cancelled: `genmesh jobs cancel ID` does that)", file=sys.stderr)
+        return INTERRUPTED
 
 
 async def _run(args: argparse.Namespace, ask_options: Callable[[str, argparse.Namespace], AskOptions]) -> int:
@@ -90,10 +99,10 @@ async def _run(args: argparse.Namespace, ask_options: Callable[[str, argparse.Na
             state=state, page_size=args.page_size, page_token=args.page_token, view=jobs_pb2.JOB_VIEW_FULL
         )
         page = await stub.ListJobs(listing, timeout=30)
-        for job in page.jobs:
-            question = job.request.question.replace("\n", " ")
-            print(f"{job.id}  {_state(job.state):<9}  p{job.priority:<4} a{job.attempts}  {_time(job.create_time)}  "
-                  f"{question[:60]}")  # fmt: skip
+        if args.json:
+            print(json_format.MessageToJson(page, always_print_fields_with_no_presence=True))
+            return 0
+        print("\n".join(job_table(page.jobs)))
         if page.next_page_token:
             print(f"more: --page-token {page.next_page_token}", file=sys.stderr)
         return 0
@@ -116,6 +125,24 @@ async def watch(stub: jobs_pb2_grpc.JobServiceStub, job_id: str, after: int = 0,
     raise RuntimeError("the gateway closed the watch without the job's final state")
 
 
+def job_table(jobs: Sequence[jobs_pb2.Job]) -> list[str]:
+    """A header row, then one row per job: id, state, priority, attempts, creation time, the question's start."""
+    rows = [("ID", "STATE", "PRIORITY", "ATTEMPTS", "CREATED", "QUESTION")]
+    rows += [
+        (
+            job.id,
+            _state(job.state),
+            str(job.priority),
+            str(job.attempts),
+            _time(job.create_time),
+            job.request.question.replace("\n", " ")[:60],
+        )
+        for job in jobs
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(5)]
+    return ["  ".join([*(cell.ljust(width) for cell, width in zip(row, widths, strict=False)), row[5]]) for row in rows]
+
+
 def describe(job: jobs_pb2.Job, out: TextIO = sys.stdout) -> None:
     """A job, one field a line."""
     rows = [
@@ -133,7 +160,7 @@ def describe(job: jobs_pb2.Job, out: TextIO = sys.stdout) -> None:
         result = job.result
         usage: common_pb2.Usage = result.completion.usage
         rows += [
-            ("sources", ", ".join(p.title for p in result.sources) or "-"),
+            ("sources", ", ".join(dict.fromkeys(p.title for p in result.sources)) or "-"),
             ("tools", ", ".join(f"{t.name}={t.result_json or t.error.message}" for t in result.tool_results) or "-"),
             ("tokens", f"prompt {usage.prompt_tokens}, completion {usage.completion_tokens}"),
             ("answer", result.answer),

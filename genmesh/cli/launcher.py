@@ -72,6 +72,9 @@ class ServiceProcess:
     """How to reach it when it serves TLS (readiness checks)."""
     metrics_url: str = ""
     """Where it serves Prometheus metrics; empty when it serves none."""
+    args: tuple[str, ...] = ()
+    """The ``genmesh`` arguments it runs with, and ``env`` the environment it was given: what restarts it."""
+    env: Mapping[str, str] | None = None
 
     def __post_init__(self) -> None:
         self.name = self.name or self.spec.name
@@ -153,7 +156,7 @@ async def start_service(
     finally:
         if stream is not None:
             stream.close()
-    return ServiceProcess(spec, address, process, log_path, name, tls, metrics_url)
+    return ServiceProcess(spec, address, process, log_path, name, tls, metrics_url, tuple(args), env)
 
 
 async def wait_ready(service: ServiceProcess, timeout_s: float) -> None:

@@ -19,8 +19,8 @@ from google.protobuf.descriptor import EnumDescriptor
 
 from genmesh import mesh
 from genmesh.channels import open_channel
-from genmesh.cli.ask import describe_rpc_error
 from genmesh.cli.client_flags import add_api_key_flag, add_client_tls_flags, client_tls
+from genmesh.cli.rpc_errors import describe_rpc_error
 from genmesh.status import code_of_value
 from genmesh.v1 import jobs_pb2, mesh_pb2, mesh_pb2_grpc
 

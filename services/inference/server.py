@@ -14,11 +14,13 @@ import grpc
 from genmesh import mesh
 from genmesh.config import add_server_flags, parse
 from genmesh.convert import sampling_from_proto
-from genmesh.errors import InvalidArgument, Unavailable
+from genmesh.errors import FailedPrecondition, FieldViolation, InvalidArgument, Unavailable
 from genmesh.logs import REQUEST_ID
+from genmesh.messages import message_violations, template_messages
 from genmesh.metrics import current as current_metrics
 from genmesh.server import run
 from genmesh.v1 import common_pb2, inference_pb2, inference_pb2_grpc
+from services.inference.chat_template import ChatTemplate
 from services.inference.engine import Engine, EngineConfig
 from services.inference.engine.types import Finished, FinishReason, GenerationRequest, TokenChunk
 from services.inference.load_feed import LoadFeed, new_replica_id, now_timestamp, report_interval_s
@@ -70,18 +72,41 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         self, request: inference_pb2.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[inference_pb2.GenerateResponse]:
         engine = self._service.engine()
-        if not request.prompt:
-            raise InvalidArgument.field("prompt", "must not be empty")
+        prompt = self._prompt(request)
         sampling = sampling_from_proto(request.sampling)
         remaining = context.time_remaining()
         deadline = None if remaining is None else time.monotonic() + remaining
-        generation = GenerationRequest(REQUEST_ID.get(), request.prompt, sampling, deadline, request.truncate_prompt)
-        async for item in engine.generate(generation):
-            if isinstance(item, TokenChunk):
-                yield _delta(item)
-            else:
-                self._service.load_feed.finished(item.total_ms / 1000)
-                yield _completion(item)
+        rendered = bool(request.messages)
+        generation = GenerationRequest(
+            REQUEST_ID.get(), prompt, sampling, deadline, request.truncate_prompt, rendered=rendered
+        )
+        try:
+            async for item in engine.generate(generation):
+                if isinstance(item, TokenChunk):
+                    yield _delta(item)
+                else:
+                    self._service.load_feed.finished(item.total_ms / 1000)
+                    yield _completion(item)
+        except InvalidArgument as error:
+            if not rendered:
+                raise
+            # the prompt the engine refused (too long for the context) is the client's messages
+            named = [
+                FieldViolation("messages" if v.field == "prompt" else v.field, v.description) for v in error.violations
+            ]
+            raise InvalidArgument(named) from None
+
+    def _prompt(self, request: inference_pb2.GenerateRequest) -> str:
+        """The text to continue: the prompt, or the messages rendered with the model's chat template."""
+        if request.prompt and request.messages:
+            raise InvalidArgument.field("messages", "set either prompt or messages, not both")
+        if not request.messages:
+            if not request.prompt:
+                raise InvalidArgument.field("prompt", "must not be empty")
+            return request.prompt
+        if bad := message_violations(request.messages):
+            raise InvalidArgument(bad)
+        return self._service.chat_template().render(template_messages(request.messages))
 
     async def Abort(
         self, request: inference_pb2.AbortRequest, context: grpc.aio.ServicerContext
@@ -147,6 +172,8 @@ class InferenceService:
         self._config = config
         self._threads = threads
         self._engine: Engine | None = None
+        self._chat_template: ChatTemplate | None = None
+        self._chat_template_error = "the model is still loading"
         self.load_feed = LoadFeed(new_replica_id(), config.max_running, config.max_waiting)
 
     def engine(self) -> Engine:
@@ -154,6 +181,12 @@ class InferenceService:
         if self._engine is None:
             raise Unavailable("the model is still loading")
         return self._engine
+
+    def chat_template(self) -> ChatTemplate:
+        """The model's chat template; FailedPrecondition when it does not compile (prompts are still served)."""
+        if self._chat_template is None:
+            raise FailedPrecondition(self._chat_template_error)
+        return self._chat_template
 
     def register(self, server: grpc.aio.Server) -> None:
         inference_pb2_grpc.add_InferenceServiceServicer_to_server(InferenceServicer(self), server)
@@ -168,6 +201,11 @@ class InferenceService:
             "model loaded",
             extra={"model": loaded.name, "device": str(loaded.device), "dtype": str(loaded.dtype)},
         )
+        try:
+            self._chat_template = ChatTemplate(loaded.chat_template, loaded.bos_token, loaded.eos_token)
+        except ValueError as error:
+            self._chat_template_error = f"model {loaded.name}: {error}; requests with messages are refused"
+            log.warning(self._chat_template_error)
         metrics = current_metrics()
         self._engine = Engine(loaded, self._config, None if metrics is None else InferenceMetrics(metrics))
 

@@ -232,6 +232,7 @@ def test_load_model_reproduces_the_saved_logits(tiny_dir: Path) -> None:
     assert loaded.name == tiny_dir.name and loaded.dtype == torch.float32 and loaded.device.type == "cpu"
     assert loaded.context_length == 64 and loaded.eos_token_ids == [1] and loaded.bos_token_id == 0
     assert loaded.chat_template == "{{ messages }}"
+    assert (loaded.bos_token, loaded.eos_token) == (None, "<|eos|>")  # as text, for the chat template
     assert loaded.model.lm_head.weight is loaded.model.model.embed_tokens.weight
     ids = torch.randint(2, 320, (1, 20), generator=torch.Generator().manual_seed(4))
     torch.testing.assert_close(full_logits(loaded.model, ids), full_logits(random_model(tiny_config()), ids))
@@ -242,6 +243,9 @@ def test_encode_prompt_prepends_bos_once(tiny_dir: Path) -> None:
     ids = loaded.encode_prompt("The with statement")
     assert ids[0] == 0 and ids[1] != 0
     assert loaded.tokenizer.decode(ids, skip_special_tokens=True) == "The with statement"
+    # a rendered chat template holds its BOS already: nothing is added
+    assert loaded.encode_rendered("<|bos|>The with statement") == ids
+    assert loaded.encode_rendered("The with statement") == ids[1:]
 
 
 @pytest.mark.parametrize("untied", [False, True])

@@ -175,7 +175,7 @@ class Engine:
         if request.deadline is not None and request.deadline <= time.monotonic():
             raise DeadlineExceeded(f"request {request.request_id} reached its deadline before it started")
         loaded = self._loaded
-        ids = loaded.encode_prompt(request.prompt)
+        ids = loaded.encode_rendered(request.prompt) if request.rendered else loaded.encode_prompt(request.prompt)
         context = loaded.context_length
         if not ids:
             raise InvalidArgument.field("prompt", "must not be empty (the model has no BOS token to start from)")

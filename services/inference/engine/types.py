@@ -14,7 +14,8 @@ class GenerationRequest:
     """One prompt to complete; ``deadline`` is an absolute ``time.monotonic()`` instant (None: no deadline).
 
     ``truncate_prompt`` keeps the prompt's last tokens when it is too long for the context, instead of
-    refusing it.
+    refusing it. ``rendered``: the prompt is a rendered chat template, which holds its special tokens (BOS)
+    already, so none are added when it is encoded.
     """
 
     request_id: str
@@ -22,6 +23,7 @@ class GenerationRequest:
     sampling: SamplingParams = field(default_factory=SamplingParams)
     deadline: float | None = None
     truncate_prompt: bool = False
+    rendered: bool = False
 
     def __post_init__(self) -> None:
         if not self.request_id:

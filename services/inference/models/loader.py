@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import load_file
 from tokenizers import Tokenizer
 
+from services.inference.chat_template import special_token
 from services.inference.models.config import LlamaConfig
 from services.inference.models.llama import LlamaForCausalLM
 
@@ -33,12 +34,20 @@ class LoadedModel:
     device: torch.device
     dtype: torch.dtype
     context_length: int
+    bos_token: str | None = None
+    """The BOS and EOS tokens as text (tokenizer_config.json), as chat templates see them."""
+    eos_token: str | None = None
 
     def encode_prompt(self, text: str) -> list[int]:
         """Token ids of ``text`` as the model expects a prompt: with BOS first when the tokenizer asks for it."""
         ids: list[int] = self.tokenizer.encode(text, add_special_tokens=True).ids
         if self.add_bos_token and self.bos_token_id is not None and (not ids or ids[0] != self.bos_token_id):
             ids.insert(0, self.bos_token_id)
+        return ids
+
+    def encode_rendered(self, text: str) -> list[int]:
+        """Token ids of a rendered chat template, which holds its special tokens already: nothing is added."""
+        ids: list[int] = self.tokenizer.encode(text, add_special_tokens=False).ids
         return ids
 
 
@@ -203,4 +212,6 @@ def load_model(path: Path | str, device: str | None = None, dtype: torch.dtype |
         device=torch_device,
         dtype=torch_dtype,
         context_length=config.max_position_embeddings,
+        bos_token=special_token(tok_config.get("bos_token")),
+        eos_token=special_token(tok_config.get("eos_token")),
     )

@@ -1,0 +1,168 @@
+"""A model's chat template (Jinja2, from its tokenizer_config.json) rendered as Hugging Face's apply_chat_template does.
+
+The template runs in Jinja2's ImmutableSandboxedEnvironment with ``trim_blocks`` and ``lstrip_blocks``, the
+``loopcontrols`` extension, a ``{% generation %}`` block that renders its body, and the names Hugging Face
+gives it: ``raise_exception(message)``, ``strftime_now(format)``, a ``tojson`` filter that does not escape
+HTML (``ensure_ascii``, ``indent``, ``separators``, ``sort_keys``), ``dict`` and a ``namespace`` that refuses
+underscore names. It sees ``messages`` (dicts of genmesh.messages.template_messages), ``tools`` (None for
+now), ``documents`` (None), ``add_generation_prompt`` and the model's ``bos_token``/``eos_token`` (left
+undefined when the model has none). A template error, including its own ``raise_exception``, is
+INVALID_ARGUMENT naming ``messages``.
+
+A model without a template gets DEFAULT_CHAT_TEMPLATE: the plain format genmesh has always prompted with
+(system text, then ``Question: …`` and ``Answer: …`` turns, ending with ``Answer:``), after the BOS token.
+The rendered text already holds the special tokens, so it is encoded without adding any (as Hugging Face's
+``apply_chat_template(tokenize=True)`` does).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import Any
+
+import jinja2
+import jinja2.ext
+import jinja2.nodes
+import jinja2.parser
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from genmesh.errors import InvalidArgument
+
+DEFAULT_CHAT_TEMPLATE = (
+    "{{- bos_token if bos_token is defined else '' }}\n"
+    "{%- for message in messages %}\n"
+    "    {%- if message['role'] == 'system' %}\n"
+    "        {{- message['content'] + '\\n\\n' }}\n"
+    "    {%- elif message['role'] == 'user' %}\n"
+    "        {{- 'Question: ' + message['content'] + '\\n' }}\n"
+    "    {%- elif message['role'] == 'assistant' %}\n"
+    "        {{- 'Answer: ' + message['content'] + '\\n\\n' }}\n"
+    "    {%- elif message['role'] == 'tool' %}\n"
+    "        {{- 'Tool result: ' + message['content'] + '\\n' }}\n"
+    "    {%- endif %}\n"
+    "{%- endfor %}\n"
+    "{%- if add_generation_prompt %}\n"
+    "    {{- 'Answer:' }}\n"
+    "{%- endif %}\n"
+)
+"""The template of a model without one: system text, ``Question: …``/``Answer: …`` turns, then ``Answer:``."""
+
+_QUOTED_ERROR_CHARS = 300
+
+
+def _raise_exception(message: str) -> None:
+    raise jinja2.exceptions.TemplateError(message)
+
+
+def _tojson(
+    value: Any, ensure_ascii: bool = False, indent: int | None = None, separators: Any = None, sort_keys: bool = False
+) -> str:
+    return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+
+def _strftime_now(format: str) -> str:
+    return datetime.now().strftime(format)
+
+
+class _Dict:
+    """``dict(...)`` and ``dict.fromkeys(...)`` in a template, and nothing else of the type."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> dict[Any, Any]:
+        return dict(*args, **kwargs)
+
+    def fromkeys(self, *args: Any, **kwargs: Any) -> dict[Any, Any]:
+        return dict.fromkeys(*args, **kwargs)
+
+
+class _Namespace(jinja2.utils.Namespace):
+    """Jinja's namespace, refusing underscore names (a way to CPython internals) as Hugging Face's does."""
+
+    def __init__(*args: Any, **kwargs: Any) -> None:  # Jinja's own trick: a field may be named "self"
+        self, rest = args[0], args[1:]
+        attrs = dict(*rest, **kwargs)
+        for name in attrs:
+            _Namespace._check(name)
+        jinja2.utils.Namespace.__init__(self, attrs)
+
+    def __setitem__(self, name: str, value: Any) -> None:
+        _Namespace._check(name)
+        jinja2.utils.Namespace.__setitem__(self, name, value)
+
+    @staticmethod
+    def _check(name: object) -> None:
+        if isinstance(name, str) and name.startswith("_"):
+            raise jinja2.exceptions.SecurityError(f"a namespace attribute may not start with '_': {name!r}")
+
+
+class _Generation(jinja2.ext.Extension):
+    """``{% generation %}…{% endgeneration %}``, which marks assistant text for training: renders its body."""
+
+    tags = {"generation"}
+
+    def parse(self, parser: jinja2.parser.Parser) -> jinja2.nodes.Node:
+        lineno = next(parser.stream).lineno
+        body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
+        return jinja2.nodes.CallBlock(self.call_method("_body"), [], [], body).set_lineno(lineno)
+
+    def _body(self, caller: Callable[[], str]) -> str:
+        return caller()
+
+
+def _environment() -> ImmutableSandboxedEnvironment:
+    env = ImmutableSandboxedEnvironment(
+        trim_blocks=True, lstrip_blocks=True, extensions=[_Generation, jinja2.ext.loopcontrols]
+    )
+    env.filters["tojson"] = _tojson
+    env.globals["raise_exception"] = _raise_exception
+    env.globals["strftime_now"] = _strftime_now
+    env.globals["dict"] = _Dict()
+    env.globals["namespace"] = _Namespace
+    return env
+
+
+class ChatTemplate:
+    """One model's chat template, compiled once; ``render`` turns a conversation into prompt text."""
+
+    def __init__(self, source: str | None, bos_token: str | None = None, eos_token: str | None = None) -> None:
+        """``source``: the template (None: DEFAULT_CHAT_TEMPLATE). Raises ValueError, once, for a template that does
+        not compile (the inference service then refuses requests with messages and still serves prompts)."""
+        self.source = DEFAULT_CHAT_TEMPLATE if source is None else source
+        self.is_default = source is None
+        self._special = {k: v for k, v in (("bos_token", bos_token), ("eos_token", eos_token)) if v is not None}
+        try:
+            self._template = _environment().from_string(self.source)
+        except jinja2.exceptions.TemplateSyntaxError as error:
+            raise ValueError(f"the chat template does not compile: line {error.lineno}: {error.message}") from error
+
+    def render(
+        self,
+        messages: Sequence[dict[str, Any]],
+        add_generation_prompt: bool = True,
+        tools: list[dict[str, Any]] | None = None,
+    ) -> str:
+        """The prompt text of ``messages``; raises InvalidArgument naming ``messages`` when the template refuses
+        the conversation or fails on it."""
+        try:
+            return self._template.render(
+                messages=list(messages),
+                tools=tools,
+                documents=None,
+                add_generation_prompt=add_generation_prompt,
+                **self._special,
+            )
+        except Exception as error:  # a template is a program: any failure is its verdict on these messages
+            detail = str(error) or type(error).__name__
+            if len(detail) > _QUOTED_ERROR_CHARS:
+                detail = detail[:_QUOTED_ERROR_CHARS] + "…"
+            raise InvalidArgument.field(
+                "messages", f"the model's chat template cannot render them: {detail}"
+            ) from error
+
+
+def special_token(value: Any) -> str | None:
+    """A special token as tokenizer_config.json writes it: a string or an AddedToken dict with ``content``."""
+    if isinstance(value, dict):
+        value = value.get("content")
+    return value if isinstance(value, str) else None
