@@ -42,8 +42,8 @@ class AnswerPlan:
 
     request_id: str
     question: str
-    """The question, or the text of the last ROLE_USER message of ``messages``: what retrieval searches for (and,
-    until the prompt is rendered with the chat template, what the prompt asks)."""
+    """The question, or the text of the last ROLE_USER message of ``messages``: what retrieval searches for (the
+    conversation inference renders is gateway.prompt's)."""
     tool_calls: tuple[ToolCallPlan, ...]
     retrieval_enabled: bool
     top_k: int

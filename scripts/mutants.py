@@ -35,6 +35,21 @@ class Mutant:
 
 
 MUTANTS: tuple[Mutant, ...] = (
+    # --- the Python client (genmesh/client/): retries honour RetryInfo, and never once an event arrived ---
+    Mutant(
+        "client-retries-after-the-first-event",
+        "genmesh/client/aio.py",
+        "delay = None if received else self.retry.delay_s(error, attempt, deadline)",
+        "delay = self.retry.delay_s(error, attempt, deadline)",
+        ("tests/client/test_client_generate.py::test_no_retry_once_a_token_was_received",),
+    ),
+    Mutant(
+        "client-ignores-retry-info",
+        "genmesh/client/retry.py",
+        "delay = told if told is not None else self.backoff_s * 2 ** (attempt - 1)",
+        "delay = self.backoff_s * 2 ** (attempt - 1)",
+        ("tests/client/test_client_generate.py::test_a_full_queue_is_retried_after_its_retry_info_delay_then_answers",),
+    ),
     # --- the operator files: alerts (their promtool unit tests), dashboard, scrape targets (deploy/) ---
     Mutant(
         "alert-on-a-half-open-breaker",

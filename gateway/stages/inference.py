@@ -1,4 +1,5 @@
-"""The inference stage: the prompt from what the earlier stages found, then the relayed token stream.
+"""The inference stage: the conversation (gateway.prompt: what the earlier stages found, then the client's turns),
+rendered by inference with the model's chat template, then the relayed token stream.
 
 Each attempt goes to the inference replica the pool chooses (the least loaded healthy one, by default). A
 Generate call that fails with UNAVAILABLE before its first message is tried again on another replica (after
@@ -15,7 +16,7 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from gateway.prompt import PromptPassage, PromptToolResult, build_prompt, prompt_char_budget
+from gateway.prompt import PromptPassage, PromptToolResult, conversation, prompt_char_budget
 from gateway.relay import relay
 from gateway.resilience import RetryRule
 from gateway.stages.context import StageContext
@@ -23,15 +24,24 @@ from gateway.stages.span import StageSpan
 from genmesh.deadlines import left_s, timeout
 from genmesh.errors import InvalidArgument
 from genmesh.status import from_rpc_error
-from genmesh.v1 import gateway_pb2, inference_pb2
+from genmesh.v1 import common_pb2, gateway_pb2, inference_pb2
 
 STAGE = "inference"
 PROMPT = "prompt"
 
 
-def _client_field(name: str) -> str:
-    """A GenerateRequest field as the gateway request's: the prompt is built from the question."""
-    return "question" if name == "prompt" else name
+def client_field(name: str, asked: bool, shifted: bool) -> str:
+    """A GenerateRequest field named as the gateway request's: a question became the messages (``asked``), and the
+    client's ``messages[i]`` is inference's ``messages[i + 1]`` when a system message went first (``shifted``)."""
+    if name == "prompt" or not name.startswith("messages"):
+        return "question" if name == "prompt" and asked else name
+    if asked:
+        return "question"
+    if shifted and name.startswith("messages["):
+        index, _, rest = name[len("messages[") :].partition("]")
+        if index.isdigit():
+            return "messages" if index == "0" else f"messages[{int(index) - 1}]{rest}"
+    return name
 
 
 class InferenceStage:
@@ -46,10 +56,11 @@ class InferenceStage:
         the prompt is ready to the Completion. Traced as the stages ``prompt`` (building it, the model's context
         length asked on first use) then ``inference`` (timed too, over the same span)."""
         with StageSpan(PROMPT) as prompt_span, prompt_span.current():  # no yield inside: it may stay current
-            prompt = await self._prompt(context)
+            messages, shifted = await self._conversation(context)
+        asked = not context.plan.messages
         request = inference_pb2.GenerateRequest(
             request_id=context.plan.request_id,
-            prompt=prompt,
+            messages=messages,
             sampling=context.plan.sampling_proto,
             truncate_prompt=True,
         )
@@ -78,10 +89,10 @@ class InferenceStage:
                             raise
                         return
             except grpc.aio.AioRpcError as error:
-                raise from_rpc_error(error, _client_field) from None
+                raise from_rpc_error(error, lambda name: client_field(name, asked, shifted)) from None
 
     @staticmethod
-    async def _prompt(context: StageContext) -> str:
+    async def _conversation(context: StageContext) -> tuple[list[common_pb2.ChatMessage], bool]:
         plan, gathered = context.plan, context.gathered
         try:
             context_length = await context.upstreams.context_length()
@@ -95,8 +106,9 @@ class InferenceStage:
                 f"is too long for the model's context: {len(plan.question)} characters, at most {limit}",
             )
         calls = {call.call_id: call for call in plan.tool_calls}
-        return build_prompt(
+        return conversation(
             plan.question,
+            plan.messages,
             [PromptPassage(p.title, p.text) for p in gathered.passages],
             [
                 PromptToolResult(r.name, calls[r.call_id].arguments_json, r.result_json or f"error: {r.error.message}")

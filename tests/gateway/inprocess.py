@@ -15,6 +15,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from gateway.upstreams import UpstreamTargets
 from genmesh import mesh
 from genmesh.errors import GenmeshError
+from genmesh.messages import template_messages
 from genmesh.status import code_value, status_message, to_rpc_status
 from genmesh.tasks import cancel_and_wait
 from genmesh.v1 import (
@@ -26,6 +27,7 @@ from genmesh.v1 import (
     tools_pb2,
     tools_pb2_grpc,
 )
+from services.inference.chat_template import ChatTemplate
 
 
 @dataclass
@@ -194,7 +196,9 @@ class ScriptedInference(inference_pb2_grpc.InferenceServiceServicer):
 
     @property
     def prompts(self) -> list[str]:
-        return [request.prompt for request in self.requests]
+        """Each request's prompt, or its messages rendered as the shipped model's template does (no BOS)."""
+        template = ChatTemplate(None)
+        return [template.render(template_messages(r.messages)) if r.messages else r.prompt for r in self.requests]
 
     async def GetModelInfo(
         self, request: inference_pb2.GetModelInfoRequest, context: grpc.aio.ServicerContext
@@ -225,7 +229,7 @@ class ScriptedInference(inference_pb2_grpc.InferenceServiceServicer):
             yield inference_pb2.GenerateResponse(delta=common_pb2.TokenDelta(token_ids=[i], text=text))
             if self.fault_after_first is not None and self.fault_after_first.applies(number):
                 await fail(context, self.fault_after_first)
-        usage = common_pb2.Usage(prompt_tokens=len(request.prompt) // 3, completion_tokens=len(self.deltas))
+        usage = common_pb2.Usage(prompt_tokens=len(self.prompts[number - 1]) // 3, completion_tokens=len(self.deltas))
         complete = common_pb2.Completion(finish_reason=common_pb2.FINISH_REASON_STOP, usage=usage)
         yield inference_pb2.GenerateResponse(complete=complete)
 

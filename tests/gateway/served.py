@@ -15,6 +15,7 @@ from replicas import Replicas, start_replicas
 from support.scrape import Samples, scrape_async
 from support.served import served
 
+from gateway.auth.keystore import KeyStore
 from gateway.jobs.config import JobConfig
 from gateway.policy import ResiliencePolicy
 from gateway.server import GatewayService
@@ -56,8 +57,10 @@ async def served_gateway(
     job_workers: int = 2,
     job_queue_max: int = 1000,
     metrics: bool = True,
+    api_keys: KeyStore | None = None,
 ) -> AsyncIterator[ServedGateway]:
-    """A gateway serving on free loopback ports until the block ends, with ``tools`` scripted."""
+    """A gateway serving on free loopback ports until the block ends, with ``tools`` scripted (requiring the keys of
+    ``api_keys`` when given)."""
     async with AsyncExitStack() as stack:
         upstreams = await start_scripted_mesh(*tools, health_service=True)
         stack.push_async_callback(upstreams.stop)
@@ -65,7 +68,7 @@ async def served_gateway(
         stack.push_async_callback(inference.stop)
         targets = UpstreamTargets(upstreams.address, upstreams.address, inference.target)
         jobs = JobConfig(str(tmp_path / "jobs.db"), workers=job_workers, queue_max=job_queue_max)
-        service = GatewayService(targets, 20.0, jobs, policy)
+        service = GatewayService(targets, 20.0, jobs, policy, api_keys)
         where = await stack.enter_async_context(served(service, metrics))
         channel = await stack.enter_async_context(grpc.aio.insecure_channel(where.address))
         yield ServedGateway(where.address, where.metrics_url, upstreams, inference, channel)

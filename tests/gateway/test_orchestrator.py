@@ -160,9 +160,12 @@ async def test_the_prompt_holds_the_passages_and_the_tool_results(
     (generate,) = scripted.inference.requests
     assert generate.request_id == "r-prompt"
     assert generate.sampling == request.sampling
-    assert scripted.retrieval.passages[0].text in generate.prompt
-    assert 'Tool lookup({"q": "yield"}) returned: {"value": 42}' in generate.prompt
-    assert generate.prompt.endswith("Question: What does yield do?\nAnswer:")
+    system, user = generate.messages
+    assert system.role == common_pb2.ROLE_SYSTEM and user.role == common_pb2.ROLE_USER
+    assert scripted.retrieval.passages[0].text in system.content[0].text
+    assert system.content[0].text.endswith('Tool lookup({"q": "yield"}) returned: {"value": 42}')
+    assert user.content[0].text == "What does yield do?" and not generate.prompt
+    assert scripted.inference.prompts[0].endswith("\n\nQuestion: What does yield do?\nAnswer:")
 
 
 async def test_failed_retrieval_degrades_and_the_answer_goes_on(

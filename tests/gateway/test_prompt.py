@@ -1,29 +1,68 @@
-"""The prompt keeps the question and tool results whole and fits passages into the budget."""
+"""The conversation the gateway sends: passages and tool results in one system message before the client's turns."""
 
 from __future__ import annotations
 
-from gateway.prompt import PromptPassage, PromptToolResult, build_prompt, prompt_char_budget
+from gateway.prompt import PromptPassage, PromptToolResult, context_text, conversation, prompt_char_budget
+from genmesh.messages import MAX_MESSAGE_CHARS, message_text
+from genmesh.v1 import common_pb2
+
+PASSAGES = [PromptPassage("yield", "The yield expression ...  "), PromptPassage("return", "The return statement ...")]
+TOOLS = [PromptToolResult("calculator", '{"expression": "1+1"}', '{"value": 2}')]
 
 
-def test_prompt_layout() -> None:
-    prompt = build_prompt(
-        "What is yield?",
-        [PromptPassage("yield", "The yield expression ..."), PromptPassage("return", "The return statement ...")],
-        [PromptToolResult("calculator", '{"expression": "1+1"}', '{"value": 2}')],
-        budget_chars=10_000,
-    )
-    assert prompt.index("The yield expression") < prompt.index("The return statement") < prompt.index("Tool ")
-    assert prompt.endswith(
-        'Tool calculator({"expression": "1+1"}) returned: {"value": 2}\nQuestion: What is yield?\nAnswer:'
-    )
+def text(role: common_pb2.Role.ValueType, content: str) -> common_pb2.ChatMessage:
+    return common_pb2.ChatMessage(role=role, content=[common_pb2.ContentPart(text=content)])
 
 
-def test_passages_are_trimmed_to_the_budget_best_first() -> None:
+def roles_and_texts(messages: list[common_pb2.ChatMessage]) -> list[tuple[int, str]]:
+    return [(m.role, message_text(m)) for m in messages]
+
+
+def test_a_question_becomes_one_user_message_after_the_context() -> None:
+    messages, shifted = conversation("What is yield?", [], PASSAGES, TOOLS, budget_chars=10_000)
+    assert shifted
+    assert roles_and_texts(messages) == [
+        (
+            common_pb2.ROLE_SYSTEM,
+            "yield\nThe yield expression ...\n\nreturn\nThe return statement ...\n\n"
+            'Tool calculator({"expression": "1+1"}) returned: {"value": 2}',
+        ),
+        (common_pb2.ROLE_USER, "What is yield?"),
+    ]
+
+
+def test_without_passages_or_tool_results_no_system_message_is_added() -> None:
+    messages, shifted = conversation("q?", [], [], [], budget_chars=10_000)
+    assert not shifted and roles_and_texts(messages) == [(common_pb2.ROLE_USER, "q?")]
+
+
+def test_the_client_s_turns_follow_unchanged_and_its_system_message_leads_the_merged_one() -> None:
+    client = [
+        text(common_pb2.ROLE_SYSTEM, "Be brief."),
+        text(common_pb2.ROLE_USER, "Name a statement."),
+        text(common_pb2.ROLE_ASSISTANT, "yield"),
+        text(common_pb2.ROLE_USER, "What does it do?"),
+    ]
+    messages, shifted = conversation("What does it do?", client, PASSAGES[:1], [], budget_chars=10_000)
+    assert not shifted
+    assert roles_and_texts(messages)[0] == (common_pb2.ROLE_SYSTEM, "Be brief.\n\nyield\nThe yield expression ...")
+    assert messages[1:] == client[1:]
+    without_system, shifted = conversation("What does it do?", client[1:], PASSAGES[:1], [], budget_chars=10_000)
+    assert shifted and without_system[1:] == client[1:]
+    assert roles_and_texts(without_system)[0] == (common_pb2.ROLE_SYSTEM, "yield\nThe yield expression ...")
+
+
+def test_passages_are_trimmed_to_the_budget_best_first_and_tool_results_kept_whole() -> None:
     passages = [PromptPassage(f"t{i}", "word " * 200) for i in range(5)]
-    prompt = build_prompt("q?", passages, [], budget_chars=600)
-    assert len(prompt) <= 600
-    assert "t0" in prompt and "t4" not in prompt
-    assert prompt.endswith("Question: q?\nAnswer:")
+    context = context_text(passages, TOOLS, room=600)
+    assert len(context) <= 600
+    assert "t0" in context and "t4" not in context and context.endswith('returned: {"value": 2}')
+
+
+def test_the_context_never_outgrows_one_message() -> None:
+    passages = [PromptPassage(f"t{i}", "word " * 20_000) for i in range(5)]
+    messages, _ = conversation("q?", [text(common_pb2.ROLE_SYSTEM, "Be brief.")], passages, [], 10**7)
+    assert len(message_text(messages[0])) <= MAX_MESSAGE_CHARS
 
 
 def test_budget_leaves_room_for_the_answer() -> None:

@@ -20,8 +20,9 @@ import pytest
 from tokenizers import Tokenizer
 from tokenizers.models import WordLevel
 
-from gateway.prompt import build_prompt
+from gateway.prompt import PromptPassage, conversation
 from genmesh.errors import InvalidArgument
+from genmesh.messages import template_messages
 from services.inference.chat_template import DEFAULT_CHAT_TEMPLATE, ChatTemplate, special_token
 
 SHIPPED_MODEL = Path(__file__).resolve().parents[2] / "models" / "genmesh-tiny-llama"
@@ -365,8 +366,7 @@ def test_the_default_template_is_genmeshs_question_answer_prompt() -> None:
     default = ChatTemplate(None, "<|bos|>", "<|eos|>")
     assert default.is_default and default.source == DEFAULT_CHAT_TEMPLATE
     question = "What does the with statement do?"
-    bare = build_prompt(question, [], [], budget_chars=10_000)
-    assert default.render([{"role": "user", "content": question}]) == "<|bos|>" + bare
+    assert default.render([{"role": "user", "content": question}]) == f"<|bos|>Question: {question}\nAnswer:"
     assert default.render(MULTI_TURN, add_generation_prompt=False) == (
         "<|bos|>Be brief.\n\nQuestion: Name a Python keyword.\nAnswer: yield\n\n"
         "Question: And another, with ünïcode: 日本語?\n"
@@ -381,10 +381,15 @@ def test_the_shipped_model_has_a_template_giving_the_prompt_it_was_always_given(
     )
     tokenizer = Tokenizer.from_file(str(SHIPPED_MODEL / "tokenizer.json"))
     question = "What does the with statement do?"
-    rendered = template.render([{"role": "user", "content": question}])
-    as_today = tokenizer.encode(build_prompt(question, [], [], budget_chars=10_000), add_special_tokens=True).ids
-    assert tokenizer.encode(rendered, add_special_tokens=False).ids == as_today
-    assert as_today[0] == tokenizer.token_to_id("<|bos|>")
+    passages = [PromptPassage("with", "The with statement wraps a block.  "), PromptPassage("as", "It binds a name.")]
+    # the text prompt the gateway built before it sent messages: passages, a blank line, then the question
+    before = "with\nThe with statement wraps a block.\n\nas\nIt binds a name.\n\nQuestion: " + question + "\nAnswer:"
+    for sent, today in [(passages, before), ([], f"Question: {question}\nAnswer:")]:
+        messages, _ = conversation(question, [], sent, [], budget_chars=10_000)
+        rendered = template.render(template_messages(messages))
+        as_today = tokenizer.encode(today, add_special_tokens=True).ids
+        assert tokenizer.encode(rendered, add_special_tokens=False).ids == as_today
+        assert as_today[0] == tokenizer.token_to_id("<|bos|>")
 
 
 def test_special_tokens_are_read_as_tokenizer_config_writes_them() -> None:

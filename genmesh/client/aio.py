@@ -1,0 +1,129 @@
+"""AsyncClient: the gateway's Generate as typed events, whole answers, and the job API, over one channel."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+import grpc
+
+from genmesh.channels import open_channel
+from genmesh.client.errors import client_error
+from genmesh.client.events import Answer, Event, answer_of, event_of
+from genmesh.client.jobs import AsyncJobs
+from genmesh.client.requests import Message, Sampling, Tool, gateway_request
+from genmesh.client.retry import DEFAULT_RETRY, RetryPolicy, deadline_of, left_s
+from genmesh.tls import ClientTLS
+from genmesh.v1 import gateway_pb2_grpc, jobs_pb2_grpc
+
+Reply = TypeVar("Reply")
+
+
+class AsyncClient:
+    """A client of a genmesh gateway at ``target`` (``host:port``): plaintext, or TLS with ``tls``; with
+    ``api_key``, every call sends ``authorization: Bearer <key>``. ``timeout_s`` is every call's deadline in seconds
+    unless the call gives its own (None: none); ``retry`` says when a refused call is made again. Use it as an
+    ``async with`` block, or call ``close``."""
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        tls: ClientTLS | None = None,
+        api_key: str = "",
+        timeout_s: float | None = 60.0,
+        retry: RetryPolicy = DEFAULT_RETRY,
+    ) -> None:
+        self.channel = open_channel(target, tls=tls, api_key=api_key)
+        self.timeout_s = timeout_s
+        self.retry = retry
+        self._gateway = gateway_pb2_grpc.GatewayServiceStub(self.channel)
+        self.jobs = AsyncJobs(jobs_pb2_grpc.JobServiceStub(self.channel), self._unary)
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+    async def generate(
+        self,
+        question: str = "",
+        messages: Sequence[Message] = (),
+        *,
+        collection: str = "",
+        top_k: int | None = None,
+        retrieval: bool = True,
+        retrieval_timeout_ms: int | None = None,
+        tool_calls: Sequence[Tool] = (),
+        sampling: Sampling | None = None,
+        require_all_stages: bool = False,
+        request_id: str = "",
+        timeout_s: float | None = None,
+    ) -> AsyncIterator[Event]:
+        """The events of answering ``question`` (or the conversation ``messages``): Sources and each ToolResult,
+        then Delta after Delta, then Complete. A refusal before the first event (RESOURCE_EXHAUSTED, UNAVAILABLE)
+        is retried per ``retry``, with the same request id; once an event arrived, a failure is raised, never
+        retried (the answer would repeat). Closing the stream (``aclose``, or leaving the loop) cancels the call and
+        its downstream work."""
+        request = gateway_request(
+            question,
+            messages,
+            collection=collection,
+            top_k=top_k,
+            retrieval=retrieval,
+            retrieval_timeout_ms=retrieval_timeout_ms,
+            tool_calls=tool_calls,
+            sampling=sampling,
+            require_all_stages=require_all_stages,
+            request_id=request_id or uuid.uuid4().hex,
+        )
+        deadline = deadline_of(self.timeout_s if timeout_s is None else timeout_s)
+        attempt = 0
+        while True:
+            attempt += 1
+            call = self._gateway.Generate(request, timeout=left_s(deadline))
+            received = False
+            try:
+                async for proto in call:
+                    received = True
+                    event = event_of(proto)
+                    if event is not None:
+                        yield event
+                return
+            except grpc.aio.AioRpcError as error:
+                delay = None if received else self.retry.delay_s(error, attempt, deadline)
+                if delay is None:
+                    raise client_error(error) from None
+            finally:
+                call.cancel()
+            await asyncio.sleep(delay)
+
+    async def answer(self, question: str = "", messages: Sequence[Message] = (), **options: Any) -> Answer:
+        """The whole answer of ``generate`` (same arguments): text, sources, tool results, usage and timings."""
+        return answer_of([event async for event in self.generate(question, messages, **options)])
+
+    async def _unary(
+        self, method: Callable[..., Awaitable[Reply]], request: Any, timeout_s: float | None, idempotent: bool
+    ) -> Reply:
+        """``method(request)`` within the deadline, retried per ``retry``: RESOURCE_EXHAUSTED always (nothing was
+        done), UNAVAILABLE only when the call is ``idempotent``."""
+        deadline = deadline_of(self.timeout_s if timeout_s is None else timeout_s)
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return await method(request, timeout=left_s(deadline))
+            except grpc.aio.AioRpcError as error:
+                delay = self.retry.delay_s(error, attempt, deadline, unavailable=idempotent)
+                if delay is None:
+                    raise client_error(error) from None
+            await asyncio.sleep(delay)
+
+
+__all__ = ["AsyncClient"]

@@ -1,0 +1,167 @@
+"""The typed events of a generation (GatewayEvent of protos/genmesh/v1/gateway.proto) and the whole answer."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from genmesh.errors import GenmeshError
+from genmesh.status import error_from_status
+from genmesh.v1 import common_pb2, gateway_pb2
+
+
+@dataclass(frozen=True, slots=True)
+class Passage:
+    """A passage retrieval found: its ids, text, score and 1-based rank."""
+
+    chunk_id: str
+    document_id: str
+    title: str
+    text: str
+    score: float
+    rank: int
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Sources:
+    """The passages put in the prompt; sent before the first token."""
+
+    passages: list[Passage]
+
+
+@dataclass(frozen=True, slots=True)
+class ToolResult:
+    """One tool call's outcome: ``result_json`` (``result`` parsed) or ``error`` (the call failed, not the stream)."""
+
+    call_id: str
+    name: str
+    result_json: str
+    error: GenmeshError | None
+    duration_ms: float
+
+    @property
+    def result(self) -> Any:
+        """The result parsed from JSON; None for a failed call."""
+        return json.loads(self.result_json) if self.error is None else None
+
+
+@dataclass(frozen=True, slots=True)
+class Delta:
+    """The next piece of the answer's text, with its token ids."""
+
+    text: str
+    token_ids: list[int]
+
+
+@dataclass(frozen=True, slots=True)
+class Degraded:
+    """A stage (``retrieval``, ``tools``) that failed or ran late; the answer proceeds without it."""
+
+    stage: str
+    error: GenmeshError
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+
+
+@dataclass(frozen=True, slots=True)
+class Timings:
+    """Per-stage durations in milliseconds, as the gateway measured them."""
+
+    retrieval_ms: float
+    tools_ms: float
+    pre_inference_ms: float
+    queue_ms: float
+    time_to_first_token_ms: float
+    total_ms: float
+
+
+@dataclass(frozen=True, slots=True)
+class Complete:
+    """The last event of a stream that did not fail: why generation stopped (``stop``, ``length``,
+    ``stop_sequence``, ``cancelled``), usage, timings and every degraded stage."""
+
+    finish_reason: str
+    usage: Usage
+    timings: Timings
+    degraded: list[Degraded]
+
+
+Event = Sources | ToolResult | Delta | Degraded | Complete
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """A whole generation: the text and everything that came with it."""
+
+    text: str
+    sources: list[Passage]
+    tool_results: list[ToolResult]
+    degraded: list[Degraded]
+    finish_reason: str
+    usage: Usage
+    timings: Timings
+
+
+def passage(proto: common_pb2.Passage) -> Passage:
+    return Passage(
+        proto.chunk_id, proto.document_id, proto.title, proto.text, proto.score, proto.rank, dict(proto.metadata)
+    )
+
+
+def tool_result(proto: common_pb2.ToolResult) -> ToolResult:
+    error = None
+    if proto.HasField("error"):
+        status = proto.error.status
+        error = error_from_status(status, status.message or proto.error.message)
+    return ToolResult(proto.call_id, proto.name, proto.result_json, error, proto.duration_ms)
+
+
+def degraded(proto: common_pb2.Degraded) -> Degraded:
+    return Degraded(proto.stage, error_from_status(proto.status, proto.status.message))
+
+
+def complete(proto: common_pb2.Completion) -> Complete:
+    reason = common_pb2.FinishReason.Name(proto.finish_reason).removeprefix("FINISH_REASON_").lower()
+    t = proto.timings
+    timings = Timings(t.retrieval_ms, t.tools_ms, t.pre_inference_ms, t.queue_ms, t.time_to_first_token_ms, t.total_ms)
+    usage = Usage(proto.usage.prompt_tokens, proto.usage.completion_tokens)
+    return Complete(reason, usage, timings, [degraded(d) for d in proto.degraded])
+
+
+def event_of(proto: gateway_pb2.GatewayEvent) -> Event | None:
+    """The typed event of a GatewayEvent; None for a kind this client does not know (a newer server's)."""
+    kind = proto.WhichOneof("event")
+    if kind == "sources":
+        return Sources([passage(p) for p in proto.sources.passages])
+    if kind == "tool_result":
+        return tool_result(proto.tool_result)
+    if kind == "delta":
+        return Delta(proto.delta.text, list(proto.delta.token_ids))
+    if kind == "degraded":
+        return degraded(proto.degraded)
+    if kind == "complete":
+        return complete(proto.complete)
+    return None
+
+
+def answer_of(events: list[Event]) -> Answer:
+    """The Answer of a stream's events (which end with Complete)."""
+    done = next((e for e in events if isinstance(e, Complete)), None)
+    if done is None:
+        raise ValueError("the stream ended without a Complete event")
+    sources = [p for e in events if isinstance(e, Sources) for p in e.passages]
+    return Answer(
+        text="".join(e.text for e in events if isinstance(e, Delta)),
+        sources=sources,
+        tool_results=[e for e in events if isinstance(e, ToolResult)],
+        degraded=done.degraded or [e for e in events if isinstance(e, Degraded)],
+        finish_reason=done.finish_reason,
+        usage=done.usage,
+        timings=done.timings,
+    )
