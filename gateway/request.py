@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,7 +13,7 @@ from genmesh.logs import REQUEST_ID
 from genmesh.mesh import DEFAULT_COLLECTION
 from genmesh.messages import last_user_text, message_violations
 from genmesh.sampling import SamplingParams
-from genmesh.schema import validate_arguments
+from genmesh.schema import parse_object, validate_arguments
 from genmesh.v1 import common_pb2, gateway_pb2
 
 MAX_QUESTION_CHARS = 4096
@@ -123,7 +122,7 @@ def _plan_question(request: gateway_pb2.GatewayRequest, bad: list[FieldViolation
     question = last_user_text(request.messages).strip()
     if not question:
         bad.append(FieldViolation("messages", "must hold a ROLE_USER message with text"))
-    return question
+    return question[-MAX_QUESTION_CHARS:]  # what retrieval searches for: a long message's tail, in its bound
 
 
 def _plan_tool_calls(
@@ -163,8 +162,11 @@ def _plan_tool_calls(
                 validate_arguments(tool_schemas[call.name], arguments_json, f"{field}.arguments_json")
             except InvalidArgument as error:
                 bad.extend(error.violations)
-        elif not _is_json_object(arguments_json):
-            bad.append(FieldViolation(f"{field}.arguments_json", "must be a JSON object"))
+        else:
+            try:
+                parse_object(arguments_json, f"{field}.arguments_json")
+            except InvalidArgument as error:
+                bad.extend(error.violations)
         if call.HasField("timeout_ms") and call.timeout_ms == 0:
             bad.append(FieldViolation(f"{field}.timeout_ms", "must be positive"))
         timeout_ms = call.timeout_ms if call.HasField("timeout_ms") else None
@@ -176,10 +178,3 @@ def may_call_tool(allowed_tools: frozenset[str], name: str) -> bool:
     """Whether a key limited to ``allowed_tools`` (empty: no limit) may call the tool ``name``; an MCP tool
     by its registry name (``<server>__<tool>``), like any other."""
     return not allowed_tools or name in allowed_tools
-
-
-def _is_json_object(text: str) -> bool:
-    try:
-        return isinstance(json.loads(text), dict)
-    except ValueError:
-        return False

@@ -147,6 +147,8 @@ class Attempt:
     def _record(self, outcome: Outcome, reason: str) -> None:
         if not self._recorded:
             self._recorded = True
+            if self._guard.side and outcome is Outcome.SUCCESS:
+                outcome = Outcome.NEUTRAL  # a side call answering says nothing of the main call's health
             self.target.breaker.record_outcome(outcome, reason)
 
     def __enter__(self) -> Attempt:
@@ -185,6 +187,7 @@ class UpstreamGuard:
         uniform: Callable[[float, float], float] = random.uniform,
         several: Callable[[], bool] = lambda: False,
         retried: Callable[[], None] | None = None,
+        side: bool = False,
     ) -> None:
         if isinstance(targets, CircuitBreaker):
             single = SingleTarget(targets)
@@ -192,6 +195,9 @@ class UpstreamGuard:
         else:
             self.choose = targets
         self.several = several
+        self.side = side
+        """Calls beside the upstream's main one (CountTokens beside Generate): their failures count against the
+        circuit, their successes do not close it (a replica counting tokens may still fail every Generate)."""
         self.retried = retried
         """Counts each attempt after the first (the gateway's metrics), when given."""
         self.rule = rule or RetryRule()

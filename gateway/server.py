@@ -20,6 +20,8 @@ from gateway.auth.limits import NO_LIMITS, KeyLimiter
 from gateway.auth.service import SERVICE_NAME as API_KEY_SERVICE_NAME
 from gateway.auth.service import ApiKeyServicer
 from gateway.balancing.choice import Policy
+from gateway.embeddings import SERVICE_NAME as EMBEDDING_SERVICE_NAME
+from gateway.embeddings import EmbeddingServicer
 from gateway.gauges import NAMES as GAUGE_NAMES
 from gateway.gauges import GaugeCollector, read_gauges
 from gateway.jobs.config import JobConfig, add_job_flags
@@ -29,6 +31,8 @@ from gateway.jobs.service import JobServicer
 from gateway.mesh_status import SERVICE_NAME as MESH_SERVICE_NAME
 from gateway.mesh_status import MeshStatusServicer
 from gateway.metrics import GatewayMetrics, counting_refusals
+from gateway.models import SERVICE_NAME as MODEL_SERVICE_NAME
+from gateway.models import ModelServicer
 from gateway.orchestrator import Orchestrator
 from gateway.policy import ResiliencePolicy, add_resilience_flags, policy_from_args
 from gateway.request import plan_request
@@ -38,7 +42,15 @@ from genmesh.config import add_server_flags, add_upstream_tls_flags, parse
 from genmesh.metrics import current as current_metrics
 from genmesh.server import run
 from genmesh.tls import ClientTLS
-from genmesh.v1 import api_keys_pb2_grpc, gateway_pb2, gateway_pb2_grpc, jobs_pb2_grpc, mesh_pb2_grpc
+from genmesh.v1 import (
+    api_keys_pb2_grpc,
+    embeddings_pb2_grpc,
+    gateway_pb2,
+    gateway_pb2_grpc,
+    jobs_pb2_grpc,
+    mesh_pb2_grpc,
+    models_pb2_grpc,
+)
 
 log = logging.getLogger("genmesh.gateway")
 
@@ -84,7 +96,7 @@ class GatewayService:
     """The gateway as the server bootstrap runs it: ready once its upstreams are."""
 
     service_name = mesh.GATEWAY.grpc_service
-    also_serves: tuple[str, ...] = (JOB_SERVICE_NAME, MESH_SERVICE_NAME)
+    also_serves: tuple[str, ...] = (JOB_SERVICE_NAME, MESH_SERVICE_NAME, MODEL_SERVICE_NAME, EMBEDDING_SERVICE_NAME)
 
     def __init__(
         self,
@@ -128,6 +140,10 @@ class GatewayService:
             self._upstreams, self._targets, self._jobs.count_by_state, limiter, self._address, lambda: self._draining
         )
         mesh_pb2_grpc.add_MeshServiceServicer_to_server(mesh_status, server)
+        models_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(self._upstreams), server)
+        embeddings_pb2_grpc.add_EmbeddingServiceServicer_to_server(
+            EmbeddingServicer(self._upstreams, key_limits), server
+        )
         if self._keys is not None:
             api_keys_pb2_grpc.add_ApiKeyServiceServicer_to_server(ApiKeyServicer(self._keys), server)
 

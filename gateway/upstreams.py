@@ -18,17 +18,20 @@ import grpc
 
 from gateway.balancing.choice import Policy
 from gateway.balancing.pool import InferencePool
+from gateway.balancing.replica import Replica
 from gateway.circuit import CircuitBreaker, CircuitConfig
 from gateway.metrics import GatewayMetrics
 from gateway.resilience import CircuitOpen, RetryRule, UpstreamGuard
 from genmesh import mesh
 from genmesh.channels import open_channel
+from genmesh.deadlines import timeout
 from genmesh.health import wait_until_serving, watch
 from genmesh.targets import TargetSpec, channel_target, parse_target
 from genmesh.tasks import cancel_and_wait
 from genmesh.tls import ClientTLS, server_name
 from genmesh.v1 import (
     inference_pb2,
+    retrieval_pb2,
     retrieval_pb2_grpc,
     tools_pb2,
     tools_pb2_grpc,
@@ -97,7 +100,8 @@ class Upstreams:
         self.unverifiable_tool_prefixes: tuple[str, ...] = ()
         """Name prefixes of tool providers (MCP servers) that are down: their tools may be unlisted."""
         self._tools_fetched_at = float("-inf")
-        self._context_length: int | None = None
+        self._model_info: inference_pb2.GetModelInfoResponse | None = None
+        self._embedder_info: tuple[float, retrieval_pb2.GetEmbedderInfoResponse] | None = None
 
     async def start(self, wait_s: float) -> None:
         """Wait up to ``wait_s`` until some replica of each upstream serves; then follow their health and load
@@ -122,13 +126,18 @@ class Upstreams:
 
             self._watchers.append(asyncio.create_task(watch(channel, on_status), name=f"health-{name}"))
 
-    def guard(self, name: str, rule: RetryRule | None = None) -> UpstreamGuard:
+    def guard(self, name: str, rule: RetryRule | None = None, turn: bool = True) -> UpstreamGuard:
         """Calls to upstream ``name`` under its circuit breaker(s) and ``rule`` (one attempt by default: gRPC's
         retry policy retries idempotent unary calls on the channel). Inference calls go to the replica the
-        pool chooses for each attempt."""
+        pool chooses for each attempt; ``turn`` False for a side call, which takes no round-robin turn and whose
+        success does not close the circuit."""
         retried = None if self.metrics is None else self.metrics.retry_counter(name)
         if name == mesh.INFERENCE.name:
-            return UpstreamGuard(self.inference.choose, rule, several=self.inference.several, retried=retried)
+
+            def choose(tried: frozenset[str]) -> Replica | None:
+                return self.inference.choose(tried, turn)
+
+            return UpstreamGuard(choose, rule, several=self.inference.several, retried=retried, side=not turn)
         return UpstreamGuard(self.breakers[name], rule, retried=retried)
 
     def is_idempotent(self, tool: str) -> bool:
@@ -173,14 +182,30 @@ class Upstreams:
 
     async def context_length(self) -> int:
         """The model's context length, asked once (of any replica: they serve the same model)."""
-        if self._context_length is None:
-            replica = self.inference.choose(frozenset())
+        return int((await self.model_info()).context_length)
+
+    async def model_info(self) -> inference_pb2.GetModelInfoResponse:
+        """The inference replicas' model, asked once (of any replica: they serve the same model)."""
+        if self._model_info is None:
+            replica = self.inference.choose(frozenset(), turn=False)
             if replica is None:
                 raise CircuitOpen(f"no inference replica resolved from {self._targets.inference}")
             request = inference_pb2.GetModelInfoRequest()
-            info = await replica.stub.GetModelInfo(request, timeout=METADATA_TIMEOUT_S)
-            self._context_length = int(info.context_length)
-        return self._context_length
+            self._model_info = await replica.stub.GetModelInfo(request, timeout=METADATA_TIMEOUT_S)
+        return self._model_info
+
+    async def embedder_info(self, deadline: float | None = None) -> retrieval_pb2.GetEmbedderInfoResponse:
+        """The retrieval service's embedding model, asked again when older than TOOL_CACHE_TTL_S (a restarted
+        retrieval service may load another); the question ends by ``deadline`` (time.monotonic) at the latest."""
+        if self._embedder_info is None or time.monotonic() - self._embedder_info[0] > TOOL_CACHE_TTL_S:
+            left = timeout(deadline)
+            limit = METADATA_TIMEOUT_S if left is None else min(METADATA_TIMEOUT_S, left)
+            async for attempt in self.guard(mesh.RETRIEVAL.name).attempts(deadline, "GetEmbedderInfo"):
+                with attempt:
+                    request = retrieval_pb2.GetEmbedderInfoRequest()
+                    info = await self.retrieval.GetEmbedderInfo(request, timeout=limit)
+            self._embedder_info = (time.monotonic(), info)
+        return self._embedder_info[1]
 
     async def close(self) -> None:
         """Stop watching health and load; close every channel."""

@@ -24,6 +24,8 @@ from genmesh.interceptor import Streaming, Unary, rewrap
 #: The scope each service's RPCs need; any other method needs ``admin``.
 SCOPE_OF_SERVICE: dict[str, Scope] = {
     "/genmesh.v1.GatewayService/": Scope.GENERATE,
+    "/genmesh.v1.ModelService/": Scope.GENERATE,
+    "/genmesh.v1.EmbeddingService/": Scope.GENERATE,
     "/genmesh.v1.JobService/": Scope.JOBS,
     "/genmesh.v1.ApiKeyService/": Scope.ADMIN,
     "/genmesh.v1.MeshService/": Scope.ADMIN,

@@ -65,9 +65,11 @@ class Chooser:
         self._rng = rng or random.Random()
         self._turn = itertools.count()
 
-    def pick(self, loads: Sequence[LoadView]) -> int:
-        """The index in ``loads`` (non-empty) of the replica to use."""
-        if self.policy is Policy.ROUND_ROBIN:
+    def pick(self, loads: Sequence[LoadView], turn: bool = True) -> int:
+        """The index in ``loads`` (non-empty) of the replica to use. ``turn`` False: a side call (CountTokens,
+        GetModelInfo) that takes no round-robin turn, lest it shift which replica the next Generate gets; it
+        goes to the least loaded replica whatever the policy."""
+        if self.policy is Policy.ROUND_ROBIN and turn:
             return next(self._turn) % len(loads)
         scores = [load.score() for load in loads]
         lowest = min(scores)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 from collections.abc import Awaitable, Callable, Iterator
 
 import grpc
@@ -23,6 +24,7 @@ import grpc
 from gateway.balancing.choice import Chooser, Policy
 from gateway.balancing.replica import Replica
 from gateway.circuit import CircuitConfig, CircuitState
+from genmesh.interceptor import MAX_REQUEST_ID_CHARS
 from genmesh.targets import TargetSpec, literal_addresses, resolve
 from genmesh.tasks import cancel_and_wait
 from genmesh.tls import ClientTLS
@@ -32,6 +34,15 @@ log = logging.getLogger("genmesh.gateway")
 
 RESOLVE_EVERY_S = 2.0
 ABORT_TIMEOUT_S = 1.0
+
+
+def attempt_id(request_id: str) -> str:
+    """The request id one Generate attempt is sent to inference with, and aborted by: the client's ``request_id``
+    (cut, when long, to stay within MAX_REQUEST_ID_CHARS), a dot and a random suffix. A client's id is a
+    correlation id, not a key: two requests may share it, and must neither be refused for it nor abort each
+    other. Starting with the client's id, it still finds the attempt in inference's logs."""
+    suffix = secrets.token_hex(4)
+    return f"{request_id[: MAX_REQUEST_ID_CHARS - len(suffix) - 1]}.{suffix}"
 
 
 class InferencePool:
@@ -52,7 +63,7 @@ class InferencePool:
         self._circuit = circuit
         self.replicas: dict[str, Replica] = {}
         self._serving: dict[str, Replica] = {}
-        """Replica of each request id in flight, for Abort."""
+        """Replica of each attempt id (``attempt_id``) in flight, for Abort."""
         self._discovery: asyncio.Task[None] | None = None
         self._retiring: set[asyncio.Task[object]] = set()
         """Background work to cancel on close: replicas waiting for their calls to end, aborts in flight."""
@@ -66,9 +77,9 @@ class InferencePool:
         await self._refresh()
         self._discovery = asyncio.create_task(self._rediscover(), name="inference-discovery")
 
-    def choose(self, tried: frozenset[str]) -> Replica | None:
+    def choose(self, tried: frozenset[str], turn: bool = True) -> Replica | None:
         """The replica for the next attempt of a call that already tried ``tried`` (names); None when the
-        target resolves to no replica at all."""
+        target resolves to no replica at all. ``turn`` False: a side call (``Chooser.pick``)."""
         replicas = list(self.replicas.values())
         eligible = [r for r in replicas if r.eligible()]
         for tier in (
@@ -78,7 +89,7 @@ class InferencePool:
             replicas,
         ):
             if tier:
-                return tier[self._chooser.pick([r.load() for r in tier])]
+                return tier[self._chooser.pick([r.load() for r in tier], turn)]
         return None
 
     def several(self) -> bool:
@@ -87,7 +98,8 @@ class InferencePool:
 
     @contextlib.contextmanager
     def serving(self, replica: Replica, request_id: str) -> Iterator[None]:
-        """Record that ``replica`` runs ``request_id`` (and count it in flight) while the block runs."""
+        """Record that ``replica`` runs ``request_id`` (an attempt's id: unique) and count it in flight while the
+        block runs."""
         self._serving[request_id] = replica
         try:
             with replica.call():

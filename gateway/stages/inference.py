@@ -6,6 +6,9 @@ Generate call that fails with UNAVAILABLE before its first message is tried agai
 waiting for its channel to connect, then the guard's back-off) while attempts and time remain; once a message
 has been relayed it never is, and the failure goes to the client. When every replica's circuit is open, calls
 are refused at once with UNAVAILABLE. A request cancelled mid-stream is also aborted on its replica.
+
+Each attempt goes with an id of its own (``attempt_id``: the client's id and a random suffix), so that two
+requests that share a client's id never abort each other nor are refused by a replica for it.
 """
 
 from __future__ import annotations
@@ -16,32 +19,19 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from gateway.prompt import PromptPassage, PromptToolResult, conversation, prompt_char_budget
+from gateway.balancing.pool import attempt_id
+from gateway.prompt import PromptPassage, PromptToolResult, client_field
+from gateway.prompt_budget import PromptBudget
 from gateway.relay import relay
 from gateway.resilience import RetryRule
 from gateway.stages.context import StageContext
 from gateway.stages.span import StageSpan
 from genmesh.deadlines import left_s, timeout
-from genmesh.errors import InvalidArgument
 from genmesh.status import from_rpc_error
 from genmesh.v1 import common_pb2, gateway_pb2, inference_pb2
 
 STAGE = "inference"
 PROMPT = "prompt"
-
-
-def client_field(name: str, asked: bool, shifted: bool) -> str:
-    """A GenerateRequest field named as the gateway request's: a question became the messages (``asked``), and the
-    client's ``messages[i]`` is inference's ``messages[i + 1]`` when a system message went first (``shifted``)."""
-    if name == "prompt" or not name.startswith("messages"):
-        return "question" if name == "prompt" and asked else name
-    if asked:
-        return "question"
-    if shifted and name.startswith("messages["):
-        index, _, rest = name[len("messages[") :].partition("]")
-        if index.isdigit():
-            return "messages" if index == "0" else f"messages[{int(index) - 1}]{rest}"
-    return name
 
 
 class InferenceStage:
@@ -50,6 +40,7 @@ class InferenceStage:
     def __init__(self, attempts: int, connect_wait_s: float) -> None:
         self._rule = RetryRule(attempts)
         self._connect_wait_s = connect_wait_s
+        self._budget = PromptBudget(self._rule, connect_wait_s)
 
     async def run(self, context: StageContext) -> AsyncIterator[gateway_pb2.GatewayEvent]:
         """Stream the answer; raises GenmeshError for failures the client must see. Its span runs from when
@@ -59,7 +50,6 @@ class InferenceStage:
             messages, shifted = await self._conversation(context)
         asked = not context.plan.messages
         request = inference_pb2.GenerateRequest(
-            request_id=context.plan.request_id,
             messages=messages,
             sampling=context.plan.sampling_proto,
             truncate_prompt=True,
@@ -71,6 +61,7 @@ class InferenceStage:
             try:
                 async for attempt in upstreams.guard(STAGE, self._rule).attempts(deadline, "Generate"):
                     replica = upstreams.inference.replicas[attempt.target.name]
+                    request.request_id = attempt_id(context.plan.request_id)
                     with attempt, upstreams.inference.serving(replica, request.request_id):
                         await replica.ensure_connected(min(left_s(connect_until), left_s(deadline)))
                         with span.current():
@@ -91,22 +82,11 @@ class InferenceStage:
             except grpc.aio.AioRpcError as error:
                 raise from_rpc_error(error, lambda name: client_field(name, asked, shifted)) from None
 
-    @staticmethod
-    async def _conversation(context: StageContext) -> tuple[list[common_pb2.ChatMessage], bool]:
+    async def _conversation(self, context: StageContext) -> tuple[list[common_pb2.ChatMessage], bool]:
         plan, gathered = context.plan, context.gathered
-        try:
-            context_length = await context.upstreams.context_length()
-        except grpc.aio.AioRpcError as error:
-            raise from_rpc_error(error) from None
-        budget = prompt_char_budget(context_length, plan.sampling.max_tokens)
-        limit = budget // 2
-        if len(plan.question) > limit:
-            raise InvalidArgument.field(
-                "messages" if plan.messages else "question",
-                f"is too long for the model's context: {len(plan.question)} characters, at most {limit}",
-            )
         calls = {call.call_id: call for call in plan.tool_calls}
-        return conversation(
+        return await self._budget.conversation(
+            context.upstreams,
             plan.question,
             plan.messages,
             [PromptPassage(p.title, p.text) for p in gathered.passages],
@@ -114,5 +94,6 @@ class InferenceStage:
                 PromptToolResult(r.name, calls[r.call_id].arguments_json, r.result_json or f"error: {r.error.message}")
                 for r in gathered.tool_results
             ],
-            budget,
+            plan.sampling.max_tokens,
+            context.deadline,
         )

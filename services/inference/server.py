@@ -18,18 +18,20 @@ from genmesh.errors import FailedPrecondition, FieldViolation, InvalidArgument, 
 from genmesh.logs import REQUEST_ID
 from genmesh.messages import message_violations, template_messages
 from genmesh.metrics import current as current_metrics
-from genmesh.server import run
+from genmesh.server import StartupFailed, run
 from genmesh.v1 import common_pb2, inference_pb2, inference_pb2_grpc
 from services.inference.chat_template import ChatTemplate
+from services.inference.counting import count_tokens
 from services.inference.engine import Engine, EngineConfig
 from services.inference.engine.types import Finished, FinishReason, GenerationRequest, TokenChunk
 from services.inference.load_feed import LoadFeed, new_replica_id, now_timestamp, report_interval_s
 from services.inference.metrics import InferenceMetrics
 from services.inference.models.loader import load_model
+from services.inference.shipped_model import shipped_model
 
 log = logging.getLogger("genmesh.inference")
 
-DEFAULT_MODEL = Path(__file__).resolve().parents[2] / "models" / "genmesh-tiny-llama"
+DEFAULT_MODEL = shipped_model()
 
 _FINISH_REASONS = {
     FinishReason.STOP: common_pb2.FINISH_REASON_STOP,
@@ -127,6 +129,15 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
             device=info.device,
         )
 
+    async def CountTokens(
+        self, request: inference_pb2.CountTokensRequest, context: grpc.aio.ServicerContext
+    ) -> inference_pb2.CountTokensResponse:
+        engine = self._service.engine()
+        # In a worker thread: up to 16 MiB of text must not stall the loop that streams every generation's tokens.
+        return await asyncio.to_thread(
+            count_tokens, request, engine.tokenizer, engine.info().context_length, self._service.chat_template
+        )
+
     async def GetLoad(
         self, request: inference_pb2.GetLoadRequest, context: grpc.aio.ServicerContext
     ) -> inference_pb2.GetLoadResponse:
@@ -183,7 +194,7 @@ class InferenceService:
         return self._engine
 
     def chat_template(self) -> ChatTemplate:
-        """The model's chat template; FailedPrecondition when it does not compile (prompts are still served)."""
+        """The model's chat template, once the model is loaded (FailedPrecondition before)."""
         if self._chat_template is None:
             raise FailedPrecondition(self._chat_template_error)
         return self._chat_template
@@ -202,10 +213,9 @@ class InferenceService:
             extra={"model": loaded.name, "device": str(loaded.device), "dtype": str(loaded.dtype)},
         )
         try:
-            self._chat_template = ChatTemplate(loaded.chat_template, loaded.bos_token, loaded.eos_token)
-        except ValueError as error:
-            self._chat_template_error = f"model {loaded.name}: {error}; requests with messages are refused"
-            log.warning(self._chat_template_error)
+            self._chat_template = ChatTemplate(loaded.chat_template, special_tokens=loaded.special_tokens)
+        except ValueError as error:  # the gateway always sends messages: a replica that cannot render them is no use
+            raise StartupFailed(f"{loaded.chat_template_file}: {error}") from None
         metrics = current_metrics()
         self._engine = Engine(loaded, self._config, None if metrics is None else InferenceMetrics(metrics))
 

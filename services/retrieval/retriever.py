@@ -123,7 +123,7 @@ class Retriever:
         self._metrics = metrics
         self._db = Database(config.data_dir / DATABASE_FILE)
         self._indexes = IndexCache(config.data_dir / "vectors", config.index, metrics)
-        self._encoder = ThreadPoolExecutor(1, thread_name_prefix="retrieval-encode")
+        self.encoder = ThreadPoolExecutor(1, thread_name_prefix="retrieval-encode")  # the embedder's one thread
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="retrieval-write")
         self._readers = ThreadPoolExecutor(
             config.read_threads,
@@ -142,7 +142,7 @@ class Retriever:
         self.config.data_dir.mkdir(parents=True, exist_ok=True)
         self._batcher = MicroBatcher(
             self._encode_and_search,
-            self._encoder,
+            self.encoder,
             window_s=self.config.batch_window_ms / 1000.0,
             max_batch=self.config.max_batch,
             observe=None if self._metrics is None else self._metrics.batched,
@@ -167,7 +167,7 @@ class Retriever:
             await self._batcher.close()
         with contextlib.suppress(Exception):
             await self.checkpoint()
-        for pool in (self._encoder, self._writer, self._readers):
+        for pool in (self.encoder, self._writer, self._readers):
             pool.shutdown(wait=True, cancel_futures=True)
         self._db.close()
 
@@ -221,7 +221,7 @@ class Retriever:
         """Encode many texts in the encoder thread, a slice at a time so that query batches interleave."""
         loop = asyncio.get_running_loop()
         parts = [
-            await loop.run_in_executor(self._encoder, self.embedder.encode, texts[i : i + ENCODE_BATCH])
+            await loop.run_in_executor(self.encoder, self.embedder.encode, texts[i : i + ENCODE_BATCH])
             for i in range(0, len(texts), ENCODE_BATCH)
         ]
         return np.concatenate(parts) if parts else np.zeros((0, self.embedder.dim), dtype=np.float32)

@@ -20,6 +20,7 @@ from genmesh.v1 import common_pb2, retrieval_pb2, retrieval_pb2_grpc
 from services.retrieval.catalog import IngestRecord
 from services.retrieval.corpus import DEFAULT_CHUNK_OVERLAP, DEFAULT_CHUNK_SIZE, Document
 from services.retrieval.embedder import PRECISIONS, SentenceTransformerEmbedder, default_model_path
+from services.retrieval.embedding import TextEmbeddings
 from services.retrieval.ingest import seed_demo
 from services.retrieval.metrics import RetrievalMetrics
 from services.retrieval.retriever import Retriever, RetrieverConfig
@@ -150,6 +151,26 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServiceServicer):
         record = await self._service.retriever().ingest_progress(request.ingest_id)
         return retrieval_pb2.GetIngestProgressResponse(progress=_progress(record))
 
+    async def Embed(
+        self, request: retrieval_pb2.RetrievalServiceEmbedRequest, context: grpc.aio.ServicerContext
+    ) -> retrieval_pb2.RetrievalServiceEmbedResponse:
+        embeddings = self._service.embeddings()
+        dimensions = request.dimensions if request.HasField("dimensions") else None
+        vectors, tokens = await embeddings.embed(list(request.inputs), dimensions)
+        return retrieval_pb2.RetrievalServiceEmbedResponse(
+            embeddings=[common_pb2.Embedding(index=i, values=v.tolist()) for i, v in enumerate(vectors)],
+            model=embeddings.embedder.name,
+            input_tokens=tokens,
+        )
+
+    async def GetEmbedderInfo(
+        self, request: retrieval_pb2.GetEmbedderInfoRequest, context: grpc.aio.ServicerContext
+    ) -> retrieval_pb2.GetEmbedderInfoResponse:
+        embedder = self._service.embeddings().embedder
+        return retrieval_pb2.GetEmbedderInfoResponse(
+            model=embedder.name, dimensions=embedder.dim, max_input_tokens=embedder.max_input_tokens
+        )
+
 
 class RetrievalService:
     """The retrieval service as the server bootstrap runs it: ready once the model is loaded, the store open
@@ -163,6 +184,13 @@ class RetrievalService:
         self._args = args
         self._retriever: Retriever | None = None
         self._opened: Retriever | None = None
+        self._embeddings: TextEmbeddings | None = None
+
+    def embeddings(self) -> TextEmbeddings:
+        """The embedder as clients use it, once ready."""
+        if self._embeddings is None or self._retriever is None:
+            raise Unavailable("the retrieval service is still starting")
+        return self._embeddings
 
     def retriever(self) -> Retriever:
         """The retriever, once ready."""
@@ -197,6 +225,9 @@ class RetrievalService:
         retriever = Retriever(config, embedder, metrics)
         self._opened = retriever
         await retriever.open()
+        self._embeddings = TextEmbeddings(
+            embedder, retriever.encoder, window_s=config.batch_window_ms / 1000.0, max_batch=config.max_batch
+        )
         if metrics is not None:
             metrics.watch_store(config.data_dir / DATABASE_FILE)
         if args.seed_demo:
@@ -221,6 +252,9 @@ class RetrievalService:
 
     async def stop(self) -> None:
         self._retriever = None
+        if self._embeddings is not None:
+            await self._embeddings.close()
+            self._embeddings = None
         if self._opened is not None:
             await self._opened.close()
             self._opened = None

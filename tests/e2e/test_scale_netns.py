@@ -72,9 +72,10 @@ def _json_lines(path: Path | None) -> Iterator[dict[str, Any]]:
 
 
 def served(replica: ServiceProcess) -> dict[str, str]:
-    """Request id → status of every Generate the replica logged (a line is written as each call ends)."""
+    """Client's request id → status of every Generate the replica logged (a line is written as each call ends;
+    the gateway sends each attempt as the client's id, a dot and a suffix of its own)."""
     return {
-        str(f.get("request_id")): str(f.get("status"))
+        str(f.get("request_id")).rpartition(".")[0]: str(f.get("status"))
         for f in _json_lines(replica.log_path)
         if f.get("msg") == "rpc" and str(f.get("method", "")).endswith("/Generate")
     }

@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable, Sized
 from dataclasses import dataclass, field
-from typing import NoReturn
+from typing import NoReturn, Protocol
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -28,6 +28,10 @@ from genmesh.v1 import (
     tools_pb2_grpc,
 )
 from services.inference.chat_template import ChatTemplate
+
+
+class SizedTexts(Sized, Iterable[str], Protocol):
+    """What a scripted generation's deltas may be: a list, or a test's own sized iterable."""
 
 
 @dataclass
@@ -101,6 +105,16 @@ class ScriptedRetrieval(retrieval_pb2_grpc.RetrievalServiceServicer):
     async def GetIngestProgress(
         self, request: object, context: grpc.aio.ServicerContext
     ) -> retrieval_pb2.GetIngestProgressResponse:
+        await unimplemented(context)
+
+    async def Embed(
+        self, request: object, context: grpc.aio.ServicerContext
+    ) -> retrieval_pb2.RetrievalServiceEmbedResponse:
+        await unimplemented(context)
+
+    async def GetEmbedderInfo(
+        self, request: object, context: grpc.aio.ServicerContext
+    ) -> retrieval_pb2.GetEmbedderInfoResponse:
         await unimplemented(context)
 
 
@@ -188,7 +202,7 @@ class ScriptedInference(inference_pb2_grpc.InferenceServiceServicer):
 
     def __init__(self) -> None:
         self.context_length = 2048
-        self.deltas = ["Generators ", "yield ", "values."]
+        self.deltas: SizedTexts = ["Generators ", "yield ", "values."]
         self.delta_delay_s = 0.0
         self.fault: Fault | None = None
         self.fault_after_first: Fault | None = None
@@ -209,6 +223,12 @@ class ScriptedInference(inference_pb2_grpc.InferenceServiceServicer):
         await unimplemented(context)
 
     async def GetLoad(self, request: object, context: grpc.aio.ServicerContext) -> inference_pb2.GetLoadResponse:
+        await unimplemented(context)
+
+    async def CountTokens(
+        self, request: object, context: grpc.aio.ServicerContext
+    ) -> inference_pb2.CountTokensResponse:
+        """As a replica of a release before CountTokens: the gateway guesses the prompt budget."""
         await unimplemented(context)
 
     async def WatchLoad(

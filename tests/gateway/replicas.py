@@ -10,9 +10,10 @@ from dataclasses import dataclass, field
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from inprocess import ScriptedInference
+from inprocess import Fault, ScriptedInference, fail
 
 from genmesh import mesh
+from genmesh.messages import message_text
 from genmesh.v1 import inference_pb2, inference_pb2_grpc
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -32,13 +33,17 @@ class Reported:
 
 
 class ReplicaInference(ScriptedInference):
-    """A ScriptedInference that also streams load reports and records Abort calls."""
+    """A ScriptedInference that also streams load reports, records Abort calls and, with ``counting``, answers
+    CountTokens (a token per 3 characters, rounded up) unless ``count_fault`` fails it."""
 
     def __init__(self) -> None:
         super().__init__()
         self.reported = Reported()
         self.changed = asyncio.Event()
         self.aborted: list[str] = []
+        self.counting = False
+        self.count_fault: Fault | None = None
+        self.counted: list[inference_pb2.CountTokensRequest] = []
 
     def report(self, **values: int | bool) -> None:
         """Change what the replica reports, and push a report now."""
@@ -51,6 +56,21 @@ class ReplicaInference(ScriptedInference):
     ) -> inference_pb2.AbortResponse:
         self.aborted.append(request.request_id)
         return inference_pb2.AbortResponse(found=True)
+
+    async def CountTokens(  # type: ignore[override]
+        self, request: inference_pb2.CountTokensRequest, context: grpc.aio.ServicerContext
+    ) -> inference_pb2.CountTokensResponse:
+        self.counted.append(request)
+        if self.count_fault is not None and self.count_fault.applies(len(self.counted)):
+            await fail(context, self.count_fault)
+        if not self.counting:
+            return await super().CountTokens(request, context)
+        prompt = sum(len(message_text(m)) for m in request.messages)
+        return inference_pb2.CountTokensResponse(
+            prompt_tokens=-(-prompt // 3),
+            text_tokens=[-(-len(text) // 3) for text in request.texts],
+            context_length_tokens=self.context_length,
+        )
 
     async def WatchLoad(
         self, request: inference_pb2.WatchLoadRequest, context: grpc.aio.ServicerContext

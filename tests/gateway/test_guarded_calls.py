@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 
 import grpc
@@ -26,11 +27,18 @@ ENCODING_S = 0.002
 
 
 class TimedRetrieval(ScriptedRetrieval):
-    """ScriptedRetrieval that also records the time each Query had left when it arrived."""
+    """ScriptedRetrieval that also records the time each Query (and GetEmbedderInfo) had left when it arrived."""
 
     def __init__(self) -> None:
         super().__init__()
         self.time_remaining: list[float | None] = []
+        self.info_time_remaining: list[float | None] = []
+
+    async def GetEmbedderInfo(  # type: ignore[override]
+        self, request: retrieval_pb2.GetEmbedderInfoRequest, context: grpc.aio.ServicerContext
+    ) -> retrieval_pb2.GetEmbedderInfoResponse:
+        self.info_time_remaining.append(context.time_remaining())
+        return retrieval_pb2.GetEmbedderInfoResponse(model="scripted-embedder", dimensions=4)
 
     async def Query(
         self, request: retrieval_pb2.QueryRequest, context: grpc.aio.ServicerContext
@@ -122,3 +130,13 @@ async def test_the_tool_calls_get_what_is_left_of_the_client_s_deadline(
     (invocation,) = scripted.tools.invocations
     share_ms = (1.0 * DEADLINE_SHARE - DEADLINE_MARGIN_S) * 1000
     assert 0 < invocation.timeout_ms <= share_ms, "the 10 s budget gives way to the deadline's share"
+
+
+async def test_the_embedder_s_info_is_asked_within_the_embed_s_deadline(
+    scripted: ScriptedMesh, upstreams: Upstreams
+) -> None:
+    info = await upstreams.embedder_info(time.monotonic() + 0.5)  # under the metadata calls' own 2 s
+    assert info.model == "scripted-embedder"
+    assert isinstance(scripted.retrieval, TimedRetrieval)
+    (left,) = scripted.retrieval.info_time_remaining
+    assert left is not None and left <= 0.5 - DEADLINE_MARGIN_S + ENCODING_S, left

@@ -1,5 +1,6 @@
 """The gateway's inference balancing over real gRPC replicas (in-process servers on loopback ports): load-aware
-choice, replicas that are unhealthy, draining or failing get nothing, retries go elsewhere, Abort is routed."""
+choice, replicas that are unhealthy, draining or failing get nothing, retries (of Generate and of CountTokens) go
+elsewhere, Abort is routed by each attempt's own id."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from gateway.balancing.choice import Policy
 from gateway.balancing.pool import RESOLVE_EVERY_S, InferencePool
 from gateway.orchestrator import Orchestrator
 from gateway.upstreams import Upstreams, UpstreamTargets
+from genmesh.errors import InvalidArgument
 from genmesh.targets import TargetSpec, parse_target
 from genmesh.v1 import gateway_pb2
 
@@ -55,8 +57,10 @@ async def _started(upstreams: Upstreams) -> Upstreams:
     raise AssertionError("replicas never became eligible")
 
 
-async def _ask(upstreams: Upstreams, request_id: str = "") -> str:
-    request = gateway_pb2.GatewayRequest(question="q?", retrieval=NO_RETRIEVAL, request_id=request_id)
+async def _ask(
+    upstreams: Upstreams, request_id: str = "", retrieval: gateway_pb2.RetrievalOptions = NO_RETRIEVAL
+) -> str:
+    request = gateway_pb2.GatewayRequest(question="q?", retrieval=retrieval, request_id=request_id)
     text = ""
     async for event in Orchestrator(upstreams).answer(request, 5.0):
         if event.HasField("delta"):
@@ -121,15 +125,72 @@ async def test_abort_reaches_the_replica_that_runs_the_request(
     asking = asyncio.create_task(_ask(upstreams, request_id="req-abort-1"))
     while sum(replicas.generate_counts()) == 0:
         await asyncio.sleep(0.01)
-    assert await upstreams.inference.abort("req-abort-1")
-    aborted = [r.servicer.aborted for r in replicas.replicas]
     serving = replicas.generate_counts().index(1)
-    assert aborted[serving] == ["req-abort-1"] and sum(len(a) for a in aborted) == 1
+    sent = replicas.replicas[serving].servicer.requests[0].request_id
+    assert sent.startswith("req-abort-1."), "the attempt's own id starts with the client's"
+    assert await upstreams.inference.abort(sent)
+    aborted = [r.servicer.aborted for r in replicas.replicas]
+    assert aborted[serving] == [sent] and sum(len(a) for a in aborted) == 1
     asking.cancel()
     with pytest.raises(asyncio.CancelledError):
         await asking
     await asyncio.sleep(0.1)
-    assert aborted[serving] == ["req-abort-1", "req-abort-1"], "a cancelled request is aborted on its replica"
+    assert aborted[serving] == [sent, sent], "a cancelled request is aborted on its replica"
+
+
+async def test_requests_sharing_a_client_s_id_run_and_are_aborted_apart(
+    replicas: Replicas, balanced: Callable[..., Upstreams]
+) -> None:
+    for replica in replicas.replicas:
+        replica.servicer.delta_delay_s = 0.3
+    upstreams = await _started(balanced())
+
+    def sent() -> list[str]:
+        return [request.request_id for r in replicas.replicas for request in r.servicer.requests]
+
+    first = asyncio.create_task(_ask(upstreams, request_id="shared-1"))
+    while not sent():
+        await asyncio.sleep(0.01)
+    first_id = sent()[0]
+    second = asyncio.create_task(_ask(upstreams, request_id="shared-1"))
+    while len(sent()) < 2:
+        await asyncio.sleep(0.01)
+    assert len(set(sent())) == 2 and all(i.startswith("shared-1.") for i in sent()), sent()
+    first.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    assert await second == "Generators yield values.", "the other request runs to its end"
+    assert [i for r in replicas.replicas for i in r.servicer.aborted] == [first_id], "only the cancelled one"
+
+
+async def test_count_tokens_failing_on_a_dying_replica_is_retried_on_another(
+    replicas: Replicas, balanced: Callable[..., Upstreams]
+) -> None:
+    dying, second, third = (r.servicer for r in replicas.replicas)
+    for servicer in (dying, second, third):
+        servicer.counting = True
+    dying.count_fault = Fault(grpc.StatusCode.UNAVAILABLE, "replica is going away")
+    second.report(waiting=4)  # the dying replica looks best
+    third.report(waiting=8)
+    upstreams = await _started(balanced())
+    await asyncio.sleep(0.3)
+    assert await _ask(upstreams) == "Generators yield values."
+    assert [len(s.counted) for s in (dying, second, third)] == [1, 1, 0], "counted by the next best"
+
+
+async def test_a_refusal_of_the_passages_texts_names_no_client_field_and_the_request_answers(
+    replicas: Replicas, balanced: Callable[..., Upstreams]
+) -> None:
+    for replica in replicas.replicas:
+        replica.servicer.counting = True
+        bad = InvalidArgument.field("texts[0]", "at most 65536 characters, got 100023")
+        replica.servicer.count_fault = Fault(grpc.StatusCode.INVALID_ARGUMENT, rich=bad)
+    upstreams = await _started(balanced())
+    assert await _ask(upstreams, retrieval=gateway_pb2.RetrievalOptions()) == "Generators yield values."
+    (counted,) = [request for r in replicas.replicas for request in r.servicer.counted]
+    assert counted.texts, "the passages were sent to be counted"
+    (prompt,) = [p for r in replicas.replicas for p in r.servicer.prompts]
+    assert "A yield expression suspends" in prompt, "the budget was guessed: the passage is in the prompt"
 
 
 async def test_a_replica_that_joins_the_dns_name_gets_calls_within_seconds(replicas: Replicas) -> None:

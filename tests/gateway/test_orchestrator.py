@@ -158,7 +158,7 @@ async def test_the_prompt_holds_the_passages_and_the_tool_results(
         "docs",
     )
     (generate,) = scripted.inference.requests
-    assert generate.request_id == "r-prompt"
+    assert generate.request_id.startswith("r-prompt."), "each attempt has its own id, starting with the client's"
     assert generate.sampling == request.sampling
     system, user = generate.messages
     assert system.role == common_pb2.ROLE_SYSTEM and user.role == common_pb2.ROLE_USER

@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
-from gateway.prompt import PromptPassage, PromptToolResult, context_text, conversation, prompt_char_budget
+from gateway.prompt import (
+    CUT_MARK,
+    PromptPassage,
+    PromptToolResult,
+    context_text,
+    conversation,
+    fit_blocks,
+    prompt_char_budget,
+    token_room,
+    tools_text,
+)
 from genmesh.messages import MAX_MESSAGE_CHARS, message_text
 from genmesh.v1 import common_pb2
 
@@ -54,9 +64,18 @@ def test_the_client_s_turns_follow_unchanged_and_its_system_message_leads_the_me
 
 def test_passages_are_trimmed_to_the_budget_best_first_and_tool_results_kept_whole() -> None:
     passages = [PromptPassage(f"t{i}", "word " * 200) for i in range(5)]
-    context = context_text(passages, TOOLS, room=600)
+    context = context_text(passages, tools_text(TOOLS, MAX_MESSAGE_CHARS), room=600)
     assert len(context) <= 600
     assert "t0" in context and "t4" not in context and context.endswith('returned: {"value": 2}')
+
+
+def test_a_huge_tool_result_is_cut_to_one_message_and_says_so() -> None:
+    huge = [PromptToolResult("fetch", "{}", "x" * 1_000_000)]  # a tool may return 1 MiB
+    system = text(common_pb2.ROLE_SYSTEM, "Be brief.")
+    messages, _ = conversation("q?", [system, text(common_pb2.ROLE_USER, "q?")], [], huge, 10**7)
+    context = message_text(messages[0])
+    assert len(context) <= MAX_MESSAGE_CHARS and context.startswith("Be brief.\n\nTool fetch({}) returned: xxx")
+    assert context.endswith(CUT_MARK)
 
 
 def test_the_context_never_outgrows_one_message() -> None:
@@ -69,3 +88,14 @@ def test_budget_leaves_room_for_the_answer() -> None:
     assert prompt_char_budget(512, 128) == (512 - 136) * 3
     assert prompt_char_budget(512, 4096) == (512 - 264) * 3
     assert prompt_char_budget(64, 64) >= 200
+
+
+def test_blocks_are_kept_best_first_skipping_one_that_does_not_fit() -> None:
+    assert fit_blocks([40, 70, 20, 30], [10, 10, 10, 10], tokens=100, chars=1000) == [0, 2, 3]
+    assert fit_blocks([40, 70, 20], [10, 10, 10], tokens=39, chars=1000) == [2]
+    assert fit_blocks([1, 1, 1], [500, 500, 10], tokens=100, chars=520) == [0, 2]  # a block counts its separator
+
+
+def test_token_room_leaves_what_inference_reserves_for_the_answer() -> None:
+    assert token_room(512, 16) == 496
+    assert token_room(512, 4096) == 256  # inference reserves at most half the context

@@ -69,6 +69,11 @@ class Upstream(inference_pb2_grpc.InferenceServiceServicer):
     async def GetLoad(self, request: object, context: grpc.aio.ServicerContext) -> inference_pb2.GetLoadResponse:
         await unimplemented(context)
 
+    async def CountTokens(
+        self, request: object, context: grpc.aio.ServicerContext
+    ) -> inference_pb2.CountTokensResponse:
+        await unimplemented(context)
+
     async def WatchLoad(
         self, request: object, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[inference_pb2.WatchLoadResponse]:

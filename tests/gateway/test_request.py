@@ -163,12 +163,15 @@ def test_arguments_against_the_tool_schema() -> None:
     assert fields["tool_calls[2].arguments_json.expression"] == "is required"
 
 
-@pytest.mark.parametrize("arguments", ["[1, 2]", '"text"', "{not json"], ids=["array", "string", "malformed"])
+@pytest.mark.parametrize(
+    "arguments",
+    ["[1, 2]", '"text"', "{not json", '{"a":' * 30_000, '{"x": NaN}', '{"x": "' + "y" * 70_000 + '"}'],
+    ids=["array", "string", "malformed", "deep", "nan", "huge"],
+)
 def test_arguments_must_be_an_object_when_schemas_are_unknown(arguments: str) -> None:
     calls = [Call(name="anything", arguments_json=arguments)]
-    assert bad_fields(Request(question="q", tool_calls=calls), schemas=None) == {
-        "tool_calls[0].arguments_json": "must be a JSON object"
-    }
+    (field,) = bad_fields(Request(question="q", tool_calls=calls), schemas=None)
+    assert field == "tool_calls[0].arguments_json"
 
 
 def test_names_are_not_checked_when_schemas_are_unknown() -> None:
@@ -227,3 +230,10 @@ def test_every_violation_is_reported_together() -> None:
         "sampling.logprobs",
     ]
     assert "question: must not be empty" in raised.value.message
+
+
+def test_retrieval_searches_a_long_last_message_s_tail_within_its_bound() -> None:
+    long = "x" * MAX_QUESTION_CHARS + " what does yield do?"
+    message = common_pb2.ChatMessage(role=common_pb2.ROLE_USER, content=[common_pb2.ContentPart(text=long)])
+    planned = plan(Request(messages=[message]))
+    assert planned.question == long[-MAX_QUESTION_CHARS:] and planned.question.endswith("yield do?")

@@ -184,3 +184,19 @@ def test_the_rule_is_checked() -> None:
         RetryRule(0)
     with pytest.raises(ValueError, match="back-off"):
         RetryRule(2, -1.0)
+
+
+async def test_a_side_call_s_success_does_not_close_the_circuit_its_failure_counts() -> None:
+    breaker = CircuitBreaker("inference", CircuitConfig(2, 2.0), Clock())
+    main = UpstreamGuard(breaker, RetryRule(1), sleep=Sleeps())
+    side = UpstreamGuard(breaker, RetryRule(1), sleep=Sleeps(), side=True)  # CountTokens beside Generate
+    with pytest.raises(grpc.aio.AioRpcError):
+        await _run(main, [grpc.StatusCode.UNAVAILABLE])
+    await _run(side, [grpc.StatusCode.OK])  # the replica counts tokens, and still fails every Generate
+    with pytest.raises(grpc.aio.AioRpcError):
+        await _run(main, [grpc.StatusCode.UNAVAILABLE])
+    assert breaker.state is CircuitState.OPEN, "two Generate failures in a row, whatever the side call did"
+    other = CircuitBreaker("inference", CircuitConfig(1, 2.0), Clock())
+    with pytest.raises(grpc.aio.AioRpcError):
+        await _run(UpstreamGuard(other, RetryRule(1), sleep=Sleeps(), side=True), [grpc.StatusCode.UNAVAILABLE])
+    assert other.state is CircuitState.OPEN, "a side call that cannot reach the replica counts"

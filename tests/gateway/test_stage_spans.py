@@ -31,7 +31,8 @@ CALLS = {
     "genmesh.v1.ToolsService/ListTools": "",
     "genmesh.v1.RetrievalService/Query": "gateway.retrieval",
     "genmesh.v1.ToolsService/InvokeMany": "gateway.tools",
-    "genmesh.v1.InferenceService/GetModelInfo": "gateway.prompt",
+    "genmesh.v1.InferenceService/CountTokens": "gateway.prompt",  # UNIMPLEMENTED by the scripted replica
+    "genmesh.v1.InferenceService/GetModelInfo": "gateway.prompt",  # so the budget is guessed from the context
     "genmesh.v1.InferenceService/Generate": "gateway.inference",
 }
 

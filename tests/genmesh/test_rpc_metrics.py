@@ -52,6 +52,11 @@ class Servicer(inference_pb2_grpc.InferenceServiceServicer):
         raise NotImplementedError
         yield
 
+    async def CountTokens(
+        self, request: inference_pb2.CountTokensRequest, context: grpc.aio.ServicerContext
+    ) -> inference_pb2.CountTokensResponse:
+        raise NotImplementedError
+
     async def Generate(
         self, request: inference_pb2.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[inference_pb2.GenerateResponse]:

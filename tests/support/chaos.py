@@ -95,12 +95,17 @@ async def wait_for_log(running: Mesh, name: str, *needles: str, timeout_s: float
 
 
 def attempts(running: Mesh, name: str, method: str, request_id: str) -> int:
-    """How many ``method`` calls (``Query``) with exactly this request id a service logged (one line per call,
-    written before the call's status is sent, so every call whose end the caller saw is counted)."""
-    wanted = {"msg": "rpc", "request_id": request_id}
+    """How many ``method`` calls (``Query``) with this request id a service logged (one line per call, written
+    before the call's status is sent, so every call whose end the caller saw is counted); inference's calls carry
+    the gateway's attempt id, ``<request id>.<suffix>`` (gateway.balancing.pool.attempt_id)."""
     count = 0
     for line in rpc_lines(running, name, f"request_id={request_id}"):
         fields = dict(part.partition("=")[::2] for part in line.split(" "))
-        if all(fields.get(k) == v for k, v in wanted.items()) and fields.get("method", "").endswith(f"/{method}"):
+        logged = fields.get("request_id", "")
+        if (
+            fields.get("msg") == "rpc"
+            and (logged == request_id or logged.startswith(f"{request_id}."))
+            and fields.get("method", "").endswith(f"/{method}")
+        ):
             count += 1
     return count

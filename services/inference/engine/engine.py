@@ -23,6 +23,7 @@ from collections.abc import AsyncGenerator
 from typing import TYPE_CHECKING
 
 import torch
+from tokenizers import Tokenizer
 
 from genmesh import tracing
 from genmesh.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument, quote
@@ -137,6 +138,11 @@ class Engine:
     def load(self) -> LoadStats:
         """Current occupancy, every figure read at one moment (``Scheduler.load``)."""
         return self._scheduler.load()
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        """The model's tokenizer (for counting; the engine thread encodes nothing with it)."""
+        return self._loaded.tokenizer
 
     def info(self) -> ModelInfo:
         """What this engine serves."""
