@@ -117,7 +117,8 @@ class QuotaViolation:
 
 
 class ResourceExhausted(GenmeshError):
-    """A bounded queue, cap or quota is full; the client may retry after ``retry_after_s``. Quota errors name the
+    """A bounded queue, cap or quota is full; the client may retry after ``retry_after_s`` (None: a refusal received
+    without that advice, e.g. gRPC's own for a message over the size limit). Quota errors name the
     limits they hit (sent as a google.rpc.QuotaFailure)."""
 
     reason = Reason.OVERLOADED
@@ -125,7 +126,7 @@ class ResourceExhausted(GenmeshError):
     def __init__(
         self,
         message: str,
-        retry_after_s: float = 1.0,
+        retry_after_s: float | None = 1.0,
         *,
         reason: str = "",
         metadata: Mapping[str, str] | None = None,

@@ -8,13 +8,13 @@ A message becomes the dict Hugging Face chat templates expect: ``role`` ("system
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Sequence
 from typing import Any
 
-from genmesh.errors import FieldViolation
+from genmesh.errors import FieldViolation, InvalidArgument
 from genmesh.limits import call_id_violation
+from genmesh.schema import parse_object
 from genmesh.v1 import common_pb2
 
 MAX_MESSAGES = 256
@@ -53,7 +53,7 @@ def message_violations(
     bad: list[FieldViolation] = []
     for i, message in enumerate(messages):
         _check_message(message, f"{field}[{i}]", images, bad)
-    return bad
+    return bad + _repeated_call_ids(messages, field)
 
 
 def _check_message(message: common_pb2.ChatMessage, at: str, images: bool, bad: list[FieldViolation]) -> None:
@@ -68,7 +68,7 @@ def _check_message(message: common_pb2.ChatMessage, at: str, images: bool, bad: 
     chars = sum(len(part.text) for part in message.content)
     if chars > MAX_MESSAGE_CHARS:
         bad.append(FieldViolation(f"{at}.content", f"at most {MAX_MESSAGE_CHARS} characters of text, got {chars}"))
-    elif not message.content and not message.tool_calls:
+    elif not message.tool_calls and not _has_content(message):
         bad.append(FieldViolation(f"{at}.content", "must not be empty"))
     if message.name and not _NAME.fullmatch(message.name):
         bad.append(FieldViolation(f"{at}.name", "must match [A-Za-z0-9_-]{1,64}"))
@@ -85,20 +85,34 @@ def _check_message(message: common_pb2.ChatMessage, at: str, images: bool, bad: 
         bad.append(FieldViolation(f"{at}.tool_call_id", "only tool messages answer a call"))
 
 
+def _has_content(message: common_pb2.ChatMessage) -> bool:
+    """Whether ``message`` has some text or an image, or a part already refused (named on its own)."""
+    return any(part.WhichOneof("part") != "text" or part.text for part in message.content)
+
+
 def _check_call(call: common_pb2.ToolCall, at: str, bad: list[FieldViolation]) -> None:
     if (violation := call_id_violation(call.call_id, f"{at}.call_id")) is not None:
         bad.append(violation)
     if not _NAME.fullmatch(call.name):
         bad.append(FieldViolation(f"{at}.name", "must match [A-Za-z0-9_-]{1,64}"))
-    if not isinstance(_arguments(call), dict):
-        bad.append(FieldViolation(f"{at}.arguments_json", "must be a JSON object"))
-
-
-def _arguments(call: common_pb2.ToolCall) -> Any:
     try:
-        return json.loads(call.arguments_json or "{}")
-    except ValueError:
-        return None
+        parse_object(call.arguments_json, f"{at}.arguments_json")
+    except InvalidArgument as error:
+        bad.extend(error.violations)
+
+
+def _repeated_call_ids(messages: Sequence[common_pb2.ChatMessage], field: str) -> list[FieldViolation]:
+    """A violation for each tool call whose id an earlier call of the conversation already has."""
+    first: dict[str, str] = {}
+    bad: list[FieldViolation] = []
+    for i, message in enumerate(messages):
+        for k, call in enumerate(message.tool_calls):
+            at = f"{field}[{i}].tool_calls[{k}].call_id"
+            if call.call_id in first:
+                bad.append(FieldViolation(at, f"repeats the id of {first[call.call_id]}: call ids must be unique"))
+            else:
+                first[call.call_id] = at
+    return bad
 
 
 def template_messages(messages: Sequence[common_pb2.ChatMessage]) -> list[dict[str, Any]]:
@@ -110,7 +124,11 @@ def template_messages(messages: Sequence[common_pb2.ChatMessage]) -> list[dict[s
             item["name"] = message.name
         if message.tool_calls:
             item["tool_calls"] = [
-                {"id": c.call_id, "type": "function", "function": {"name": c.name, "arguments": _arguments(c)}}
+                {
+                    "id": c.call_id,
+                    "type": "function",
+                    "function": {"name": c.name, "arguments": parse_object(c.arguments_json, "")},
+                }
                 for c in message.tool_calls
             ]
         if message.tool_call_id:

@@ -45,7 +45,7 @@ def validate_arguments(schema: Mapping[str, Any], arguments_json: str, field_pre
     unexpected additional property are named in the path. Malformed JSON, a non-object, non-finite numbers
     or more than MAX_ARGUMENTS_BYTES raise InvalidArgument on ``field_prefix`` itself.
     """
-    parsed = _parse_object(arguments_json, field_prefix)
+    parsed = parse_object(arguments_json, field_prefix)
     validator = Draft202012Validator(schema, format_checker=Draft202012Validator.FORMAT_CHECKER)
     try:
         violations = _violations(validator.iter_errors(parsed), field_prefix)
@@ -56,7 +56,9 @@ def validate_arguments(schema: Mapping[str, Any], arguments_json: str, field_pre
     return parsed
 
 
-def _parse_object(arguments_json: str, field: str) -> dict[str, Any]:
+def parse_object(arguments_json: str, field: str) -> dict[str, Any]:
+    """``arguments_json`` parsed: a JSON object of at most MAX_ARGUMENTS_BYTES, finite numbers only ("" or blank:
+    ``{}``); else InvalidArgument on ``field`` (malformed, nested too deeply, not an object, too large)."""
     if not isinstance(arguments_json, str):
         raise InvalidArgument.field(field, "must be a JSON string")
     if (

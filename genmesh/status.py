@@ -71,9 +71,10 @@ def status_of(error: errors.GenmeshError) -> status_pb2.Status:
         if len(field_violations) < len(error.violations):
             metadata["omittedViolations"] = str(len(error.violations) - len(field_violations))
     if isinstance(error, errors.ResourceExhausted):
-        delay = duration_pb2.Duration()
-        delay.FromMilliseconds(int(error.retry_after_s * 1000))
-        details.append(_pack(error_details_pb2.RetryInfo(retry_delay=delay)))
+        if error.retry_after_s is not None:
+            delay = duration_pb2.Duration()
+            delay.FromMilliseconds(int(error.retry_after_s * 1000))
+            details.append(_pack(error_details_pb2.RetryInfo(retry_delay=delay)))
         if error.quota_violations:
             quota = error_details_pb2.QuotaFailure(
                 violations=_within_budget(
@@ -170,6 +171,20 @@ def field_violations(error: grpc.aio.AioRpcError | grpc.RpcError) -> list[errors
     return found
 
 
+def quota_violations(error: grpc.aio.AioRpcError | grpc.RpcError) -> list[errors.QuotaViolation]:
+    """The QuotaFailure violations carried by a failed call, if any (the limits an API key reached)."""
+    status = rpc_status.from_call(error)
+    if status is None:
+        return []
+    found: list[errors.QuotaViolation] = []
+    for detail in status.details:
+        if detail.Is(error_details_pb2.QuotaFailure.DESCRIPTOR):
+            failure = error_details_pb2.QuotaFailure()
+            detail.Unpack(failure)
+            found.extend(errors.QuotaViolation(v.subject, v.description) for v in failure.violations)
+    return found
+
+
 def retry_delay_s(error: grpc.aio.AioRpcError | grpc.RpcError) -> float | None:
     """The RetryInfo delay carried by a failed call, if any."""
     status = rpc_status.from_call(error)
@@ -199,7 +214,7 @@ def from_rpc_error(error: grpc.aio.AioRpcError, rename: Callable[[str], str] | N
             violations = [errors.FieldViolation(rename(v.field), v.description) for v in violations]
         rebuilt = errors.InvalidArgument(violations)
     elif code == grpc.StatusCode.RESOURCE_EXHAUSTED:
-        rebuilt = errors.ResourceExhausted(message, retry_delay_s(error) or 1.0)
+        rebuilt = errors.ResourceExhausted(message, retry_delay_s(error), quota_violations=quota_violations(error))
     else:
         rebuilt = error_for_code(code, message)
     return _keep_reason(rebuilt, error_info(error))
@@ -243,6 +258,7 @@ __all__ = [
     "error_info_of",
     "field_violations",
     "from_rpc_error",
+    "quota_violations",
     "retry_delay_s",
     "status_code_of",
     "status_message",

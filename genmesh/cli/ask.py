@@ -12,10 +12,15 @@ from typing import TextIO
 from genmesh.channels import open_channel
 from genmesh.cli.ask_output import EventPrinter, JsonEventWriter
 from genmesh.cli.rpc_errors import describe_rpc_error
+from genmesh.client.requests import Sampling, Tool, gateway_request
 from genmesh.tls import ClientTLS
 from genmesh.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
 
-__all__ = ["AskOptions", "EventPrinter", "ask", "build_request", "describe_rpc_error", "parse_tool"]
+__all__ = ["AskOptions", "EventPrinter", "IncompleteAnswer", "ask", "build_request", "describe_rpc_error", "parse_tool"]
+
+
+class IncompleteAnswer(Exception):
+    """The gateway ended the answer's stream without its Completion (the message says so, for the user)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,23 +71,27 @@ def parse_tool(text: str) -> tuple[str, str]:
 
 
 def build_request(options: AskOptions) -> gateway_pb2.GatewayRequest:
-    """The GatewayRequest for ``options``; unset knobs stay unset so server defaults apply."""
-    request = gateway_pb2.GatewayRequest(
-        question=options.question, request_id=options.request_id, require_all_stages=options.require_all_stages
+    """The GatewayRequest for ``options``, built by genmesh.client; unset knobs stay unset so server defaults apply."""
+    sampling = Sampling(
+        max_tokens=options.max_tokens,
+        temperature=options.temperature,
+        top_p=options.top_p,
+        top_k=options.top_k,
+        repetition_penalty=options.repetition_penalty,
+        stop=options.stop,
+        seed=options.seed,
+        logprobs=options.logprobs,
     )
-    for i, (name, arguments) in enumerate(options.tools):
-        request.tool_calls.add(call_id=str(i), name=name, arguments_json=arguments)
-    request.retrieval.disabled = options.no_retrieval
-    request.retrieval.collection = options.collection
-    if options.retrieval_top_k is not None:
-        request.retrieval.top_k = options.retrieval_top_k
-    sampling = request.sampling
-    for knob in ("max_tokens", "temperature", "top_p", "top_k", "repetition_penalty", "seed", "logprobs"):
-        value = getattr(options, knob)
-        if value is not None:
-            setattr(sampling, knob, value)
-    sampling.stop.extend(options.stop)
-    return request
+    return gateway_request(
+        options.question,
+        collection=options.collection,
+        top_k=options.retrieval_top_k,
+        retrieval=not options.no_retrieval,
+        tool_calls=[Tool(name, arguments, call_id=str(i)) for i, (name, arguments) in enumerate(options.tools)],
+        sampling=sampling,
+        require_all_stages=options.require_all_stages,
+        request_id=options.request_id,
+    )
 
 
 async def ask(
@@ -94,8 +103,9 @@ async def ask(
     as_json: bool = False,
 ) -> common_pb2.Completion:
     """Stream an answer from the gateway at ``target`` (over TLS with ``tls``, sending ``api_key`` when the
-    gateway requires one), printing each event as it arrives: as text, or with ``as_json`` one JSON object per
-    event (JsonEventWriter). Raises grpc.aio.AioRpcError for a failed call."""
+        gateway requires one), printing each event as it arrives: as text, or with ``as_json`` one JSON object per
+        event (JsonEventWriter). Raises grpc.aio.AioRpcError for a failed call, IncompleteAnswer for a stream that
+    ended without a completion."""
     printer: EventPrinter | JsonEventWriter = JsonEventWriter(out) if as_json else EventPrinter(out)
     async with open_channel(target, tls=tls, api_key=api_key) as channel:
         stub = gateway_pb2_grpc.GatewayServiceStub(channel)
@@ -109,5 +119,5 @@ async def ask(
             printer.interrupted()
             raise
     if printer.completion is None:
-        raise RuntimeError("the gateway closed the stream without a completion")
+        raise IncompleteAnswer("error: the gateway closed the stream without a completion")
     return printer.completion

@@ -10,7 +10,7 @@ import sys
 import grpc
 
 from genmesh import mesh
-from genmesh.cli.ask import AskOptions, ask, parse_tool
+from genmesh.cli.ask import AskOptions, IncompleteAnswer, ask, parse_tool
 from genmesh.cli.ask_output import JsonEventWriter
 from genmesh.cli.client_flags import add_api_key_flag, add_client_tls_flags, client_tls
 from genmesh.cli.rpc_errors import describe_rpc_error, error_json
@@ -147,6 +147,8 @@ def run_ask(args: argparse.Namespace) -> int | str:
             JsonEventWriter(sys.stdout).write(error_json(error))
             return 1
         return describe_rpc_error(error, args.target)
+    except IncompleteAnswer as error:
+        return str(error)
     except KeyboardInterrupt:
         print("interrupted: the answer was cancelled", file=sys.stderr)
         return INTERRUPTED

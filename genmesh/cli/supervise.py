@@ -73,9 +73,15 @@ async def _keep(
         delay = backoff.next(delay, time.monotonic() - started)
         log = f" (log: {service.log_path})" if service.log_path is not None else ""
         _say(out, f"{name} exited with status {service.process.returncode}{log}; restarting it in {delay:g} s")
-        if await _stopped_within(stop, delay):
-            return
-        restarted = await _restart(service)
+        while True:
+            if await _stopped_within(stop, delay):
+                return
+            try:
+                restarted = await _restart(service)
+                break
+            except Exception as failed:  # e.g. OSError: its log cannot be opened; the other services go on
+                delay = backoff.next(delay, 0)
+                _say(out, f"{name} could not be restarted: {_first_line(failed)}; trying again in {delay:g} s")
         running.services[name] = restarted  # at once: Mesh.stop must find the new process
         started = time.monotonic()
         ready = asyncio.create_task(wait_ready(restarted, ready_timeout_s))
@@ -86,7 +92,7 @@ async def _keep(
         if stop.is_set():
             return
         if error is not None:
-            _say(out, f"{name} did not come back: {str(error).splitlines()[0]}")
+            _say(out, f"{name} did not come back: {_first_line(error)}")
             continue
         _say(out, f"{name} is back (pid {restarted.process.pid})")
 
@@ -103,6 +109,11 @@ async def _restart(service: ServiceProcess) -> ServiceProcess:
         service.tls,
         service.metrics_url,
     )
+
+
+def _first_line(error: BaseException) -> str:
+    """The first line of ``error``'s message, or its type's name when it has none."""
+    return (str(error).splitlines() or [type(error).__name__])[0]
 
 
 def _say(out: TextIO, line: str) -> None:

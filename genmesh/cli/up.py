@@ -10,22 +10,38 @@ import contextlib
 import os
 import signal
 import sys
+from collections.abc import Mapping
 from pathlib import Path
+from typing import TextIO
+
+import grpc
 
 from genmesh import mesh
-from genmesh.cli.ask import AskOptions, ask
+from genmesh.cli.ask import AskOptions, IncompleteAnswer, ask, describe_rpc_error
 from genmesh.cli.certs import CLIENT, ensure_certs
+from genmesh.cli.http_front import HTTP, start_http, stop_http
 from genmesh.cli.launcher import Mesh, start_mesh
 from genmesh.cli.ports import busy_ports
 from genmesh.cli.seed_progress import follow_seeding, log_size
 from genmesh.cli.serve_checks import MODEL_LAYOUT, model_problem
 from genmesh.cli.supervise import supervise
 from genmesh.tasks import cancel_and_wait
+from genmesh.tls import ClientTLS
 
 DEMO_QUESTION = "How does the with statement use a context manager?"
 DATA_DIR_ENV = "GENMESH_DATA_DIR"
-DEFAULT_DATA_DIR = ".genmesh"
 DEMO_TOOLS = (("calculator", '{"expression": "2 ** 10 + 1"}'), ("clock", '{"timezone": "UTC"}'))
+
+
+def default_data_dir(env: Mapping[str, str] = os.environ) -> Path:
+    """Where `up` keeps the mesh's state unless told: $GENMESH_DATA_DIR, else $XDG_DATA_HOME/genmesh, else
+    ~/.local/share/genmesh (the XDG default); the same from any working directory."""
+    if env.get(DATA_DIR_ENV):
+        return Path(env[DATA_DIR_ENV])
+    xdg = env.get("XDG_DATA_HOME", "")
+    if os.path.isabs(xdg):  # the XDG spec: a relative path is invalid and ignored
+        return Path(xdg) / "genmesh"
+    return Path.home() / ".local" / "share" / "genmesh"
 
 
 def _count(text: str) -> int:
@@ -56,6 +72,13 @@ def add_up_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser])
             default=spec.default_port,
             help=f"{spec.name} port{first}; checked free before anything starts (default: %(default)s)",
         )
+    up.add_argument(
+        "--http-port",
+        type=int,
+        default=HTTP.default_port,
+        help="port of the OpenAI-compatible HTTP front and web page (`genmesh serve http`); 0: none "
+        "(default: %(default)s)",
+    )
     for spec in (mesh.INFERENCE, mesh.TOOLS, mesh.RETRIEVAL):
         up.add_argument(
             f"--{spec.name}-replicas",
@@ -69,11 +92,11 @@ def add_up_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser])
         )
     up.add_argument(
         "--data-dir",
-        default=os.environ.get(DATA_DIR_ENV) or DEFAULT_DATA_DIR,
+        default=str(default_data_dir()),
         help="where the mesh keeps its state: the retrieval store (data/retrieval), the job queue "
         "(data/gateway/jobs.db), logs and certificates; give the same one from any directory to reuse the embedded "
         f"demo corpus (GENMESH_RETRIEVAL_DATA_DIR and GENMESH_GATEWAY_JOBS_DB still win) [env {DATA_DIR_ENV}; "
-        f"default: {DEFAULT_DATA_DIR}]",
+        "default: $XDG_DATA_HOME/genmesh, else ~/.local/share/genmesh; now %(default)s]",
     )
     up.add_argument("--log-dir", help="where service logs go ('-' for stderr; default: <data dir>/logs)")
     up.add_argument(
@@ -140,7 +163,7 @@ def run_up(args: argparse.Namespace) -> int | str:
     problem = None if args.model is None else model_problem(Path(args.model))
     if problem is not None:
         return f"error: --model {args.model}: {problem}; {MODEL_LAYOUT}"
-    problems = busy_ports(args.host, ports)
+    problems = busy_ports(args.host, {**ports, **({HTTP.name: args.http_port} if args.http_port else {})})
     if problems:
         return "\n".join(
             [
@@ -210,22 +233,17 @@ def service_flags(args: argparse.Namespace) -> dict[str, list[str]]:
 async def _up(args: argparse.Namespace, ports: dict[str, int]) -> int:
     log_dir = None if args.log_dir == "-" else Path(args.log_dir or Path(args.data_dir) / "logs")
     running = await _start(args, ports, log_dir)
+    http = None
     try:
         for name, service in running.services.items():
             metrics = f"  metrics {service.metrics_url}" if service.metrics_url else ""
             print(f"  {name:<12} {service.address:<22} pid {service.process.pid}{metrics}", flush=True)
         print(f"gateway ready at {running.address('gateway')}", flush=True)
-        if args.demo:
-            demo = AskOptions(
-                question=args.question or DEMO_QUESTION,
-                tools=DEMO_TOOLS,
-                max_tokens=args.max_tokens,
-                temperature=0.7,
-                top_p=0.9,
-                repetition_penalty=1.15,
-                seed=args.seed,
-            )
-            await ask(running.address("gateway"), demo, tls=running.client_tls())
+        if args.http_port:
+            http = await start_http(running, args.host, args.http_port, log_dir, args.ready_timeout)
+            print(f"OpenAI-compatible API and web page at http://{http.address}", flush=True)
+        if args.demo and not await ask_demo(running.address("gateway"), args, running.client_tls()):
+            return 1
         if args.exit:
             return 0
         print("mesh is up; Ctrl-C stops it", flush=True)
@@ -234,9 +252,34 @@ async def _up(args: argparse.Namespace, ports: dict[str, int]) -> int:
         # Stop the services even when our output is gone (a closed pipe must not orphan them).
         with contextlib.suppress(OSError):
             print("stopping the mesh ...", flush=True)
+        if http is not None:
+            await stop_http(http, args.grace)
         await running.stop(args.grace)
         with contextlib.suppress(OSError):
             print("stopped", flush=True)
+
+
+async def ask_demo(address: str, args: argparse.Namespace, tls: ClientTLS | None, err: TextIO = sys.stderr) -> bool:
+    """Ask the demo question (``--question``) at ``address``, printing the answer; a failure is told on ``err`` in
+    a few lines, as `genmesh ask` tells it. Whether it was answered."""
+    demo = AskOptions(
+        question=args.question or DEMO_QUESTION,
+        tools=DEMO_TOOLS,
+        max_tokens=args.max_tokens,
+        temperature=0.7,
+        top_p=0.9,
+        repetition_penalty=1.15,
+        seed=args.seed,
+    )
+    try:
+        await ask(address, demo, tls=tls)
+    except grpc.aio.AioRpcError as error:
+        print(describe_rpc_error(error, address), file=err)
+        return False
+    except IncompleteAnswer as error:
+        print(error, file=err)
+        return False
+    return True
 
 
 async def _until_stopped(running: Mesh, args: argparse.Namespace) -> int:

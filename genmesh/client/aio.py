@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any, TypeVar, Unpack
 
 import grpc
 
@@ -13,7 +13,7 @@ from genmesh.channels import open_channel
 from genmesh.client.errors import client_error
 from genmesh.client.events import Answer, Event, answer_of, event_of
 from genmesh.client.jobs import AsyncJobs
-from genmesh.client.requests import Message, Sampling, Tool, gateway_request
+from genmesh.client.requests import GenerateOptions, Message, Sampling, Tool, gateway_request
 from genmesh.client.retry import DEFAULT_RETRY, RetryPolicy, deadline_of, left_s
 from genmesh.tls import ClientTLS
 from genmesh.v1 import gateway_pb2_grpc, jobs_pb2_grpc
@@ -104,7 +104,9 @@ class AsyncClient:
                 call.cancel()
             await asyncio.sleep(delay)
 
-    async def answer(self, question: str = "", messages: Sequence[Message] = (), **options: Any) -> Answer:
+    async def answer(
+        self, question: str = "", messages: Sequence[Message] = (), **options: Unpack[GenerateOptions]
+    ) -> Answer:
         """The whole answer of ``generate`` (same arguments): text, sources, tool results, usage and timings."""
         return answer_of([event async for event in self.generate(question, messages, **options)])
 

@@ -7,7 +7,7 @@ import grpc
 
 from genmesh import errors
 from genmesh.errors import FieldViolation, GenmeshError
-from genmesh.status import from_rpc_error, retry_delay_s
+from genmesh.status import from_rpc_error
 
 
 class BadRequest(errors.InvalidArgument):
@@ -19,10 +19,9 @@ class BadRequest(errors.InvalidArgument):
 
 
 class RateLimited(errors.ResourceExhausted):
-    """RESOURCE_EXHAUSTED (a full queue, the gateway's stream limit, a key's rate limit or quota): ``retry_after``
-    is the server's RetryInfo delay in seconds, None when it sent none."""
-
-    retry_after: float | None = None
+    """RESOURCE_EXHAUSTED (a full queue, the gateway's stream limit, a key's rate limit or quota): ``retry_after_s``
+    is the server's RetryInfo delay in seconds, None when it sent none; ``quota_violations`` names each limit of
+    the API key that was reached (QuotaFailure)."""
 
 
 class Unauthenticated(errors.Unauthenticated):
@@ -62,9 +61,7 @@ def client_error(error: grpc.aio.AioRpcError) -> GenmeshError:
     if isinstance(base, errors.InvalidArgument):
         narrowed = BadRequest(base.violations)
     elif isinstance(base, errors.ResourceExhausted):
-        limited = RateLimited(base.message, base.retry_after_s, quota_violations=base.quota_violations)
-        limited.retry_after = retry_delay_s(error)
-        narrowed = limited
+        narrowed = RateLimited(base.message, base.retry_after_s, quota_violations=base.quota_violations)
     elif type(base) in _NARROWED:
         narrowed = _NARROWED[type(base)](base.message)
     else:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from genmesh.errors import GenmeshError
 from genmesh.status import error_from_status
@@ -13,7 +13,8 @@ from genmesh.v1 import common_pb2, gateway_pb2
 
 @dataclass(frozen=True, slots=True)
 class Passage:
-    """A passage retrieval found: its ids, text, score and 1-based rank."""
+    """A passage retrieval found: its ids, text, score and 1-based rank; ``start``/``end``: where its text lies in
+    the document's, in code points (``document_text[start:end]``)."""
 
     chunk_id: str
     document_id: str
@@ -22,6 +23,8 @@ class Passage:
     score: float
     rank: int
     metadata: dict[str, str] = field(default_factory=dict)
+    start: int = 0
+    end: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,11 +51,30 @@ class ToolResult:
 
 
 @dataclass(frozen=True, slots=True)
+class TopLogprob:
+    """One alternative to a generated token, with its log-probability."""
+
+    token_id: int
+    text: str
+    logprob: float
+
+
+@dataclass(frozen=True, slots=True)
+class TokenLogprob:
+    """A generated token's log-probability and, when asked for (``Sampling(logprobs=n)``), its top alternatives."""
+
+    token_id: int
+    logprob: float
+    top: list[TopLogprob] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
 class Delta:
-    """The next piece of the answer's text, with its token ids."""
+    """The next piece of the answer's text, with its token ids (and their log-probabilities when asked for)."""
 
     text: str
     token_ids: list[int]
+    logprobs: list[TokenLogprob] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,8 +92,17 @@ class Usage:
 
 
 @dataclass(frozen=True, slots=True)
+class StageSpan:
+    """When one stage (``retrieval``, ``tool:<call_id>``, ``inference``) ran, in ms from the request's start."""
+
+    stage: str
+    start_ms: float
+    end_ms: float
+
+
+@dataclass(frozen=True, slots=True)
 class Timings:
-    """Per-stage durations in milliseconds, as the gateway measured them."""
+    """Per-stage durations in milliseconds, as the gateway measured them; ``stages``: when each stage ran."""
 
     retrieval_ms: float
     tools_ms: float
@@ -79,6 +110,7 @@ class Timings:
     queue_ms: float
     time_to_first_token_ms: float
     total_ms: float
+    stages: list[StageSpan] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,8 +142,24 @@ class Answer:
 
 def passage(proto: common_pb2.Passage) -> Passage:
     return Passage(
-        proto.chunk_id, proto.document_id, proto.title, proto.text, proto.score, proto.rank, dict(proto.metadata)
+        proto.chunk_id,
+        proto.document_id,
+        proto.title,
+        proto.text,
+        proto.score,
+        proto.rank,
+        dict(proto.metadata),
+        proto.start,
+        proto.end,
     )
+
+
+def delta(proto: common_pb2.TokenDelta) -> Delta:
+    logprobs = [
+        TokenLogprob(p.token_id, p.logprob, [TopLogprob(t.token_id, t.text, t.logprob) for t in p.top])
+        for p in proto.logprobs
+    ]
+    return Delta(proto.text, list(proto.token_ids), logprobs)
 
 
 def tool_result(proto: common_pb2.ToolResult) -> ToolResult:
@@ -126,10 +174,26 @@ def degraded(proto: common_pb2.Degraded) -> Degraded:
     return Degraded(proto.stage, error_from_status(proto.status, proto.status.message))
 
 
+class _Enum(Protocol):
+    def Name(self, number: Any) -> str: ...  # a protobuf enum's
+
+
+def enum_name(enum: _Enum, value: int, prefix: str) -> str:
+    """The lower-case name of ``value`` without ``prefix`` ("stop" for FINISH_REASON_STOP); ``unknown_<n>`` for a
+    value this client does not know (a newer server's)."""
+    try:
+        return enum.Name(value).removeprefix(prefix).lower()
+    except ValueError:
+        return f"unknown_{value}"
+
+
 def complete(proto: common_pb2.Completion) -> Complete:
-    reason = common_pb2.FinishReason.Name(proto.finish_reason).removeprefix("FINISH_REASON_").lower()
+    reason = enum_name(common_pb2.FinishReason, proto.finish_reason, "FINISH_REASON_")
     t = proto.timings
-    timings = Timings(t.retrieval_ms, t.tools_ms, t.pre_inference_ms, t.queue_ms, t.time_to_first_token_ms, t.total_ms)
+    stages = [StageSpan(s.stage, s.start_ms, s.end_ms) for s in t.stages]
+    timings = Timings(
+        t.retrieval_ms, t.tools_ms, t.pre_inference_ms, t.queue_ms, t.time_to_first_token_ms, t.total_ms, stages
+    )
     usage = Usage(proto.usage.prompt_tokens, proto.usage.completion_tokens)
     return Complete(reason, usage, timings, [degraded(d) for d in proto.degraded])
 
@@ -142,7 +206,7 @@ def event_of(proto: gateway_pb2.GatewayEvent) -> Event | None:
     if kind == "tool_result":
         return tool_result(proto.tool_result)
     if kind == "delta":
-        return Delta(proto.delta.text, list(proto.delta.token_ids))
+        return delta(proto.delta)
     if kind == "degraded":
         return degraded(proto.degraded)
     if kind == "complete":

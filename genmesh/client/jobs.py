@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, Unpack
 
 import grpc
 
 from genmesh.client.errors import client_error
-from genmesh.client.events import Answer, Event, complete, event_of, passage, tool_result
-from genmesh.client.requests import Message, gateway_request
+from genmesh.client.events import Answer, Event, complete, enum_name, event_of, passage, tool_result
+from genmesh.client.requests import Message, RequestOptions, gateway_request
 from genmesh.client.retry import deadline_of, left_s
 from genmesh.errors import GenmeshError
 from genmesh.status import error_from_status
@@ -66,7 +66,7 @@ class JobPage:
 
 
 def job_of(proto: jobs_pb2.Job) -> Job:
-    state = jobs_pb2.JobState.Name(proto.state).removeprefix("JOB_STATE_").lower()
+    state = enum_name(jobs_pb2.JobState, proto.state, "JOB_STATE_")
     answer = None
     if proto.HasField("result") and proto.result.HasField("completion"):
         result = proto.result
@@ -95,7 +95,7 @@ class AsyncJobs:
         idempotency_key: str = "",
         priority: int = 0,
         timeout_s: float | None = None,
-        **options: Any,
+        **options: Unpack[RequestOptions],
     ) -> Job:
         """Queue a generation (``options`` as AsyncClient.generate's); it is committed when this returns. Retried
         on UNAVAILABLE only with an ``idempotency_key`` (which makes a repeat return the same job)."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, Required, TypedDict
 
 from genmesh.v1 import common_pb2, gateway_pb2
 
@@ -38,7 +38,8 @@ class Tool:
 
 @dataclass(frozen=True, slots=True)
 class Sampling:
-    """Sampling parameters; None leaves a parameter to the server's documented default."""
+    """Sampling parameters; None leaves a parameter to the server's documented default. ``logprobs``: each token's
+    log-probability with this many top alternatives (0..20; SamplingParams.logprobs), in Delta.logprobs."""
 
     max_tokens: int | None = None
     temperature: float | None = None
@@ -47,28 +48,149 @@ class Sampling:
     repetition_penalty: float | None = None
     stop: Sequence[str] = ()
     seed: int | None = None
+    logprobs: int | None = None
 
     def proto(self) -> common_pb2.SamplingParams:
         params = common_pb2.SamplingParams(stop=list(self.stop))
-        for name in ("max_tokens", "temperature", "top_p", "top_k", "repetition_penalty", "seed"):
+        for name in ("max_tokens", "temperature", "top_p", "top_k", "repetition_penalty", "seed", "logprobs"):
             value = getattr(self, name)
             if value is not None:
                 setattr(params, name, value)
         return params
 
 
-Message = Mapping[str, str] | common_pb2.ChatMessage
-"""An OpenAI-style ``{"role": "user", "content": "..."}`` or a ChatMessage."""
+class TextPart(TypedDict):
+    """A text part of a message's content, OpenAI's ``{"type": "text", "text": "..."}``."""
+
+    type: Literal["text"]
+    text: str
 
 
-def chat_message(message: Message) -> common_pb2.ChatMessage:
+class FunctionCall(TypedDict):
+    """The function an assistant called: its name and arguments (a JSON object, as text or as a mapping)."""
+
+    name: str
+    arguments: str | Mapping[str, Any]
+
+
+class ToolCallDict(TypedDict):
+    """A tool call an assistant made: ``{"id", "type": "function", "function": {"name", "arguments"}}``."""
+
+    id: str
+    type: Literal["function"]
+    function: FunctionCall
+
+
+class MessageDict(TypedDict, total=False):
+    """An OpenAI-style chat message. ``content``: text, a list of text parts, or None (an assistant that only
+    called tools); ``tool_calls`` on an assistant's, ``tool_call_id`` on a tool's, ``name`` optional."""
+
+    role: Required[Literal["system", "developer", "user", "assistant", "tool"]]
+    content: str | Sequence[TextPart] | None
+    name: str
+    tool_calls: Sequence[ToolCallDict]
+    tool_call_id: str
+
+
+Message = MessageDict | common_pb2.ChatMessage
+"""An OpenAI-style message (MessageDict) or a ChatMessage."""
+
+_KEYS = frozenset(MessageDict.__annotations__)
+
+
+class FieldError(ValueError):
+    """A message this client cannot send: ``path``, the bad key (``messages[1].tool_calls[0].function``), and
+    what is wrong with it (the HTTP front answers it as a 400 naming ``path``)."""
+
+    def __init__(self, path: str, message: str) -> None:
+        super().__init__(f"{path}: {message}")
+        self.path, self.message = path, message
+
+
+def chat_message(message: Message, where: str = "message") -> common_pb2.ChatMessage:
+    """The ChatMessage of ``message``; FieldError naming the bad key for a shape this client cannot send. The
+    gateway checks the rest (ids, lengths) and names the field."""
     if isinstance(message, common_pb2.ChatMessage):
         return message
-    role = ROLES.get(message.get("role", ""), common_pb2.ROLE_UNSPECIFIED)  # the gateway names a bad role
-    part = common_pb2.ContentPart(text=message.get("content", ""))
+    if not isinstance(message, Mapping):
+        raise FieldError(where, "must be a dict with a role and content, or a ChatMessage")
+    for key in message:
+        if key not in _KEYS:
+            raise FieldError(f"{where}.{key}", f"not a key of a chat message (known: {', '.join(sorted(_KEYS))})")
+    role = message.get("role")
+    if not isinstance(role, str) or role not in ROLES:
+        raise FieldError(f"{where}.role", f"must be one of {', '.join(ROLES)}, got {role!r}")
     return common_pb2.ChatMessage(
-        role=role, content=[part], name=message.get("name", ""), tool_call_id=message.get("tool_call_id", "")
+        role=ROLES[role],
+        content=_content(message.get("content"), f"{where}.content"),
+        name=_text(message, "name", where),
+        tool_calls=[_tool_call(c, f"{where}.tool_calls[{i}]") for i, c in enumerate(_calls(message, where))],
+        tool_call_id=_text(message, "tool_call_id", where),
     )
+
+
+def _calls(message: Mapping[str, Any], where: str) -> Sequence[object]:
+    calls = message.get("tool_calls") or ()
+    if isinstance(calls, (str, bytes)) or not isinstance(calls, Sequence):
+        raise FieldError(f"{where}.tool_calls", "must be a list of tool calls")
+    return calls
+
+
+def _text(item: Mapping[str, Any], key: str, where: str) -> str:
+    value = item.get(key, "")
+    if not isinstance(value, str):
+        raise FieldError(f"{where}.{key}", f"must be a string, got {type(value).__name__}")
+    return value
+
+
+def _content(content: object, where: str) -> list[common_pb2.ContentPart]:
+    if content is None:
+        return []
+    if isinstance(content, str):
+        return [common_pb2.ContentPart(text=content)]
+    if not isinstance(content, Sequence):
+        raise FieldError(where, f"must be a string, a list of text parts or None, got {type(content).__name__}")
+    parts = []
+    for j, part in enumerate(content):
+        if not isinstance(part, Mapping) or part.get("type") != "text":
+            raise FieldError(f"{where}[{j}]", 'must be a text part {"type": "text", "text": "..."}')
+        parts.append(common_pb2.ContentPart(text=_text(part, "text", f"{where}[{j}]")))
+    return parts
+
+
+def _tool_call(call: object, where: str) -> common_pb2.ToolCall:
+    if not isinstance(call, Mapping) or call.get("type", "function") != "function":
+        raise FieldError(where, 'must be {"id", "type": "function", "function": {"name", "arguments"}}')
+    function = call.get("function")
+    if not isinstance(function, Mapping):
+        raise FieldError(f"{where}.function", 'must be {"name", "arguments"}')
+    arguments = function.get("arguments", "{}")
+    if isinstance(arguments, Mapping):
+        arguments = json.dumps(arguments)
+    if not isinstance(arguments, str):
+        raise FieldError(f"{where}.function.arguments", "must be a JSON object, as text or a dict")
+    return common_pb2.ToolCall(
+        call_id=_text(call, "id", where), name=_text(function, "name", f"{where}.function"), arguments_json=arguments
+    )
+
+
+class RequestOptions(TypedDict, total=False):
+    """The keyword arguments of a generation request (gateway_request's; AsyncClient.generate says what each does)."""
+
+    collection: str
+    top_k: int | None
+    retrieval: bool
+    retrieval_timeout_ms: int | None
+    tool_calls: Sequence[Tool]
+    sampling: Sampling | None
+    require_all_stages: bool
+    request_id: str
+
+
+class GenerateOptions(RequestOptions, total=False):
+    """RequestOptions and the call's deadline in seconds (None: the client's ``timeout_s``)."""
+
+    timeout_s: float | None
 
 
 def gateway_request(
@@ -93,7 +215,7 @@ def gateway_request(
     return gateway_pb2.GatewayRequest(
         request_id=request_id,
         question=question,
-        messages=[chat_message(m) for m in messages],
+        messages=[chat_message(m, f"messages[{i}]") for i, m in enumerate(messages)],
         tool_calls=[t.proto() for t in tool_calls],
         retrieval=options,
         sampling=(sampling or Sampling()).proto(),

@@ -1,4 +1,5 @@
-"""When the client calls again: RESOURCE_EXHAUSTED and UNAVAILABLE, after the server's RetryInfo delay (else
+"""When the client calls again: UNAVAILABLE, and RESOURCE_EXHAUSTED from a genmesh server (RetryInfo or genmesh's
+ErrorInfo: not gRPC's own, such as a message over the size limit), after the server's RetryInfo delay (else
 exponential backoff), within the call's deadline. Generate is retried only before its first event."""
 
 from __future__ import annotations
@@ -8,7 +9,7 @@ from dataclasses import dataclass
 
 import grpc
 
-from genmesh.status import retry_delay_s
+from genmesh.status import ERROR_DOMAIN, error_info, retry_delay_s
 
 RETRYABLE = frozenset({grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE})
 
@@ -33,10 +34,18 @@ class RetryPolicy:
         if attempt >= self.attempts:
             return None
         told = retry_delay_s(error)
+        if code == grpc.StatusCode.RESOURCE_EXHAUSTED and told is None and not _from_genmesh(error):
+            return None  # gRPC's own (a message over the size limit): the same call fails the same way
         delay = told if told is not None else self.backoff_s * 2 ** (attempt - 1)
         if delay > self.max_delay_s or (deadline is not None and time.monotonic() + delay >= deadline):
             return None
         return delay
+
+
+def _from_genmesh(error: grpc.aio.AioRpcError) -> bool:
+    """Whether a genmesh server refused the call (its status carries genmesh's ErrorInfo)."""
+    info = error_info(error)
+    return info is not None and info.domain == ERROR_DOMAIN
 
 
 DEFAULT_RETRY = RetryPolicy()

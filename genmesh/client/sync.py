@@ -8,16 +8,31 @@ implementation of requests, events, retries and errors is AsyncClient's, and the
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import threading
+import weakref
 from collections.abc import AsyncIterator, Coroutine, Iterator, Sequence
-from typing import Any, TypeVar
+from typing import Any, TypeVar, Unpack
 
 from genmesh.client.aio import AsyncClient
 from genmesh.client.events import Answer, Event
 from genmesh.client.jobs import Job, JobPage, JobUpdate
-from genmesh.client.requests import Message
+from genmesh.client.requests import GenerateOptions, Message, RequestOptions
+from genmesh.client.retry import DEFAULT_RETRY, RetryPolicy
+from genmesh.tls import ClientTLS
 
 T = TypeVar("T")
+
+
+def _settle(task: asyncio.Task[T], outcome: concurrent.futures.Future[T]) -> None:
+    """Copy the finished ``task``'s result, exception or cancellation to ``outcome``."""
+    if task.cancelled():
+        outcome.cancel()
+        outcome.set_running_or_notify_cancel()  # else concurrent.futures.wait never sees it done
+    elif (error := task.exception()) is not None:
+        outcome.set_exception(error)
+    else:
+        outcome.set_result(task.result())
 
 
 class _Loop:
@@ -29,7 +44,23 @@ class _Loop:
         self.thread.start()
 
     def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
-        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result()
+        """The result of ``coroutine`` on the loop; interrupted (Ctrl-C), the coroutine is cancelled, and has
+        finished, before the interruption is raised."""
+        outcome: concurrent.futures.Future[T] = concurrent.futures.Future()
+        started: list[asyncio.Task[T]] = []
+
+        def start() -> None:
+            task = self.loop.create_task(coroutine)
+            task.add_done_callback(lambda _: _settle(task, outcome))
+            started.append(task)
+
+        self.loop.call_soon_threadsafe(start)
+        try:
+            return outcome.result()
+        except BaseException:  # the callbacks run in order: the task exists when the cancel runs
+            self.loop.call_soon_threadsafe(lambda: started[0].cancel())
+            concurrent.futures.wait([outcome])
+            raise
 
     def iterate(self, events: AsyncIterator[T]) -> Iterator[T]:
         """The items of ``events``, each awaited on the loop; leaving early closes ``events`` (cancels the call)."""
@@ -52,20 +83,45 @@ class _Loop:
                 self.run(close())
 
     def stop(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join()
-        self.loop.close()
+        """Finish the loop's async generators, stop the loop and its thread, and close it; again: nothing."""
+        if self.loop.is_closed():
+            return
+        try:
+            if self.loop.is_running():
+                asyncio.run_coroutine_threadsafe(self.loop.shutdown_asyncgens(), self.loop).result()
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join()
+            self.loop.close()
+
+
+def _shut(loop: _Loop, client: AsyncClient) -> None:
+    """Close ``client``'s channel, then stop ``loop`` even when closing failed."""
+    if loop.loop.is_closed():
+        return
+    try:
+        loop.run(client.close())
+    finally:
+        loop.stop()
 
 
 class Client:
     """The blocking client: the same arguments and results as AsyncClient (see there), as a ``with`` block or
     closed with ``close``."""
 
-    def __init__(self, target: str, **options: Any) -> None:
+    def __init__(
+        self,
+        target: str,
+        *,
+        tls: ClientTLS | None = None,
+        api_key: str = "",
+        timeout_s: float | None = 60.0,
+        retry: RetryPolicy = DEFAULT_RETRY,
+    ) -> None:
         self._loop = _Loop()
 
         async def make() -> AsyncClient:  # the channel belongs to the loop it is made on
-            return AsyncClient(target, **options)
+            return AsyncClient(target, tls=tls, api_key=api_key, timeout_s=timeout_s, retry=retry)
 
         try:
             self._client = self._loop.run(make())
@@ -73,6 +129,8 @@ class Client:
             self._loop.stop()
             raise
         self.jobs = Jobs(self._client, self._loop)
+        # a Client never closed frees its channel, loop and thread when it is collected (or at exit)
+        self._finalizer = weakref.finalize(self, _shut, self._loop, self._client)
 
     def __enter__(self) -> Client:
         return self
@@ -82,15 +140,16 @@ class Client:
 
     def close(self) -> None:
         """Close the channel and stop the loop's thread; closing again does nothing."""
-        if self._loop.loop.is_closed():
-            return
-        self._loop.run(self._client.close())
-        self._loop.stop()
+        self._finalizer()
 
-    def generate(self, question: str = "", messages: Sequence[Message] = (), **options: Any) -> Iterator[Event]:
+    def generate(
+        self, question: str = "", messages: Sequence[Message] = (), **options: Unpack[GenerateOptions]
+    ) -> Iterator[Event]:
         return self._loop.iterate(self._client.generate(question, messages, **options))
 
-    def answer(self, question: str = "", messages: Sequence[Message] = (), **options: Any) -> Answer:
+    def answer(
+        self, question: str = "", messages: Sequence[Message] = (), **options: Unpack[GenerateOptions]
+    ) -> Answer:
         return self._loop.run(self._client.answer(question, messages, **options))
 
 
@@ -101,17 +160,38 @@ class Jobs:
         self._jobs = client.jobs
         self._loop = loop
 
-    def submit(self, question: str = "", messages: Sequence[Message] = (), **options: Any) -> Job:
-        return self._loop.run(self._jobs.submit(question, messages, **options))
+    def submit(
+        self,
+        question: str = "",
+        messages: Sequence[Message] = (),
+        *,
+        idempotency_key: str = "",
+        priority: int = 0,
+        timeout_s: float | None = None,
+        **options: Unpack[RequestOptions],
+    ) -> Job:
+        job = self._jobs.submit(
+            question, messages, idempotency_key=idempotency_key, priority=priority, timeout_s=timeout_s, **options
+        )
+        return self._loop.run(job)
 
-    def get(self, job_id: str, **options: Any) -> Job:
-        return self._loop.run(self._jobs.get(job_id, **options))
+    def get(self, job_id: str, *, timeout_s: float | None = None) -> Job:
+        return self._loop.run(self._jobs.get(job_id, timeout_s=timeout_s))
 
-    def cancel(self, job_id: str, **options: Any) -> Job:
-        return self._loop.run(self._jobs.cancel(job_id, **options))
+    def cancel(self, job_id: str, *, timeout_s: float | None = None) -> Job:
+        return self._loop.run(self._jobs.cancel(job_id, timeout_s=timeout_s))
 
-    def list(self, **options: Any) -> JobPage:
-        return self._loop.run(self._jobs.list(**options))
+    def list(
+        self,
+        *,
+        state: str = "",
+        page_size: int = 0,
+        page_token: str = "",
+        full: bool = False,
+        timeout_s: float | None = None,
+    ) -> JobPage:
+        page = self._jobs.list(state=state, page_size=page_size, page_token=page_token, full=full, timeout_s=timeout_s)
+        return self._loop.run(page)
 
-    def watch(self, job_id: str, **options: Any) -> Iterator[JobUpdate]:
-        return self._loop.iterate(self._jobs.watch(job_id, **options))
+    def watch(self, job_id: str, *, after_sequence: int = 0, timeout_s: float | None = None) -> Iterator[JobUpdate]:
+        return self._loop.iterate(self._jobs.watch(job_id, after_sequence=after_sequence, timeout_s=timeout_s))

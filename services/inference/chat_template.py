@@ -5,8 +5,9 @@ The template runs in Jinja2's ImmutableSandboxedEnvironment with ``trim_blocks``
 gives it: ``raise_exception(message)``, ``strftime_now(format)``, a ``tojson`` filter that does not escape
 HTML (``ensure_ascii``, ``indent``, ``separators``, ``sort_keys``), ``dict`` and a ``namespace`` that refuses
 underscore names. It sees ``messages`` (dicts of genmesh.messages.template_messages), ``tools`` (None for
-now), ``documents`` (None), ``add_generation_prompt`` and the model's ``bos_token``/``eos_token`` (left
-undefined when the model has none). A template error, including its own ``raise_exception``, is
+now), ``documents`` (None), ``add_generation_prompt`` and the model's special tokens (``bos_token``,
+``eos_token``, ``pad_token``, ``unk_token``, ... as Hugging Face passes its ``special_tokens_map``; each left undefined
+when the model has none). A template error, including its own ``raise_exception``, is
 INVALID_ARGUMENT naming ``messages``.
 
 A model without a template gets DEFAULT_CHAT_TEMPLATE: the plain format genmesh has always prompted with
@@ -18,7 +19,7 @@ The rendered text already holds the special tokens, so it is encoded without add
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -125,16 +126,38 @@ def _environment() -> ImmutableSandboxedEnvironment:
 class ChatTemplate:
     """One model's chat template, compiled once; ``render`` turns a conversation into prompt text."""
 
-    def __init__(self, source: str | None, bos_token: str | None = None, eos_token: str | None = None) -> None:
+    def __init__(
+        self,
+        source: str | None,
+        bos_token: str | None = None,
+        eos_token: str | None = None,
+        special_tokens: Mapping[str, str] | None = None,
+    ) -> None:
         """``source``: the template (None: DEFAULT_CHAT_TEMPLATE). Raises ValueError, once, for a template that does
-        not compile (the inference service then refuses requests with messages and still serves prompts)."""
+        not compile (the inference service then fails to start, naming the file)."""
         self.source = DEFAULT_CHAT_TEMPLATE if source is None else source
         self.is_default = source is None
-        self._special = {k: v for k, v in (("bos_token", bos_token), ("eos_token", eos_token)) if v is not None}
+        given = {"bos_token": bos_token, "eos_token": eos_token}
+        self._special = {**(special_tokens or {}), **{k: v for k, v in given.items() if v is not None}}
         try:
             self._template = _environment().from_string(self.source)
         except jinja2.exceptions.TemplateSyntaxError as error:
             raise ValueError(f"the chat template does not compile: line {error.lineno}: {error.message}") from error
+        self.folds_system = not self._renders(_SYSTEM_TRIAL) and self._renders(_SYSTEM_TRIAL[1:])
+        """The template refuses a system turn (Gemma's; old Mistral's strict alternation): system text is then
+        put at the head of the first user message (fold_system)."""
+
+    def _renders(self, messages: list[dict[str, Any]]) -> bool:
+        try:
+            self._render(messages, True, None)
+        except Exception:  # a template is a program: any failure is a refusal
+            return False
+        return True
+
+    def _render(self, messages: list[dict[str, Any]], add_generation_prompt: bool, tools: Any) -> str:
+        return self._template.render(
+            messages=messages, tools=tools, documents=None, add_generation_prompt=add_generation_prompt, **self._special
+        )
 
     def render(
         self,
@@ -145,12 +168,8 @@ class ChatTemplate:
         """The prompt text of ``messages``; raises InvalidArgument naming ``messages`` when the template refuses
         the conversation or fails on it."""
         try:
-            return self._template.render(
-                messages=list(messages),
-                tools=tools,
-                documents=None,
-                add_generation_prompt=add_generation_prompt,
-                **self._special,
+            return self._render(
+                fold_system(messages) if self.folds_system else list(messages), add_generation_prompt, tools
             )
         except Exception as error:  # a template is a program: any failure is its verdict on these messages
             detail = str(error) or type(error).__name__
@@ -159,6 +178,28 @@ class ChatTemplate:
             raise InvalidArgument.field(
                 "messages", f"the model's chat template cannot render them: {detail}"
             ) from error
+
+
+_SYSTEM_TRIAL = [{"role": "system", "content": "s"}, {"role": "user", "content": "u"}]
+
+
+def fold_system(messages: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``messages`` without system turns: their text, each followed by a blank line, heads the first user message
+    (a user message of its own when there is none)."""
+    system = [m["content"] for m in messages if m["role"] == "system"]
+    rest = [dict(m) for m in messages if m["role"] != "system"]
+    if not system:
+        return rest
+    prefix = "".join(f"{text}\n\n" for text in system)
+    first_user = next((m for m in rest if m["role"] == "user"), None)
+    if first_user is None:
+        return [{"role": "user", "content": prefix.rstrip("\n")}, *rest]
+    first_user["content"] = prefix + first_user["content"]
+    return rest
+
+
+SPECIAL_TOKEN_NAMES = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
+"""The special tokens a tokenizer names (transformers' SPECIAL_TOKENS_ATTRIBUTES); a template sees each it has."""
 
 
 def special_token(value: Any) -> str | None:

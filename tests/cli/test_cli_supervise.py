@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import io
+import shutil
 import signal
 from pathlib import Path
 
 from genmesh import mesh
 from genmesh.cli.launcher import Mesh, free_ports, start_service, wait_ready
-from genmesh.cli.supervise import Backoff, supervise
+from genmesh.cli.supervise import Backoff, _first_line, supervise
 from genmesh.health import wait_until_serving
 
 
@@ -21,6 +22,10 @@ def test_the_backoff_doubles_to_its_cap_and_resets_after_a_healthy_run() -> None
         delays.append(backoff.next(delays[-1], 5))
     assert delays == [1, 2, 4, 8, 8, 8]
     assert backoff.next(8, 61) == 1
+
+
+def test_an_error_without_a_message_is_named_by_its_type() -> None:
+    assert _first_line(OSError()) == "OSError" and _first_line(TimeoutError("late\nmore")) == "late"
 
 
 async def wait_for_text(out: io.StringIO, text: str, timeout_s: float = 60) -> None:
@@ -74,3 +79,32 @@ async def test_stop_during_the_backoff_restarts_nothing(tmp_path: Path) -> None:
     stop.set()
     await asyncio.wait_for(watch, 5)
     assert running.services["tools"] is tools
+
+
+async def test_a_restart_that_fails_is_told_and_tried_again_after_a_backoff(tmp_path: Path) -> None:
+    (port,) = free_ports(1)
+    address, logs = f"127.0.0.1:{port}", tmp_path / "logs"
+    args = ["serve", "tools", "--port", str(port), "--retrieval-target", "127.0.0.1:1", "--drain-delay", "0"]
+    tools = await start_service(mesh.TOOLS, args, address, logs)
+    running = Mesh({"tools": tools})
+    stop = asyncio.Event()
+    out = io.StringIO()
+    watch: asyncio.Task[None] | None = None
+    try:
+        await wait_ready(tools, 60)
+        watch = asyncio.create_task(supervise(running, stop, Backoff(0.2, 0.4), ready_timeout_s=60, out=out))
+        shutil.rmtree(logs)
+        logs.write_text("a file where the log folder was: the restart cannot open its log\n")
+        tools.process.send_signal(signal.SIGKILL)
+        await wait_for_text(out, "trying again in 0.4 s")
+        assert not watch.done()  # the keeper goes on
+        logs.unlink()
+        await wait_for_text(out, "tools is back")
+        lines = out.getvalue().splitlines()
+        assert lines[1].startswith("tools could not be restarted: [Errno 17] File exists: "), lines
+        await wait_until_serving(address, timeout_s=10)
+    finally:
+        stop.set()
+        if watch is not None:
+            await asyncio.gather(watch, return_exceptions=True)
+        await running.stop(grace_s=2)

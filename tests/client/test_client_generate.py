@@ -20,6 +20,7 @@ from genmesh.client import (
     DeadlineExceeded,
     Delta,
     RateLimited,
+    RetryPolicy,
     Sampling,
     Sources,
     Tool,
@@ -27,6 +28,7 @@ from genmesh.client import (
     Unavailable,
 )
 from genmesh.errors import Reason, ResourceExhausted
+from genmesh.server import MAX_MESSAGE_BYTES
 
 QUESTION = "What does yield do?"
 
@@ -52,6 +54,7 @@ async def test_events_are_typed_and_in_order_and_answer_adds_them_up(tmp_path: P
     assert answer.text == "Generators yield values." and answer.finish_reason == "stop"
     assert [p.document_id for p in answer.sources] == ["yield"] and answer.sources[0].rank == 1
     assert answer.usage.completion_tokens == 3 and answer.timings.total_ms > 0
+    assert {s.stage for s in answer.timings.stages} >= {"retrieval", "inference"}
     assert answer.tool_results == [] and answer.degraded == []
 
 
@@ -70,7 +73,7 @@ async def test_bad_input_is_a_bad_request_naming_each_field(tmp_path: Path) -> N
 
 
 async def test_a_full_queue_is_retried_after_its_retry_info_delay_then_answers(tmp_path: Path) -> None:
-    async with served_gateway(tmp_path, metrics=False) as served:
+    async with served_gateway(tmp_path) as served:
         inference = served.replicas.replicas[0].servicer
         inference.fault = queue_full(0.5, times=1)
         async with AsyncClient(served.address) as client:
@@ -78,9 +81,18 @@ async def test_a_full_queue_is_retried_after_its_retry_info_delay_then_answers(t
             answer = await client.answer(QUESTION, retrieval=False)
             took = time.monotonic() - started
         first, second = inference.requests
+        samples = await served.scrape()
     assert answer.text == "Generators yield values."
     assert took >= 0.5  # the server's delay, not the client's 0.2 s backoff
-    assert first.request_id == second.request_id  # one request, attempted twice
+    # one request, attempted twice: the same id (each inference attempt adds a suffix of its own)
+    assert first.request_id.rsplit(".", 1)[0] == second.request_id.rsplit(".", 1)[0]
+    generate = {"grpc_service": "genmesh.v1.GatewayService", "grpc_method": "Generate"}
+    started_calls = [
+        count
+        for (name, labels), count in samples.items()
+        if name == "genmesh_rpc_started_total" and generate.items() <= dict(labels).items()
+    ]
+    assert sum(started_calls) == 2  # the client called the gateway twice (the gateway did not retry on its own)
 
 
 async def test_a_refusal_past_the_attempts_is_rate_limited_with_its_retry_after(tmp_path: Path) -> None:
@@ -90,7 +102,18 @@ async def test_a_refusal_past_the_attempts_is_rate_limited_with_its_retry_after(
             with pytest.raises(RateLimited) as raised:
                 await client.answer(QUESTION, retrieval=False)
         assert served.replicas.generate_counts() == [1]
-    assert raised.value.retry_after == 0.25 and raised.value.reason == Reason.INFERENCE_QUEUE_FULL
+    assert raised.value.retry_after_s == 0.25 and raised.value.reason == Reason.INFERENCE_QUEUE_FULL
+
+
+async def test_grpcs_own_resource_exhausted_is_not_retried(tmp_path: Path) -> None:
+    retry = RetryPolicy(attempts=3, backoff_s=1.0)
+    async with served_gateway(tmp_path, metrics=False) as served, AsyncClient(served.address, retry=retry) as client:
+        started = time.monotonic()
+        with pytest.raises(RateLimited) as raised:  # over the 16 MiB message limit: refused by gRPC itself
+            await client.answer("x" * (MAX_MESSAGE_BYTES + 1), retrieval=False)
+        took = time.monotonic() - started
+    assert "larger than max" in raised.value.message and raised.value.retry_after_s is None
+    assert took < 1.0  # no backoff: the same message would be refused the same way
 
 
 async def test_no_retry_once_a_token_was_received(tmp_path: Path) -> None:

@@ -44,4 +44,6 @@ async def test_keys_reach_the_gateway_and_refusals_are_typed(tmp_path: Path) -> 
                 await limited.answer(QUESTION, retrieval=False)
     assert missing.value.reason == Reason.API_KEY_MISSING and invalid.value.reason == Reason.API_KEY_INVALID
     assert answer.text == "Generators yield values."
-    assert refused.value.reason == Reason.RATE_LIMITED and (refused.value.retry_after or 0) > 0
+    assert refused.value.reason == Reason.RATE_LIMITED and (refused.value.retry_after_s or 0) > 0
+    (quota,) = refused.value.quota_violations
+    assert quota.subject == refused.value.metadata["key"] and quota.description == "requests_per_minute: 1"

@@ -4,28 +4,19 @@ of the session mesh's real model; refusals carry RetryInfo, QuotaFailure and Err
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
 import pytest
 import pytest_asyncio
-from support.api_keys import bearer, error_info, quota_violations
+from support.api_keys import bearer, create_key, error_info, quota_violations
 from support.jobs_gateway import start_jobs_gateway, stop
 
 from genmesh.channels import open_channel
 from genmesh.cli.launcher import Mesh, ServiceProcess
 from genmesh.status import retry_delay_s
 from genmesh.v1 import gateway_pb2, gateway_pb2_grpc
-
-
-def create_key(store: Path, name: str, *limits: str) -> str:
-    """``genmesh keys --store STORE create NAME --scopes generate LIMITS...``: the secret it prints."""
-    command = [sys.executable, "-m", "genmesh.cli", "keys", "--store", str(store), "create", name, "--scopes"]
-    done = subprocess.run([*command, "generate", *limits], capture_output=True, text=True, check=True, timeout=60)
-    return done.stdout.strip()
 
 
 @pytest_asyncio.fixture(scope="module")

@@ -20,6 +20,8 @@ from gateway.jobs.config import JobConfig
 from gateway.policy import ResiliencePolicy
 from gateway.server import GatewayService
 from gateway.upstreams import UpstreamTargets
+from genmesh.channels import open_channel
+from genmesh.tls import ClientTLS, ServerTLS
 from genmesh.v1 import gateway_pb2, gateway_pb2_grpc, jobs_pb2_grpc
 
 
@@ -58,9 +60,10 @@ async def served_gateway(
     job_queue_max: int = 1000,
     metrics: bool = True,
     api_keys: KeyStore | None = None,
+    tls: tuple[ServerTLS, ClientTLS] | None = None,
 ) -> AsyncIterator[ServedGateway]:
     """A gateway serving on free loopback ports until the block ends, with ``tools`` scripted (requiring the keys of
-    ``api_keys`` when given)."""
+    ``api_keys`` when given; over TLS with ``tls``: the gateway's, and the client's of ``channel``)."""
     async with AsyncExitStack() as stack:
         upstreams = await start_scripted_mesh(*tools, health_service=True)
         stack.push_async_callback(upstreams.stop)
@@ -69,6 +72,9 @@ async def served_gateway(
         targets = UpstreamTargets(upstreams.address, upstreams.address, inference.target)
         jobs = JobConfig(str(tmp_path / "jobs.db"), workers=job_workers, queue_max=job_queue_max)
         service = GatewayService(targets, 20.0, jobs, policy, api_keys)
-        where = await stack.enter_async_context(served(service, metrics))
-        channel = await stack.enter_async_context(grpc.aio.insecure_channel(where.address))
+        where = await stack.enter_async_context(served(service, metrics, tls=tls))
+        channel_of = (
+            grpc.aio.insecure_channel(where.address) if tls is None else open_channel(where.address, tls=tls[1])
+        )
+        channel = await stack.enter_async_context(channel_of)
         yield ServedGateway(where.address, where.metrics_url, upstreams, inference, channel)

@@ -18,7 +18,7 @@ def test_refuses_past_the_cap_and_frees_slots() -> None:
         with pytest.raises(ResourceExhausted) as refused, limiter.admit():
             pass
         assert "2 concurrent streams" in refused.value.message
-        assert refused.value.retry_after_s >= MIN_RETRY_AFTER_S
+        assert refused.value.retry_after_s is not None and refused.value.retry_after_s >= MIN_RETRY_AFTER_S
         assert limiter.active == 2
     assert limiter.active == 0
     with limiter.admit():

@@ -35,7 +35,7 @@ async def test_json_lines_carry_every_event_and_the_flags_reach_the_upstreams(tm
     assert events[0]["sources"]["passages"][0]["documentId"] == "yield"
     assert query.collection == "notes" and query.request_id == "cli-json-1"
     assert list(generate.sampling.stop) == ["END", "\n\n"] and generate.sampling.logprobs == 2
-    assert generate.sampling.max_tokens == 3 and generate.request_id == "cli-json-1"
+    assert generate.sampling.max_tokens == 3 and generate.request_id.startswith("cli-json-1.")
 
 
 async def test_a_validation_error_is_told_once_with_each_field(tmp_path: Path) -> None:

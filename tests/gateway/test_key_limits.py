@@ -127,7 +127,7 @@ def test_concurrent_streams_are_counted_and_released_however_they_end(limiter: K
             pass
         assert error.value.reason == Reason.RATE_LIMITED
         assert error.value.quota_violations == [QuotaViolation(caller.key_name, "max_concurrent_streams: 2")]
-        assert error.value.retry_after_s > 0
+        assert error.value.retry_after_s is not None and error.value.retry_after_s > 0
     state = limiter.state(caller.key_name)
     assert state is not None and state.streams == 0
     assert state.buckets["requests_per_minute"].level == pytest.approx(8.0)  # the refused one cost nothing

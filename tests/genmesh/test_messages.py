@@ -60,3 +60,35 @@ def test_images_pass_only_where_they_are_taken() -> None:
     image = [Message(role=common_pb2.ROLE_USER, content=[Part(image=common_pb2.Image(data=b"\x89PNG"))])]
     assert [v.field for v in message_violations(image)] == ["messages[0].content[0].image"]
     assert message_violations(image, images=True) == []
+
+
+def test_deep_huge_or_non_finite_arguments_are_refused_naming_the_field() -> None:
+    def assistant(arguments_json: str) -> Message:
+        call = common_pb2.ToolCall(call_id="c1", name="lookup", arguments_json=arguments_json)
+        return Message(role=common_pb2.ROLE_ASSISTANT, tool_calls=[call])
+
+    for arguments_json in ('{"a":' * 200_000, '{"a":' * 30_000, '{"x": NaN}', '{"x": "' + "y" * 70_000 + '"}', "[1]"):
+        (violation,) = message_violations([assistant(arguments_json)])
+        assert violation.field == "messages[0].tool_calls[0].arguments_json", arguments_json[:20]
+    assert message_violations([assistant(""), assistant(" ")]) != []  # the id repeats; empty arguments are fine
+
+
+def test_an_empty_text_part_is_empty_content_and_call_ids_are_unique_across_messages() -> None:
+    def calls(*ids: str) -> Message:
+        return Message(
+            role=common_pb2.ROLE_ASSISTANT, tool_calls=[common_pb2.ToolCall(call_id=i, name="lookup") for i in ids]
+        )
+
+    messages = [
+        Message(role=common_pb2.ROLE_USER, content=[Part(text="")]),
+        calls("c1", "c2"),
+        Message(role=common_pb2.ROLE_TOOL, tool_call_id="c1", content=[Part(text="42")]),
+        calls("c2", "c3", "c3"),
+    ]
+    violations = message_violations(messages)
+    assert [v.field for v in violations] == [
+        "messages[0].content",
+        "messages[3].tool_calls[0].call_id",
+        "messages[3].tool_calls[2].call_id",
+    ]
+    assert "messages[1].tool_calls[1].call_id" in violations[1].description

@@ -12,6 +12,7 @@ import grpc
 import pytest
 from support.served import served
 
+from genmesh.server import StartupFailed
 from genmesh.status import field_violations
 from genmesh.v1 import common_pb2, inference_pb2, inference_pb2_grpc
 from services.inference.engine import EngineConfig
@@ -117,29 +118,33 @@ def model_with_template(tmp_path: Path, template: str) -> Path:
 
 async def test_a_conversation_the_template_refuses_is_invalid_argument_naming_messages(tmp_path: Path) -> None:
     strict = (
-        "{% if messages[0]['role'] != 'user' %}{{ raise_exception('the first message must be the user') }}{% endif %}x"
+        "{% if messages[-1]['role'] != 'user' %}{{ raise_exception('the last message must be the user') }}{% endif %}x"
     )
     service = InferenceService(model_with_template(tmp_path, strict), "cpu", EngineConfig(), threads=1)
     async with served(service, metrics=False) as where, grpc.aio.insecure_channel(where.address) as channel:
         stub = inference_pb2_grpc.InferenceServiceStub(channel)
-        request = inference_pb2.GenerateRequest(messages=[text(common_pb2.ROLE_SYSTEM, "hi")], sampling=GREEDY)
+        turns = [text(common_pb2.ROLE_USER, "hi"), text(common_pb2.ROLE_ASSISTANT, "hello")]
+        request = inference_pb2.GenerateRequest(messages=turns, sampling=GREEDY)
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await generate(stub, request)
         assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         [violation] = field_violations(caught.value)
-        assert violation.field == "messages" and "the first message must be the user" in violation.description
+        assert violation.field == "messages" and "the last message must be the user" in violation.description
         ok = inference_pb2.GenerateRequest(messages=[text(common_pb2.ROLE_USER, "hi")], sampling=GREEDY)
         _, done = await generate(stub, ok)
         assert done.usage.prompt_tokens == 1  # "x": the template's own text, nothing added
 
 
-async def test_a_template_that_does_not_compile_refuses_messages_and_still_serves_prompts(tmp_path: Path) -> None:
-    service = InferenceService(model_with_template(tmp_path, "{% for m in messages %}"), "cpu", EngineConfig(), 1)
-    async with served(service, metrics=False) as where, grpc.aio.insecure_channel(where.address) as channel:
-        stub = inference_pb2_grpc.InferenceServiceStub(channel)
-        with pytest.raises(grpc.aio.AioRpcError) as caught:
-            await generate(stub, inference_pb2.GenerateRequest(messages=[text(common_pb2.ROLE_USER, "hi")]))
-        assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-        assert "chat template does not compile" in (caught.value.details() or "")
-        ids, _ = await generate(stub, inference_pb2.GenerateRequest(prompt="The with statement", sampling=GREEDY))
-        assert ids
+async def test_a_template_that_does_not_compile_fails_start_up_naming_its_file(tmp_path: Path) -> None:
+    model = model_with_template(tmp_path, "{% for m in messages %}")
+    service = InferenceService(model, "cpu", EngineConfig(), 1)
+    try:
+        with pytest.raises(StartupFailed) as failed:
+            await service.start()
+    finally:
+        await service.stop()
+    assert str(failed.value) == (
+        f"{model / 'tokenizer_config.json'}: the chat template does not compile: line 1: "
+        "Unexpected end of template. Jinja was looking for the following tags: 'endfor' or 'else'. "
+        "The innermost block that needs to be closed is 'for'."
+    )

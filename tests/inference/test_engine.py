@@ -170,7 +170,8 @@ async def test_full_waiting_queue_raises_resource_exhausted_at_once(loaded: Load
             assert refused.done(), "the request beyond the queue's bound was queued, not refused"
             with pytest.raises(ResourceExhausted) as info:
                 refused.result()
-            assert info.value.retry_after_s > 0 and info.value.reason == "INFERENCE_QUEUE_FULL"
+            retry_after_s = info.value.retry_after_s
+            assert retry_after_s is not None and retry_after_s > 0 and info.value.reason == "INFERENCE_QUEUE_FULL"
             assert (engine.load().running, engine.load().waiting) == (1, 1)
         assert engine.abort("b") and engine.abort("a")
         (_, done_a), (chunks_b, done_b) = await asyncio.gather(running, waiting)

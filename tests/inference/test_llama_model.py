@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -309,3 +310,15 @@ def test_hugging_face_transformers_gives_the_same_logits(tiny_dir: Path) -> None
     with torch.inference_mode():
         expected = theirs(input_ids=ids).logits
     torch.testing.assert_close(full_logits(ours, ids), expected, atol=1e-4, rtol=1e-4)
+
+
+def test_chat_template_jinja_overrides_the_tokenizer_config_like_transformers(tmp_path: Path, tiny_dir: Path) -> None:
+    model = tmp_path / "model"
+    shutil.copytree(tiny_dir, model)
+    jinja = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}"
+    (model / "chat_template.jinja").write_text(jinja, encoding="utf-8")
+    loaded = load_model(model, device="cpu")
+    assert (loaded.chat_template, loaded.chat_template_file) == (jinja, model / "chat_template.jinja")
+    transformers = importlib.import_module("transformers")
+    assert transformers.AutoTokenizer.from_pretrained(str(model)).chat_template == jinja
+    assert load_model(tiny_dir, device="cpu").chat_template_file == tiny_dir / "tokenizer_config.json"

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import grpc
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
@@ -10,6 +14,13 @@ from genmesh.bearer import bearer_metadata
 
 bearer = bearer_metadata
 """The call metadata that presents a secret."""
+
+
+def create_key(store: Path, name: str, *limits: str) -> str:
+    """``genmesh keys --store STORE create NAME --scopes generate LIMITS...``: the secret it prints."""
+    command = [sys.executable, "-m", "genmesh.cli", "keys", "--store", str(store), "create", name, "--scopes"]
+    done = subprocess.run([*command, "generate", *limits], capture_output=True, text=True, check=True, timeout=60)
+    return done.stdout.strip()
 
 
 def random_part(secret: str) -> str:

@@ -13,6 +13,7 @@ import grpc
 from genmesh.cli.launcher import free_ports
 from genmesh.health import wait_until_serving
 from genmesh.server import ServerConfig, Service, serve
+from genmesh.tls import ClientTLS, ServerTLS
 
 
 class Hosted:
@@ -49,13 +50,22 @@ class Served:
 
 
 @asynccontextmanager
-async def served(service: Service, metrics: bool = True, ready_timeout_s: float = 120.0) -> AsyncIterator[Served]:
-    """Serve ``service`` until the block ends, once health says SERVING (its ``start()`` returned)."""
+async def served(
+    service: Service,
+    metrics: bool = True,
+    ready_timeout_s: float = 120.0,
+    tls: tuple[ServerTLS, ClientTLS] | None = None,
+) -> AsyncIterator[Served]:
+    """Serve ``service`` until the block ends, once health says SERVING (its ``start()`` returned); over TLS with
+    ``tls`` (the server's, and a client's that health checks with)."""
     port, metrics_port = free_ports(2)
     stop = asyncio.Event()
-    config = ServerConfig("127.0.0.1", port, grace_s=1.0, metrics_port=metrics_port if metrics else None)
+    server_tls, checker_tls = (None, None) if tls is None else tls
+    config = ServerConfig(
+        "127.0.0.1", port, grace_s=1.0, metrics_port=metrics_port if metrics else None, tls=server_tls
+    )
     task = asyncio.create_task(serve(service, config, stop))
-    ready = asyncio.create_task(wait_until_serving(f"127.0.0.1:{port}", timeout_s=ready_timeout_s))
+    ready = asyncio.create_task(wait_until_serving(f"127.0.0.1:{port}", timeout_s=ready_timeout_s, tls=checker_tls))
     try:
         await asyncio.wait({task, ready}, return_when=asyncio.FIRST_COMPLETED)
         if task.done():

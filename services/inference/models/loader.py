@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 from tokenizers import Tokenizer
 
-from services.inference.chat_template import special_token
+from services.inference.chat_template import SPECIAL_TOKEN_NAMES, special_token
 from services.inference.models.config import LlamaConfig
 from services.inference.models.llama import LlamaForCausalLM
 
@@ -37,6 +37,10 @@ class LoadedModel:
     bos_token: str | None = None
     """The BOS and EOS tokens as text (tokenizer_config.json), as chat templates see them."""
     eos_token: str | None = None
+    chat_template_file: Path | None = None
+    special_tokens: dict[str, str] = field(default_factory=dict)
+    """The named special tokens as text (``pad_token``, ``unk_token``, ...), as chat templates see them."""
+    """Where ``chat_template`` was read (chat_template.jinja or tokenizer_config.json); None without one."""
 
     def encode_prompt(self, text: str) -> list[int]:
         """Token ids of ``text`` as the model expects a prompt: with BOS first when the tokenizer asks for it."""
@@ -113,15 +117,33 @@ def _as_ids(value: Any) -> list[int]:
     return []
 
 
-def _chat_template(path: Path, tokenizer_config: dict[str, Any]) -> str | None:
+def _chat_template(path: Path, tokenizer_config: dict[str, Any]) -> tuple[str | None, Path | None]:
+    """The model's chat template and the file it is in: chat_template.jinja when there is one (it overrides
+    tokenizer_config.json's, as in transformers), else tokenizer_config.json's ``chat_template`` ("default" of a
+    named list)."""
+    jinja = path / "chat_template.jinja"
+    if jinja.is_file():
+        return jinja.read_text(encoding="utf-8"), jinja
     template = tokenizer_config.get("chat_template")
     if isinstance(template, list):
         named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
         template = named.get("default", next(iter(named.values()), None))
     if isinstance(template, str):
-        return template
-    jinja = path / "chat_template.jinja"
-    return jinja.read_text(encoding="utf-8") if jinja.is_file() else None
+        return template, path / "tokenizer_config.json"
+    return None, None
+
+
+def _special_tokens(path: Path, tokenizer_config: dict[str, Any]) -> dict[str, str]:
+    """The named special tokens, as transformers' ``special_tokens_map``: tokenizer_config.json's, and the legacy
+    special_tokens_map.json's for those it lacks."""
+    legacy = _read_json(path / "special_tokens_map.json", required=False)
+    found: dict[str, str] = {}
+    for name in SPECIAL_TOKEN_NAMES:
+        value = special_token(tokenizer_config.get(name))
+        value = value if value is not None else special_token(legacy.get(name))
+        if value is not None:
+            found[name] = value
+    return found
 
 
 def load_state_dict(files: list[Path], dtype: torch.dtype, device: torch.device) -> dict[str, torch.Tensor]:
@@ -199,6 +221,7 @@ def load_model(path: Path | str, device: str | None = None, dtype: torch.dtype |
         _token_id(tokenizer, tok_config.get("bos_token")),
     ]
     bos = next((b for b in bos_candidates if b is not None), None)
+    template, template_file = _chat_template(path, tok_config)
     return LoadedModel(
         model=model,
         tokenizer=tokenizer,
@@ -206,7 +229,8 @@ def load_model(path: Path | str, device: str | None = None, dtype: torch.dtype |
         eos_token_ids=eos,
         bos_token_id=bos,
         add_bos_token=bool(tok_config.get("add_bos_token", False)),
-        chat_template=_chat_template(path, tok_config),
+        chat_template=template,
+        chat_template_file=template_file,
         name=path.resolve().name,
         path=path,
         device=torch_device,
@@ -214,4 +238,5 @@ def load_model(path: Path | str, device: str | None = None, dtype: torch.dtype |
         context_length=config.max_position_embeddings,
         bos_token=special_token(tok_config.get("bos_token")),
         eos_token=special_token(tok_config.get("eos_token")),
+        special_tokens=_special_tokens(path, tok_config),
     )
