@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from genmesh import mesh
+from genmesh.cli.http_front import HTTP
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_PORTS = {s.name: s.default_port for s in mesh.SERVICES}
@@ -44,7 +45,7 @@ def _stages() -> dict[str, list[str]]:
 
 def test_compose_runs_the_commands_of_genmesh_up(compose: dict[str, Any]) -> None:
     services = compose["services"]
-    assert set(services) == {s.name for s in mesh.SERVICES}
+    assert set(services) == {s.name for s in mesh.SERVICES} | {HTTP.name}
     in_compose_network = {s.name: s.name for s in mesh.SERVICES}
     for spec in mesh.SERVICES:
         service = services[spec.name]
@@ -54,7 +55,19 @@ def test_compose_runs_the_commands_of_genmesh_up(compose: dict[str, Any]) -> Non
         assert service["healthcheck"]["test"] == ["CMD", "genmesh", "health", f"127.0.0.1:{spec.default_port}"]
 
 
-def test_gateway_waits_for_healthy_upstreams_and_is_the_only_public_port(compose: dict[str, Any]) -> None:
+def test_the_http_front_runs_on_the_gateway_image_before_the_gateway(compose: dict[str, Any]) -> None:
+    http = compose["services"][HTTP.name]
+    assert http["image"] == compose["services"]["gateway"]["image"] and "build" not in http
+    assert [str(part) for part in http["command"]] == [
+        *("genmesh", "serve", "http", "--host", "0.0.0.0", "--port", str(HTTP.default_port)),
+        *("--gateway", f"gateway:{mesh.GATEWAY.default_port}", "--tools", f"tools:{mesh.TOOLS.default_port}"),
+    ]
+    assert http["ports"] == [f"{HTTP.default_port}:{HTTP.default_port}"]
+    assert f"127.0.0.1:{HTTP.default_port}/healthz" in " ".join(http["healthcheck"]["test"])
+    assert http["depends_on"] == {"gateway": {"condition": "service_healthy"}}
+
+
+def test_gateway_waits_for_healthy_upstreams_which_are_not_public(compose: dict[str, Any]) -> None:
     services = compose["services"]
     gateway = services["gateway"]
     assert gateway["depends_on"] == {

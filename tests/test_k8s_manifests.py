@@ -378,3 +378,18 @@ def test_each_promise_catches_a_one_line_mutation(
     (copy / path).write_text(changed)
     assert promise(validator.render(K8S / kustomization, kubectl)) == []
     assert promise(validator.render(copy / kustomization, kubectl)) != []
+
+
+def test_the_http_front_reaches_the_gateway_and_is_probed_over_http(rendered: dict[str, list[Obj]]) -> None:
+    objs = rendered["base"]
+    (container,) = [c for _, c in validator.containers(objs) if validator.serve_target(c) == "http"]
+    services = {o["metadata"]["name"]: o["spec"] for o in objs if o["kind"] == "Service"}
+    gateway_host, gateway_port = str(validator.env_value(container, "GENMESH_HTTP_GATEWAY")).split(":")
+    assert int(gateway_port) in {p["port"] for p in services[gateway_host]["ports"]}
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert container[probe]["httpGet"] == {"path": "/healthz", "port": "http"}
+    assert {"name": "http", "containerPort": 8080} in container["ports"]
+    assert services["http"]["ports"] == [{"name": "http", "port": 8080, "targetPort": "http"}]
+    tools = next(o["spec"] for o in objs if o["kind"] == "NetworkPolicy" and o["metadata"]["name"] == "tools")
+    allowed = [p["podSelector"]["matchLabels"] for r in tools["ingress"] for p in r["from"] if "podSelector" in p]
+    assert {"app.kubernetes.io/name": "http"} in allowed

@@ -37,9 +37,13 @@ async def _health(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of the `genmesh` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:2] == ["serve", "http"]:  # not a gRPC service of the mesh: the HTTP front of the gateway
+        die_with_launcher()
+        importlib.import_module("gateway.http.server").main(argv[2:])
+        return
     if argv[:1] == ["serve"]:
         if len(argv) < 2 or argv[1] not in mesh.BY_NAME:
-            sys.exit(f"usage: genmesh serve {{{','.join(mesh.BY_NAME)}}} [flags]")
+            sys.exit(f"usage: genmesh serve {{{','.join([*mesh.BY_NAME, 'http'])}}} [flags]")
         problem = check_serve(argv[1], argv[2:])
         if problem is not None:
             sys.exit(problem)

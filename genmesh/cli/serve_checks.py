@@ -7,6 +7,8 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from services.inference.shipped_model import shipped_model
+
 MODEL_ENV = "GENMESH_INFERENCE_MODEL"
 """The environment variable behind `serve inference --model`."""
 
@@ -45,7 +47,11 @@ def check_serve(name: str, argv: Sequence[str]) -> str | None:
         return None
     model = given_model(argv)
     if model is None:
-        return None
+        shipped = shipped_model()
+        problem = model_problem(shipped)
+        if problem is None:
+            return None
+        return f"error: the shipped model {shipped}: {problem}; pass --model DIR (or set {MODEL_ENV}), {MODEL_LAYOUT}"
     problem = model_problem(Path(model))
     if problem is None:
         return None

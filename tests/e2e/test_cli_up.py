@@ -10,6 +10,7 @@ import signal
 import sys
 from pathlib import Path
 
+import httpx
 from support.streams import collect
 
 from genmesh import mesh
@@ -21,8 +22,10 @@ QUERY_DELAY_S = 0.5
 
 
 async def test_up_demo_then_ctrl_c(tmp_path: Path) -> None:
-    chosen = zip(mesh.SERVICES, free_ports(len(mesh.SERVICES)), strict=True)
+    *spare, http_port = free_ports(len(mesh.SERVICES) + 1)
+    chosen = zip(mesh.SERVICES, spare, strict=True)
     ports = [arg for spec, port in chosen for arg in (f"--{spec.name}-port", str(port))]
+    ports += ["--http-port", str(http_port)]
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -59,6 +62,12 @@ async def test_up_demo_then_ctrl_c(tmp_path: Path) -> None:
 
     gateway = re.search(r"^gateway ready at (\S+)$", output, re.MULTILINE)
     assert gateway, output
+    assert f"OpenAI-compatible API and web page at http://127.0.0.1:{http_port}" in output
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{http_port}", timeout=60) as http:
+        chat = {"messages": [{"role": "user", "content": "What does yield do?"}], "max_tokens": 2}
+        answered_over_http = await http.post("/v1/chat/completions", json=chat)
+    assert answered_over_http.status_code == 200, answered_over_http.text
+    assert answered_over_http.json()["usage"]["completion_tokens"] >= 1
     async with open_channel(gateway.group(1)) as channel:
         request = gateway_pb2.GatewayRequest(request_id="in-flight-at-ctrl-c", question="What does yield do?")
         request.tool_calls.add(name="calculator", arguments_json='{"expression": "6*7"}')

@@ -40,7 +40,7 @@ def override() -> dict[str, Any]:
 def test_every_service_serves_its_own_certificate_and_requires_clients_inside(override: dict[str, Any]) -> None:
     layout = CertDir(Path(MOUNT))
     health = _variables("health", "127.0.0.1:1")
-    assert set(override) == {s.name for s in mesh.SERVICES}
+    assert set(override) == {s.name for s in mesh.SERVICES} | {"http"}
     for spec in mesh.SERVICES:
         service = override[spec.name]
         env: dict[str, str] = service["environment"]
@@ -56,3 +56,10 @@ def test_every_service_serves_its_own_certificate_and_requires_clients_inside(ov
         mounts = [v.rsplit(":", 2) for v in service["volumes"] if v.endswith(":ro")]
         mounted = {target: source for source, target, _ in mounts}
         assert mounted == {path: path.replace(MOUNT, "${GENMESH_CERTS:-./.genmesh/certs}") for path in own}, spec.name
+
+
+def test_the_http_front_trusts_the_gateway_by_the_ca_alone(override: dict[str, Any]) -> None:
+    front = override["http"]
+    assert front["environment"] == {"GENMESH_HTTP_UPSTREAM_TLS_CA": f"{MOUNT}/ca.pem", "GENMESH_HTTP_TOOLS": ""}
+    assert front["volumes"] == [f"${{GENMESH_CERTS:-./.genmesh/certs}}/ca.pem:{MOUNT}/ca.pem:ro"]  # no key at all
+    assert set(front["environment"]) <= _variables("serve", "http")  # variables `genmesh serve http` reads

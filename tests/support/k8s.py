@@ -11,6 +11,8 @@ from typing import Any
 
 import pytest
 
+from genmesh import mesh
+
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
 SCRIPT = ROOT / "scripts" / "validate_k8s.py"
@@ -44,8 +46,9 @@ def render_all(kubectl: str) -> dict[str, list[Obj]]:
 
 
 def genmesh_containers(objs: list[Obj]) -> dict[str, Obj]:
-    """Service name → the container that runs `genmesh serve NAME`."""
-    return {name: c for _, c in validator.containers(objs) if (name := validator.serve_target(c)) is not None}
+    """Service name → the container that runs `genmesh serve NAME`, for the mesh's gRPC services (the HTTP front,
+    `genmesh serve http`, has checks of its own)."""
+    return {name: c for _, c in validator.containers(objs) if (name := validator.serve_target(c)) in mesh.BY_NAME}
 
 
 def workload(objs: list[Obj], name: str) -> Obj:

@@ -1,0 +1,78 @@
+"""`genmesh serve http` as its own process before a real gateway (served in-process over scripted upstreams): it
+answers, and SIGTERM lets a running answer, streamed over SSE or a WebSocket, finish before it exits 0."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import websockets
+from served import served_gateway
+
+from genmesh.cli.launcher import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+CHAT = {"messages": [{"role": "user", "content": "What does yield do?"}], "stream": True}
+
+
+async def sse_answer(url: str, process: asyncio.subprocess.Process) -> list[str]:
+    """The lines of a streamed answer, SIGTERM sent after the first."""
+    async with (
+        httpx.AsyncClient(base_url=url, timeout=20) as http,
+        http.stream("POST", "/v1/chat/completions", json=CHAT) as response,
+    ):
+        lines = response.aiter_lines()
+        first = await anext(lines)
+        process.send_signal(signal.SIGTERM)
+        return [first] + [line async for line in lines]
+
+
+async def ws_answer(url: str, process: asyncio.subprocess.Process) -> list[str]:
+    """The messages of a WebSocket answer as SSE-like lines, SIGTERM sent after the first."""
+    async with websockets.connect(url.replace("http://", "ws://") + "/v1/ws") as ws:
+        await ws.send(json.dumps({"type": "generate", "id": 1, "request": CHAT}))
+        messages: list[dict[str, Any]] = [json.loads(await ws.recv())]
+        process.send_signal(signal.SIGTERM)
+        while messages[-1]["type"] not in ("done", "error"):
+            messages.append(json.loads(await ws.recv()))
+    chunks = [m for m in messages if m["type"] == "chunk" and m["choices"]]
+    assert messages[-1] == {"type": "done", "ref": 1, "finish_reason": "stop", "usage": messages[-1]["usage"]}
+    return [f"data: {json.dumps(c)}" for c in chunks] + ["data: [DONE]"]
+
+
+@pytest.mark.parametrize("answer", [sse_answer, ws_answer])
+async def test_serve_http_answers_and_finishes_a_running_answer_on_sigterm(tmp_path: Path, answer: Any) -> None:
+    async with served_gateway(tmp_path, metrics=False) as served:
+        served.replicas.replicas[0].servicer.delta_delay_s = 0.3  # about a second per answer
+        port = free_port()
+        log = (tmp_path / "http.log").open("wb")
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "genmesh.cli", "serve", "http", "--port", str(port), "--gateway", served.address,
+            "--log-level", "warning", env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=log, stderr=log,
+        )  # fmt: skip
+        url = f"http://127.0.0.1:{port}"
+        try:
+            async with httpx.AsyncClient(base_url=url, timeout=20) as http:
+                for _ in range(200):
+                    try:
+                        if (await http.get("/healthz")).status_code == 200:
+                            break
+                    except httpx.TransportError:
+                        await asyncio.sleep(0.05)
+            first, *rest = await answer(url, process)
+            code = await asyncio.wait_for(process.wait(), 15)
+        finally:
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+            log.close()
+    assert first.startswith("data: ") and "Generators " in first, rest
+    assert rest[-2:] == ["data: [DONE]", ""] or rest[-1] == "data: [DONE]"
+    assert code == 0, (tmp_path / "http.log").read_text()
