@@ -26,13 +26,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP) proto  ## create .venv, install genmesh with its dev tools, generate stubs
 
 genmesh/v1/__init__.py: $(PROTOS) | $(STAMP)
-	rm -rf genmesh/v1
-	$(PY) -m grpc_tools.protoc -Iprotos \
-		--python_out=. --grpc_python_out=. \
-		--plugin=protoc-gen-mypy=$(BIN)/protoc-gen-mypy --mypy_out=. \
-		--plugin=protoc-gen-mypy_grpc=$(BIN)/protoc-gen-mypy_grpc --mypy_grpc_out=. \
-		$(PROTOS)
-	echo '"""Generated from protos/genmesh/v1 by `make proto`; do not edit."""' > genmesh/v1/__init__.py
+	$(PY) -c "from setup import ROOT, generate_stubs; generate_stubs(ROOT)"  # what a wheel build runs (setup.py)
 
 proto: genmesh/v1/__init__.py  ## generate Python stubs and type stubs from protos/
 
@@ -89,6 +83,7 @@ bench: install  ## quick benchmarks (about a minute each), as CI runs them
 	$(PY) -m bench.scale --quick
 	$(PY) -m bench.security --quick
 	$(PY) -m bench.observability --quick
+	$(PY) -m bench.http --quick
 
 bench-full: install  ## full benchmarks, the figures of docs/BENCHMARKS.md and docs/RESILIENCE.md
 	$(PY) -m bench.gateway
@@ -100,6 +95,7 @@ bench-full: install  ## full benchmarks, the figures of docs/BENCHMARKS.md and d
 	$(PY) -m bench.scale
 	$(PY) -m bench.security
 	$(PY) -m bench.observability
+	$(PY) -m bench.http
 
 clean:  ## remove the virtual environment and generated stubs
 	rm -rf $(VENV) genmesh/v1 *.egg-info .mypy_cache .ruff_cache .pytest_cache

@@ -40,8 +40,9 @@ BASE_PACKAGES = ("python3", "python3-venv")
 #: Bump to rebuild the base image everywhere (it is also rebuilt when the suite or the packages change).
 BASE_VERSION = f"1-{SUITE}-{'-'.join(BASE_PACKAGES)}"
 VERSION_LABEL = "io.genmesh.base-version"
-#: What the images install besides the project itself: the stubs stage's generator and the build backend.
-EXTRA_WHEELS = ("torch==2.13.0", "grpcio-tools==1.85.1", "setuptools>=77")
+#: What the images install besides the project itself: the stubs stage's generator and the build requirements of
+#: pyproject.toml's [build-system] (pip's isolated build of the project installs them, offline, from here).
+EXTRA_WHEELS = ("torch==2.13.0", "grpcio-tools==1.85.1", "mypy-protobuf==5.1.0", "setuptools>=77")
 #: Paths of the base's root file system no container needs (the image shrinks from ~275 MB to ~130 MB).
 TRIM = ("var/cache/apt/archives", "var/lib/apt/lists", "usr/share/doc", "usr/share/man", "usr/share/locale")
 
