@@ -63,7 +63,14 @@ def test_the_http_front_runs_on_the_gateway_image_before_the_gateway(compose: di
         *("--gateway", f"gateway:{mesh.GATEWAY.default_port}", "--tools", f"tools:{mesh.TOOLS.default_port}"),
     ]
     assert http["ports"] == [f"{HTTP.default_port}:{HTTP.default_port}"]
-    assert f"127.0.0.1:{HTTP.default_port}/healthz" in " ".join(http["healthcheck"]["test"])
+    # a host:port word of its own, which scripts/compose_test.py rewrites to the container's port
+    assert http["healthcheck"]["test"] == [
+        "CMD",
+        "python",
+        "-m",
+        "gateway.http.healthcheck",
+        f"127.0.0.1:{HTTP.default_port}",
+    ]
     assert http["depends_on"] == {"gateway": {"condition": "service_healthy"}}
 
 

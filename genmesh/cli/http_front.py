@@ -6,9 +6,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-import urllib.request
 from pathlib import Path
 
+from gateway.http.healthcheck import answers
 from genmesh import mesh
 from genmesh.cli.certs import CLIENT
 from genmesh.cli.launcher import Mesh, ServiceProcess, start_service
@@ -40,19 +40,11 @@ async def start_http(running: Mesh, host: str, port: int, log_dir: Path | None, 
     while loop.time() < until:
         if service.process.returncode is not None:
             raise RuntimeError(f"http exited with {service.process.returncode}:\n{service.log_tail()}")
-        if await asyncio.to_thread(_answers, f"http://{address}/healthz"):
+        if await asyncio.to_thread(answers, address, 1.0) is None:
             return service
         await asyncio.sleep(0.1)
     await stop_http(service, 1.0)
     raise RuntimeError(f"http not ready in {timeout_s:.0f} s:\n{service.log_tail()}")
-
-
-def _answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=1) as response:
-            return bool(response.status == 200)
-    except OSError:
-        return False
 
 
 async def stop_http(service: ServiceProcess, grace_s: float) -> None:

@@ -16,7 +16,9 @@ import pytest
 import websockets
 from served import served_gateway
 
+from genmesh.channels import open_channel
 from genmesh.cli.launcher import free_port
+from http_front.front import served_front
 
 ROOT = Path(__file__).resolve().parents[2]
 CHAT = {"messages": [{"role": "user", "content": "What does yield do?"}], "stream": True}
@@ -76,3 +78,23 @@ async def test_serve_http_answers_and_finishes_a_running_answer_on_sigterm(tmp_p
     assert first.startswith("data: ") and "Generators " in first, rest
     assert rest[-2:] == ["data: [DONE]", ""] or rest[-1] == "data: [DONE]"
     assert code == 0, (tmp_path / "http.log").read_text()
+
+
+async def health_check(address: str) -> tuple[int, str]:
+    """``python -m gateway.http.healthcheck address`` (the compose file's check): its exit code and stderr."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway.http.healthcheck", address, stderr=asyncio.subprocess.PIPE
+    )
+    _, err = await process.communicate()
+    return int(process.returncode or 0), err.decode()
+
+
+async def test_the_container_health_check_says_healthy_then_names_what_is_wrong(tmp_path: Path) -> None:
+    async with (
+        served_gateway(tmp_path, metrics=False) as served,
+        open_channel(served.address) as channel,
+        served_front(channel) as front,
+    ):
+        assert await health_check(front.url.removeprefix("http://")) == (0, "")
+    code, said = await health_check(f"127.0.0.1:{free_port()}")
+    assert code == 1 and "not healthy" in said
