@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import struct
 from typing import Any
 
 import grpc
-import numpy as np
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
@@ -65,7 +65,7 @@ def embeddings_body(answer: embeddings_pb2.EmbedResponse, encoding: str) -> dict
     for embedding in answer.embeddings:
         values: Any = list(embedding.values)
         if encoding == "base64":
-            values = base64.b64encode(np.asarray(values, dtype="<f4").tobytes()).decode()
+            values = base64.b64encode(struct.pack(f"<{len(values)}f", *values)).decode()  # little-endian float32
         data.append({"object": "embedding", "index": embedding.index, "embedding": values})
     tokens = answer.usage.prompt_tokens
     return {

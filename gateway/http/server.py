@@ -18,6 +18,10 @@ from typing import TYPE_CHECKING
 
 import uvicorn
 
+# Imported at start-up, not when serving: a missing dependency fails `genmesh serve http --help` too (the images'
+# preflight in make compose-test), not the first request.
+from gateway.http.app import build_app
+from gateway.http.tools_route import tools_target
 from genmesh import mesh
 from genmesh.channels import open_channel
 from genmesh.config import Flags, add_upstream_tls_flags, parse
@@ -92,7 +96,6 @@ class _Server(uvicorn.Server):
 
 async def serve(args: argparse.Namespace, tls: ClientTLS | None, tools: ToolsTarget | None) -> None:
     """Serve until SIGTERM/SIGINT (uvicorn's handlers), then close the gateway channel."""
-    from gateway.http.app import build_app
 
     async with open_channel(args.gateway, tls=tls) as channel:
         origins = frozenset(o.strip() for o in args.allowed_origins.split(",") if o.strip())
@@ -122,8 +125,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     except ValueError as error:
         p.error(str(error))
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from gateway.http.tools_route import tools_target
-
     tools = tools_target(args.tools, args.upstream_tls_ca, args.upstream_tls_cert, args.upstream_tls_key)
     asyncio.run(serve(args, tls, tools))
 

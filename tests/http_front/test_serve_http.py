@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 import signal
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -98,3 +99,18 @@ async def test_the_container_health_check_says_healthy_then_names_what_is_wrong(
         assert await health_check(front.url.removeprefix("http://")) == (0, "")
     code, said = await health_check(f"127.0.0.1:{free_port()}")
     assert code == 1 and "not healthy" in said
+
+
+def test_the_front_needs_none_of_the_model_extras() -> None:
+    """The gateway's image (no inference or retrieval extras) runs the front: importing it needs none of them."""
+    extras = ("numpy", "torch", "faiss", "sentence_transformers", "tokenizers", "safetensors", "jinja2", "transformers")
+    blocker = (
+        "import sys\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        f"        if name.split('.')[0] in {extras!r}: raise ImportError('an extra: ' + name)\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "import gateway.http.server, gateway.http.app\n"
+    )
+    done = subprocess.run([sys.executable, "-c", blocker], capture_output=True, text=True, check=False, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
