@@ -103,8 +103,8 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "http-embeddings-base64-of-float64",
         "gateway/http/openai_embeddings.py",
-        'values = base64.b64encode(np.asarray(values, dtype="<f4").tobytes()).decode()',
-        'values = base64.b64encode(np.asarray(values, dtype="<f8").tobytes()).decode()',
+        'values = base64.b64encode(struct.pack(f"<{len(values)}f", *values)).decode()  # little-endian float32',
+        'values = base64.b64encode(struct.pack(f"<{len(values)}d", *values)).decode()',
         (
             "tests/http_front/test_openai_embeddings_models.py::test_embeddings_base64_and_float_agree_and_are_unit_vectors",
         ),
