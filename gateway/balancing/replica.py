@@ -100,8 +100,10 @@ class Replica:
         would fail the call at once instead of reaching a replica that just came back)."""
         if self.channel.get_state(try_to_connect=True) == grpc.ChannelConnectivity.READY or timeout_s <= 0:
             return
+        # asyncio.timeout, not wait_for: Python 3.11's wait_for drops a cancel that comes as the channel connects
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.channel.channel_ready(), timeout_s)
+            async with asyncio.timeout(timeout_s):
+                await self.channel.channel_ready()
 
     async def close(self) -> None:
         await cancel_and_wait(*self._feeds)

@@ -115,6 +115,8 @@ class WorkerPool:
 
     async def _work(self) -> None:
         while True:
+            if _stopping():  # the pool's cancel reached the run this worker awaited, which ended without raising
+                raise asyncio.CancelledError
             job = await self._next_job()
             self._feed.notify(job.id)
             run = asyncio.create_task(traced_run(job, functools.partial(self._run, job)), name=f"job-{job.id}")
@@ -250,7 +252,11 @@ class WorkerPool:
 
 
 def _stopping() -> bool:
-    """Whether the current task itself is being cancelled (the pool stops), not just a task it awaited."""
+    """Whether the current task itself is being cancelled (the pool stops), not just a task it awaited.
+
+    A worker awaits its run, so the pool's cancel is passed on to the run; a run may end without raising it
+    (a cancel requested for the job at the same moment records CANCELLED; Python 3.11's asyncio.wait_for returns
+    a result that arrived with the cancel): the worker must still stop, or ``stop`` waits for ever."""
     task = asyncio.current_task()
     return task is not None and task.cancelling() > 0
 
