@@ -1,24 +1,32 @@
 """The permanent mutant check: one-line mutants of load-bearing code, each of which its tests must kill.
 
 Each mutant replaces one exact line of a production file, runs only the tests that guard it, and puts the
-file back (always, also on Ctrl-C). A mutant survives when those tests still pass: the behaviour it breaks is
-then unproven, and the check fails. A mutant whose original line is gone fails too, so the list is kept up
-to date with the code. The mutants are listed in scripts/mutant_catalog/, one module per area.
+file back. A mutant survives when those tests still pass: the behaviour it breaks is then unproven, and the
+check fails. A mutant whose original line is gone fails too, so the list is kept up to date with the code.
+The mutants are listed in scripts/mutant_catalog/, one module per area.
+
+Mutants run ``--jobs`` at a time (default: one per CPU), each worker in its own copy of the tree
+(scripts/mutant_copies.py), so the working tree itself is never edited; results print in catalog order.
 
     .venv/bin/python scripts/mutants.py            # all of them (CI)
     .venv/bin/python scripts/mutants.py --list
-    .venv/bin/python scripts/mutants.py --only relay-never-merges --only fan-out-sequential
+    .venv/bin/python scripts/mutants.py --only relay-never-merges,fan-out-sequential --jobs 1
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import queue
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from mutant_catalog import MUTANTS, Mutant
+from mutant_copies import python_path_env, tree_copies
 
 ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT_S = 900
@@ -44,9 +52,9 @@ def stale(mutants: list[Mutant]) -> list[str]:
     return problems
 
 
-def _apply(mutant: Mutant) -> tuple[Path, str]:
-    """Write the mutant into its file; returns the file and its original text."""
-    path = ROOT / mutant.path
+def _apply(mutant: Mutant, tree: Path) -> tuple[Path, str]:
+    """Write the mutant into its file in ``tree``; returns the file and its original text."""
+    path = tree / mutant.path
     text = path.read_text()
     lines = text.splitlines(keepends=True)
     i = _line_of(mutant, lines)
@@ -56,14 +64,15 @@ def _apply(mutant: Mutant) -> tuple[Path, str]:
     return path, text
 
 
-def run(mutant: Mutant) -> tuple[bool, float]:
-    """Whether the mutant's tests killed it, and how long they took."""
-    path, original = _apply(mutant)
+def run(mutant: Mutant, tree: Path) -> tuple[bool, float]:
+    """Whether the mutant's tests, run in ``tree`` (a copy of ROOT), killed it, and how long they took."""
+    path, original = _apply(mutant, tree)
     start = time.monotonic()
     try:
         result = subprocess.run(
             [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *mutant.tests],
-            cwd=ROOT,
+            cwd=tree,
+            env=python_path_env(tree),
             capture_output=True,
             text=True,
             timeout=TIMEOUT_S,
@@ -78,14 +87,46 @@ def run(mutant: Mutant) -> tuple[bool, float]:
     return killed, time.monotonic() - start
 
 
+def _run_all(mutants: list[Mutant], jobs: int) -> Iterator[tuple[bool, float]]:
+    """Each mutant's ``run``, in order, while up to ``jobs`` of them run at once, each in a tree of its own."""
+    with tree_copies(ROOT, min(jobs, len(mutants))) as copies:
+        idle: queue.SimpleQueue[Path] = queue.SimpleQueue()
+        for copy in copies:
+            idle.put(copy)
+
+        def in_a_free_tree(mutant: Mutant) -> tuple[bool, float]:
+            tree = idle.get()  # as many trees as workers: one is free whenever a worker starts a mutant
+            try:
+                return run(mutant, tree)
+            finally:
+                idle.put(tree)
+
+        with ThreadPoolExecutor(max_workers=len(copies) or 1) as pool:
+            futures: list[Future[tuple[bool, float]]] = [pool.submit(in_a_free_tree, m) for m in mutants]
+            try:
+                for future in futures:
+                    yield future.result()
+            finally:  # Ctrl-C or an error: start nothing more; the running ones end with their pytest
+                for future in futures:
+                    future.cancel()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", action="append", default=[], help="run only the mutant of this name (repeatable)")
+    parser.add_argument(
+        "--only", action="append", default=[], help="run only the mutants of these names (comma-separated, repeatable)"
+    )
+    parser.add_argument(
+        "--jobs", type=int, default=len(os.sched_getaffinity(0)), help="mutants run at once (default: one per CPU)"
+    )
     parser.add_argument("--list", action="store_true", help="list the mutants and exit")
     parser.add_argument("--check", action="store_true", help="check that every mutant still applies; run nothing")
     args = parser.parse_args()
-    chosen = [m for m in MUTANTS if not args.only or m.name in args.only]
-    unknown = set(args.only) - {m.name for m in MUTANTS}
+    only = {name for names in args.only for name in names.split(",") if name}
+    if args.jobs < 1:
+        parser.error("--jobs must be at least 1")
+    chosen = [m for m in MUTANTS if not only or m.name in only]
+    unknown = only - {m.name for m in MUTANTS}
     if unknown:
         parser.error(f"unknown mutants: {', '.join(sorted(unknown))}")
     if args.list:
@@ -99,8 +140,7 @@ def main() -> None:
         print(f"mutants: all {len(chosen)} apply")
         return
     survivors: list[str] = []
-    for mutant in chosen:
-        killed, took_s = run(mutant)
+    for mutant, (killed, took_s) in zip(chosen, _run_all(chosen, args.jobs), strict=True):
         print(f"{'killed' if killed else 'SURVIVED':8} {mutant.name:45} {took_s:6.1f} s", flush=True)
         if not killed:
             survivors.append(mutant.name)
