@@ -84,6 +84,7 @@ bench: install  ## quick benchmarks (about a minute each), as CI runs them
 	$(PY) -m bench.security --quick
 	$(PY) -m bench.observability --quick
 	$(PY) -m bench.http --quick
+	$(PY) -m bench.stream_interval --quick
 
 bench-full: install  ## full benchmarks, the figures of docs/BENCHMARKS.md and docs/RESILIENCE.md
 	$(PY) -m bench.gateway
@@ -96,6 +97,7 @@ bench-full: install  ## full benchmarks, the figures of docs/BENCHMARKS.md and d
 	$(PY) -m bench.security
 	$(PY) -m bench.observability
 	$(PY) -m bench.http
+	$(PY) -m bench.stream_interval
 
 clean:  ## remove the virtual environment and generated stubs
 	rm -rf $(VENV) genmesh/v1 *.egg-info .mypy_cache .ruff_cache .pytest_cache

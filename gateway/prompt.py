@@ -9,6 +9,13 @@ always sees exactly one system turn before the conversation. With neither passag
 message is added. With the shipped model's template, a question with passages renders as
 ``<|bos|><passages>\\n\\nQuestion: <question>\\nAnswer:``: the tokens of the prompt the gateway built as text before.
 
+The layout is prefix-cache friendly: what repeats across requests comes first and what varies last — the client's
+system text, the passages (as retrieval ranked them), the tool results (in the order the client listed the calls,
+not the order they finished: gateway.stages.inference), then the conversation, its newest turn last. Nothing that
+changes per request (request ids, timestamps, scores) is written into the prompt, so two requests with the same
+system text and sources share every token up to the question, and inference's prefix cache serves that much
+(tests/gateway/test_prompt_prefix_sharing.py; bench/inference.py's ``prefix_ttft_ratio``).
+
 The budget is counted with the model's tokenizer (gateway.prompt_budget: one CountTokens call per request); the
 passages that fit (``fit_blocks``) go in whole, best first. Against an inference service too old to count, the
 passages are trimmed to a character budget instead (3 characters per token, erring short: ``conversation``), and

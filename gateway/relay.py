@@ -12,8 +12,12 @@ from genmesh.v1 import inference_pb2
 
 
 class Unread:
-    """The messages a reader has not taken yet, each run of deltas merged into one message, so that a reader who
-    falls behind holds one message per run of deltas, not one per token.
+    """The messages a reader has not taken yet, each sample's (``index``) run of deltas merged into one message,
+    so that a reader who falls behind holds one message per run of deltas, not one per token.
+
+    With n > 1 the samples' deltas interleave (0, 1, 0, 1, ...), so each sample keeps its own open run: a delta
+    merges into its sample's open run wherever that sits, and any other message of the sample (its completion)
+    closes the run. Messages of different samples may so reorder; those of one sample keep their order.
 
     A run's text is kept in pieces and joined when the run is taken: appending to a protobuf string field in
     place keeps every intermediate string in the message's arena (quadratic memory over a long run).
@@ -21,41 +25,46 @@ class Unread:
 
     def __init__(self) -> None:
         self._messages: list[inference_pb2.GenerateResponse] = []
-        self._texts: list[str] = []
-        """The text pieces of the last message, when it is a delta."""
+        self._open: dict[int, int] = {}
+        """Sample index -> position in ``_messages`` of the sample's open run of deltas."""
+        self._texts: dict[int, list[str]] = {}
+        """Position in ``_messages`` of a run of deltas -> its text pieces."""
 
     def __bool__(self) -> bool:
         return bool(self._messages)
 
     def push(self, message: inference_pb2.GenerateResponse) -> None:
-        """Add ``message``, merged into the last unread one when both are deltas."""
-        last = self._messages[-1] if self._messages else None
-        if last is not None and last.HasField("delta") and message.HasField("delta"):
-            last.delta.token_ids.extend(message.delta.token_ids)
-            last.delta.logprobs.extend(message.delta.logprobs)
-            self._texts.append(message.delta.text)
+        """Add ``message``, merged into its sample's open run when it is a delta."""
+        if not message.HasField("delta"):
+            self._open.pop(message.index, None)
+            self._messages.append(message)
             return
-        self._join_texts()
+        at = self._open.get(message.index)
+        if at is not None:
+            run = self._messages[at].delta
+            run.token_ids.extend(message.delta.token_ids)
+            run.logprobs.extend(message.delta.logprobs)
+            self._texts[at].append(message.delta.text)
+            return
+        self._open[message.index] = len(self._messages)
+        self._texts[len(self._messages)] = [message.delta.text]
         self._messages.append(message)
-        self._texts = [message.delta.text] if message.HasField("delta") else []
 
     def take(self) -> list[inference_pb2.GenerateResponse]:
         """Every unread message, in order; none is left."""
-        self._join_texts()
-        taken, self._messages, self._texts = self._messages, [], []
+        for at, pieces in self._texts.items():
+            if len(pieces) > 1:
+                self._messages[at].delta.text = "".join(pieces)
+        taken, self._messages, self._open, self._texts = self._messages, [], {}, {}
         return taken
-
-    def _join_texts(self) -> None:
-        if len(self._texts) > 1:
-            self._messages[-1].delta.text = "".join(self._texts)
 
 
 async def relay(call: grpc.aio.UnaryStreamCall) -> AsyncIterator[inference_pb2.GenerateResponse]:
     """Yield ``call``'s messages, coalescing the deltas that pile up while the consumer is busy.
 
     Reading never waits for the consumer, so upstream flow control is never the bottleneck; what is held
-    for a slow consumer is one merged delta (at most the generation's max_tokens tokens) and the
-    completion. Closing the iterator cancels the upstream call.
+    for a slow consumer is one merged delta per sample (at most the generation's max_tokens tokens each) and
+    the completions. Closing the iterator cancels the upstream call.
     """
     unread = Unread()
     wake = asyncio.Event()

@@ -12,6 +12,7 @@ from genmesh.limits import call_id_violation
 from genmesh.logs import REQUEST_ID
 from genmesh.mesh import DEFAULT_COLLECTION
 from genmesh.messages import last_user_text, message_violations
+from genmesh.response_format import response_format_from_proto
 from genmesh.sampling import SamplingParams
 from genmesh.schema import parse_object, validate_arguments
 from genmesh.v1 import common_pb2, gateway_pb2
@@ -55,6 +56,8 @@ class AnswerPlan:
     require_all_stages: bool = False
     messages: tuple[common_pb2.ChatMessage, ...] = ()
     """The client's conversation when it sent messages instead of a question (checked)."""
+    response_format: common_pb2.ResponseFormat | None = None
+    """The structure the answer must have, as sent (its bounds checked; inference compiles it); None: free text."""
 
 
 def plan_request(
@@ -88,6 +91,10 @@ def plan_request(
         sampling = sampling_from_proto(request.sampling)
     except InvalidArgument as error:
         bad.extend(error.violations)
+    try:
+        response_format = response_format_from_proto(request.response_format)
+    except InvalidArgument as error:
+        bad.extend(error.violations)
     if bad:
         raise InvalidArgument(bad)
     return AnswerPlan(
@@ -102,6 +109,7 @@ def plan_request(
         retrieval_budget_s=None if budget_ms is None else budget_ms / 1000.0,
         require_all_stages=request.require_all_stages,
         messages=tuple(request.messages),
+        response_format=request.response_format if response_format is not None else None,
     )
 
 

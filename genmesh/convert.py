@@ -21,5 +21,12 @@ def sampling_from_proto(message: common_pb2.SamplingParams, prefix: str = "sampl
         stop=list(message.stop),
         seed=opt("seed"),  # type: ignore[arg-type]
         logprobs=opt("logprobs"),  # type: ignore[arg-type]
+        min_p=opt("min_p"),
+        presence_penalty=opt("presence_penalty"),
+        frequency_penalty=opt("frequency_penalty"),
+        logit_bias=dict(message.logit_bias),
+        ignore_eos=message.ignore_eos,
+        min_tokens=opt("min_tokens"),  # type: ignore[arg-type]
+        n=opt("n"),  # type: ignore[arg-type]
         prefix=prefix,
     )

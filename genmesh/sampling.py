@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from genmesh.errors import FieldViolation, InvalidArgument
@@ -15,6 +16,10 @@ MAX_STOP_SEQUENCES = 8
 MAX_STOP_LENGTH = 256
 MAX_LOGPROBS = 20
 MAX_SEED = 2**63 - 1
+PENALTY_LIMIT = 2.0
+MAX_LOGIT_BIAS_ENTRIES = 300
+LOGIT_BIAS_LIMIT = 100.0
+MAX_N = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,11 +34,31 @@ class SamplingParams:
     stop: tuple[str, ...] = ()
     seed: int | None = None
     logprobs: int = 0
+    min_p: float = 0.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: tuple[tuple[int, float], ...] = ()
+    """(token id, bias) pairs, ids ascending; ids are checked against the vocabulary by inference."""
+    ignore_eos: bool = False
+    min_tokens: int = 0
+    n: int = 1
 
     @property
     def greedy(self) -> bool:
         """Temperature 0 means argmax decoding."""
         return self.temperature == 0.0
+
+    @property
+    def keeps_argmax(self) -> bool:
+        """No processor can move the argmax: greedy, no penalty, bias or logprobs (min_tokens/EOS aside)."""
+        return (
+            self.greedy
+            and self.repetition_penalty == 1.0
+            and self.presence_penalty == 0.0
+            and self.frequency_penalty == 0.0
+            and not self.logit_bias
+            and self.logprobs == 0
+        )
 
 
 def _finite_in(value: float, low: float, high: float, low_open: bool = False) -> bool:
@@ -52,6 +77,13 @@ def build_sampling(
     stop: list[str] | tuple[str, ...] = (),
     seed: int | None = None,
     logprobs: int | None = None,
+    min_p: float | None = None,
+    presence_penalty: float | None = None,
+    frequency_penalty: float | None = None,
+    logit_bias: Mapping[int, float] | None = None,
+    ignore_eos: bool = False,
+    min_tokens: int | None = None,
+    n: int | None = None,
     prefix: str = "sampling",
 ) -> SamplingParams:
     """Apply defaults to the knobs that are set and validate them.
@@ -87,6 +119,25 @@ def build_sampling(
         check(0 <= seed <= MAX_SEED, "seed", f"must be between 0 and {MAX_SEED}")
     if logprobs is not None:
         check(0 <= logprobs <= MAX_LOGPROBS, "logprobs", f"must be between 0 and {MAX_LOGPROBS}")
+    if min_p is not None:
+        check(_finite_in(min_p, 0.0, 1.0), "min_p", "must be between 0 and 1")
+    for name, penalty in (("presence_penalty", presence_penalty), ("frequency_penalty", frequency_penalty)):
+        if penalty is not None:
+            check(_finite_in(penalty, -PENALTY_LIMIT, PENALTY_LIMIT), name, f"must be between -2 and {PENALTY_LIMIT:g}")
+    bias = dict(logit_bias or {})
+    check(len(bias) <= MAX_LOGIT_BIAS_ENTRIES, "logit_bias", f"at most {MAX_LOGIT_BIAS_ENTRIES} entries")
+    for token_id, value in sorted(bias.items()):
+        check(token_id >= 0, f"logit_bias.{token_id}", "token ids must not be negative")
+        check(
+            _finite_in(value, -LOGIT_BIAS_LIMIT, LOGIT_BIAS_LIMIT),
+            f"logit_bias.{token_id}",
+            f"must be between -{LOGIT_BIAS_LIMIT:g} and {LOGIT_BIAS_LIMIT:g}",
+        )
+    limit = DEFAULT_MAX_TOKENS if max_tokens is None else max_tokens
+    if min_tokens is not None:
+        check(0 <= min_tokens <= limit, "min_tokens", f"must be between 0 and max_tokens ({limit})")
+    if n is not None:
+        check(1 <= n <= MAX_N, "n", f"must be between 1 and {MAX_N}")
     if bad:
         raise InvalidArgument(bad)
     defaults = SamplingParams()
@@ -99,4 +150,22 @@ def build_sampling(
         stop=tuple(stop),
         seed=seed,
         logprobs=defaults.logprobs if logprobs is None else logprobs,
+        min_p=defaults.min_p if min_p is None else min_p,
+        presence_penalty=defaults.presence_penalty if presence_penalty is None else presence_penalty,
+        frequency_penalty=defaults.frequency_penalty if frequency_penalty is None else frequency_penalty,
+        logit_bias=tuple(sorted(bias.items())),
+        ignore_eos=ignore_eos,
+        min_tokens=defaults.min_tokens if min_tokens is None else min_tokens,
+        n=defaults.n if n is None else n,
     )
+
+
+def check_logit_bias_vocab(params: SamplingParams, vocab_size: int, prefix: str = "sampling") -> None:
+    """Refuse logit_bias ids outside the vocabulary (InvalidArgument naming ``{prefix}.logit_bias.<id>``)."""
+    bad = [
+        FieldViolation(f"{prefix}.logit_bias.{token_id}", f"token id must be below the vocabulary size {vocab_size}")
+        for token_id, _ in params.logit_bias
+        if token_id >= vocab_size
+    ]
+    if bad:
+        raise InvalidArgument(bad)

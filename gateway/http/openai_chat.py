@@ -2,10 +2,11 @@
 
 Mapped: messages (string or text-part content; assistant tool_calls; tool messages), prompt (one string: the
 question), max_tokens/max_completion_tokens, temperature, top_p, stop (string or list), seed, logprobs and
-top_logprobs, n (1 only), stream, stream_options.include_usage, model (the served model or absent), and the
-extension object ``genmesh: {retrieval: {top_k, collection, disabled, timeout_ms}, tool_calls: [{name, arguments,
-id}], require_all_stages, events}`` (``events``: send the named ``genmesh.*`` SSE events). ``user`` is accepted
-and not used. Anything else is a 400 naming the field, in OpenAI's error shape."""
+top_logprobs, presence_penalty, frequency_penalty, logit_bias (token id strings -> bias), n (1..16 choices),
+vLLM's extra min_p, min_tokens and ignore_eos, stream, stream_options.include_usage, model (the served model or
+absent), and the extension object ``genmesh: {retrieval: {top_k, collection, disabled, timeout_ms}, tool_calls:
+[{name, arguments, id}], require_all_stages, events}`` (``events``: send the named ``genmesh.*`` SSE events).
+``user`` is accepted and not used. Anything else is a 400 naming the field, in OpenAI's error shape."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.http.errors import HttpError, bad_field
+from gateway.http.response_format import NAMES as FORMAT_NAMES
+from gateway.http.response_format import parse_response_format
 from genmesh.client.requests import FieldError, chat_message
 from genmesh.v1 import common_pb2, gateway_pb2
 
@@ -34,11 +37,18 @@ _COMMON = frozenset(
         "genmesh",
         "logprobs",
         "top_logprobs",
+        "presence_penalty",
+        "frequency_penalty",
+        "logit_bias",
+        "min_p",
+        "min_tokens",
+        "ignore_eos",
+        "response_format",
     }
 )
 CHAT_FIELDS = _COMMON | {"messages", "max_completion_tokens"}
 COMPLETION_FIELDS = _COMMON | {"prompt"}
-_NEUTRAL = {"presence_penalty": 0, "frequency_penalty": 0, "echo": False, "best_of": 1, "suffix": None}
+_NEUTRAL = {"echo": False, "best_of": 1, "suffix": None}
 """Fields accepted only at their no-op value."""
 _EXTENSION_FIELDS = frozenset({"retrieval", "tool_calls", "require_all_stages", "events"})
 _RETRIEVAL_FIELDS = {"top_k": int, "collection": str, "disabled": bool, "timeout_ms": int}
@@ -87,9 +97,6 @@ def parse_request(body: Any, *, chat: bool, served_model: str, stream_default: b
             param="model",
             code="model_not_found",
         )
-    n = _typed(body, "n", int)
-    if n is not None and n != 1:
-        raise bad_field("n", "only n=1 is supported", "unsupported_value")
     stream = _typed(body, "stream", bool)
     stream = stream_default if stream is None else stream
     options = _typed(body, "stream_options", dict) or {}
@@ -98,6 +105,9 @@ def parse_request(body: Any, *, chat: bool, served_model: str, stream_default: b
         raise bad_field("stream_options", "only allowed when stream is true")
     _typed(body, "user", str)
     request = gateway_pb2.GatewayRequest(sampling=_sampling(body, chat))
+    response_format = parse_response_format(body.get("response_format"))
+    if response_format is not None:
+        request.response_format.CopyFrom(response_format)
     if chat:
         request.messages.extend(_messages(body.get("messages")))
     else:
@@ -105,9 +115,8 @@ def parse_request(body: Any, *, chat: bool, served_model: str, stream_default: b
     named_events = _extension(body.get("genmesh"), request)
     logprobs = bool(request.sampling.HasField("logprobs"))
     top = (_typed(body, "top_logprobs", int) if chat else _typed(body, "logprobs", int)) or 0
-    return ParsedRequest(
-        request, chat, stream, include_usage, logprobs, named_events, served_model, top, _names(body, chat)
-    )
+    names = _names(body, chat) | FORMAT_NAMES
+    return ParsedRequest(request, chat, stream, include_usage, logprobs, named_events, served_model, top, names)
 
 
 def _names(body: Mapping[str, Any], chat: bool) -> dict[str, str]:
@@ -159,10 +168,16 @@ def _sampling(body: Mapping[str, Any], chat: bool) -> common_pb2.SamplingParams:
     max_tokens = _typed(body, "max_tokens", int) if max_tokens is None else max_tokens
     if max_tokens is not None:
         params.max_tokens = max_tokens
-    for name in ("temperature", "top_p"):
+    for name in ("temperature", "top_p", "presence_penalty", "frequency_penalty", "min_p"):
         value = _typed(body, name, float)
         if value is not None:
             setattr(params, name, value)
+    for name in ("n", "min_tokens"):
+        value = _typed(body, name, int)
+        if value is not None:
+            setattr(params, name, value)
+    params.ignore_eos = _typed(body, "ignore_eos", bool) or False
+    params.logit_bias.update(_logit_bias(body))
     seed = _typed(body, "seed", int, bounds=UINT64)
     if seed is not None:
         params.seed = seed
@@ -175,6 +190,21 @@ def _sampling(body: Mapping[str, Any], chat: bool) -> common_pb2.SamplingParams:
         raise bad_field("stop", "must be a string or an array of strings", "invalid_type")
     _logprobs(body, chat, params)
     return params
+
+
+def _logit_bias(body: Mapping[str, Any]) -> dict[int, float]:
+    """``{"<token id>": bias}``: keys decimal token ids (uint32), values numbers; the ranges are the gateway's to
+    check (``sampling.logit_bias.<id>``, named ``logit_bias.<id>`` here)."""
+    value = _typed(body, "logit_bias", dict) or {}
+    bias: dict[int, float] = {}
+    for key in value:
+        if not (isinstance(key, str) and key.isascii() and key.isdigit() and int(key) <= UINT32[1]):
+            raise bad_field(f"logit_bias.{key}", "keys must be token ids (decimal integers)", "invalid_type")
+        number = _typed(value, key, float, "logit_bias.")
+        if number is None:
+            raise bad_field(f"logit_bias.{key}", "must be a number", "invalid_type")
+        bias[int(key)] = number
+    return bias
 
 
 def _logprobs(body: Mapping[str, Any], chat: bool, params: common_pb2.SamplingParams) -> None:

@@ -44,21 +44,45 @@ def error_json(error: GenmeshError) -> dict[str, Any]:
 
 
 @dataclass(slots=True)
+class _Choice:
+    """What one sample (``index``) has said so far."""
+
+    text: list[str] = field(default_factory=list)
+    logprobs: list[dict[str, Any]] = field(default_factory=list)
+    finish_reason: str | None = None
+    completion_tokens: int = 0
+    started: bool = False
+
+
+@dataclass(slots=True)
 class Translator:
-    """Turns one request's GatewayEvents into Outputs, and adds them up for a non-streamed answer."""
+    """Turns one request's GatewayEvents into Outputs, and adds them up for a non-streamed answer.
+
+    With n > 1 samples each chunk's choice carries its sample's ``index``; the usage (prompt tokens once,
+    completion tokens summed over the samples) and the timings come after the last sample's Completion.
+    """
 
     parsed: ParsedRequest
     id: str = ""
     created: int = field(default_factory=lambda: int(time.time()))
-    text: list[str] = field(default_factory=list)
-    logprobs: list[dict[str, Any]] = field(default_factory=list)
+    choices: dict[int, _Choice] = field(default_factory=dict)
     extras: dict[str, Any] = field(default_factory=lambda: {"sources": [], "tool_results": [], "degraded": []})
-    finish_reason: str | None = None
     usage: dict[str, int] | None = None
-    _started: bool = False
+    _completed: int = 0
 
     def __post_init__(self) -> None:
         self.id = self.id or ("chatcmpl-" if self.parsed.chat else "cmpl-") + uuid.uuid4().hex
+
+    @property
+    def finish_reason(self) -> str | None:
+        """Sample 0's finish reason (None before its Completion)."""
+        return self._choice(0).finish_reason
+
+    def _choice(self, index: int) -> _Choice:
+        choice = self.choices.get(index)
+        if choice is None:
+            choice = self.choices[index] = _Choice()
+        return choice
 
     def outputs(self, event: gateway_pb2.GatewayEvent) -> list[Output]:
         """What ``event`` becomes on the stream (and is added to the whole answer)."""
@@ -76,45 +100,57 @@ class Translator:
             self.extras["degraded"].append(stage)
             return [Extra("genmesh.degraded", stage)]
         if kind == "delta":
-            return self._delta(event.delta)
+            return self._delta(event.delta, event.index)
         if kind == "complete":
-            return self._complete(event.complete)
+            return self._complete(event.complete, event.index)
         return []
 
-    def _delta(self, delta: common_pb2.TokenDelta) -> list[Output]:
-        self.text.append(delta.text)
+    def _delta(self, delta: common_pb2.TokenDelta, index: int) -> list[Output]:
+        state = self._choice(index)
+        state.text.append(delta.text)
         top = self.parsed.top_logprobs
         logprobs = [_logprob(lp, delta, top) for lp in delta.logprobs] if self.parsed.logprobs else []
-        self.logprobs.extend(logprobs)
+        state.logprobs.extend(logprobs)
         if self.parsed.chat:
             content: dict[str, Any] = {"content": delta.text}
-            if not self._started:
+            if not state.started:
                 content = {"role": "assistant", **content}
-            self._started = True
-            choice = {"index": 0, "delta": content, "logprobs": {"content": logprobs} if logprobs else None}
+            state.started = True
+            choice = {"index": index, "delta": content, "logprobs": {"content": logprobs} if logprobs else None}
         else:
-            choice = {"index": 0, "text": delta.text, "logprobs": _completion_logprobs(logprobs) if logprobs else None}
+            choice = {
+                "index": index,
+                "text": delta.text,
+                "logprobs": _completion_logprobs(logprobs) if logprobs else None,
+            }
         return [Chunk(self._chunk({**choice, "finish_reason": None}))]
 
-    def _complete(self, proto: common_pb2.Completion) -> list[Output]:
+    def _complete(self, proto: common_pb2.Completion, index: int) -> list[Output]:
         done = complete(proto)
-        self.finish_reason = FINISH_REASONS.get(done.finish_reason, "stop")
+        state = self._choice(index)
+        state.finish_reason = FINISH_REASONS.get(done.finish_reason, "stop")
+        state.completion_tokens = done.usage.completion_tokens
+        self._completed += 1
+        last: dict[str, Any] = {"index": index, "finish_reason": state.finish_reason, "logprobs": None}
+        last.update(
+            {"delta": {} if state.started else {"role": "assistant", "content": ""}}
+            if self.parsed.chat
+            else {"text": ""}
+        )
+        outputs: list[Output] = [Chunk(self._chunk(last))]
+        if self._completed < max(1, self.parsed.request.sampling.n):
+            return outputs
+        completion_tokens = sum(c.completion_tokens for c in self.choices.values())
         self.usage = {
             "prompt_tokens": done.usage.prompt_tokens,
-            "completion_tokens": done.usage.completion_tokens,
-            "total_tokens": done.usage.prompt_tokens + done.usage.completion_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": done.usage.prompt_tokens + completion_tokens,
         }
         timings = {**asdict(done.timings), "stages": [_span(s) for s in proto.timings.stages]}
         self.extras["timings"] = timings
         if not self.extras["degraded"]:
             self.extras["degraded"] = [_degraded(d) for d in proto.degraded]
-        last: dict[str, Any] = {"index": 0, "finish_reason": self.finish_reason, "logprobs": None}
-        last.update(
-            {"delta": {} if self._started else {"role": "assistant", "content": ""}}
-            if self.parsed.chat
-            else {"text": ""}
-        )
-        outputs: list[Output] = [Extra("genmesh.timings", timings), Chunk(self._chunk(last))]
+        outputs.insert(0, Extra("genmesh.timings", timings))
         if self.parsed.include_usage:
             outputs.append(Chunk({**self._chunk(None), "usage": self.usage}))
         return outputs
@@ -132,21 +168,26 @@ class Translator:
         return chunk
 
     def whole(self) -> dict[str, Any]:
-        """The non-streamed answer, with genmesh's extras under ``genmesh`` (clients ignore the field)."""
-        text = "".join(self.text)
-        choice: dict[str, Any] = {"index": 0, "finish_reason": self.finish_reason}
-        if self.parsed.chat:
-            choice["message"] = {"role": "assistant", "content": text}
-            choice["logprobs"] = {"content": self.logprobs} if self.logprobs else None
-        else:
-            choice["text"] = text
-            choice["logprobs"] = _completion_logprobs(self.logprobs) if self.logprobs else None
+        """The non-streamed answer, one choice per sample, with genmesh's extras under ``genmesh`` (clients ignore
+        the field)."""
+        choices = []
+        for index in sorted(self.choices) or [0]:
+            state = self._choice(index)
+            text = "".join(state.text)
+            choice: dict[str, Any] = {"index": index, "finish_reason": state.finish_reason}
+            if self.parsed.chat:
+                choice["message"] = {"role": "assistant", "content": text}
+                choice["logprobs"] = {"content": state.logprobs} if state.logprobs else None
+            else:
+                choice["text"] = text
+                choice["logprobs"] = _completion_logprobs(state.logprobs) if state.logprobs else None
+            choices.append(choice)
         return {
             "id": self.id,
             "object": "chat.completion" if self.parsed.chat else "text_completion",
             "created": self.created,
             "model": self.parsed.model,
-            "choices": [choice],
+            "choices": choices,
             "usage": self.usage,
             "genmesh": self.extras,
         }

@@ -28,6 +28,7 @@ from starlette.routing import BaseRoute, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from gateway.http import gateway_call
+from gateway.http.bodies import refuse_lone_surrogates
 from gateway.http.context import HttpContext
 from gateway.http.errors import HttpError, http_error
 from gateway.http.gateway_call import metadata_of
@@ -68,6 +69,11 @@ class _Socket:
                     message = json.loads(text)
                 except (ValueError, TypeError, RecursionError):
                     await self.error(None, HttpError(400, "a message must be a JSON object", code="invalid_json"))
+                    continue
+                try:
+                    refuse_lone_surrogates(message)
+                except HttpError as error:
+                    await self.error(None, error)
                     continue
                 await self.handle(message)
         except WebSocketDisconnect:

@@ -6,20 +6,28 @@ from genmesh.v1 import gateway_pb2, jobs_pb2
 
 
 class ResultCollector:
-    """Adds each event of a run to one JobResult: answer text, sources, tool results, completion."""
+    """Adds each event of a run to one JobResult: answer text, sources, tool results, completion.
+
+    With n > 1 samples the answer and completion are sample 0's, its usage counting every sample's tokens.
+    """
 
     def __init__(self) -> None:
         self._result = jobs_pb2.JobResult()
         self._answer: list[str] = []
+        self._other_tokens = 0
+        """Completion tokens of the samples other than 0."""
 
     def add(self, event: gateway_pb2.GatewayEvent) -> None:
         kind = event.WhichOneof("event")
         if kind == "delta":
-            self._answer.append(event.delta.text)
+            if event.index == 0:
+                self._answer.append(event.delta.text)
         elif kind == "sources":
             self._result.sources.extend(event.sources.passages)
         elif kind == "tool_result":
             self._result.tool_results.append(event.tool_result)
+        elif kind == "complete" and event.index != 0:
+            self._other_tokens += event.complete.usage.completion_tokens
         elif kind == "complete":
             self._result.completion.CopyFrom(event.complete)
 
@@ -31,4 +39,8 @@ class ResultCollector:
     def result(self) -> jobs_pb2.JobResult:
         """The result so far."""
         self._result.answer = "".join(self._answer)
+        if self._result.HasField("completion"):
+            usage = self._result.completion.usage
+            usage.completion_tokens += self._other_tokens
+            self._other_tokens = 0
         return self._result

@@ -43,13 +43,13 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
             raise InvalidArgument.field("idempotency_key", f"must be at most {MAX_IDEMPOTENCY_KEY} characters")
         if abs(request.priority) > MAX_PRIORITY:
             raise InvalidArgument.field("priority", f"must be between -{MAX_PRIORITY} and {MAX_PRIORITY}")
-        # A valid SubmitJob costs one request of its key and reserves its max_tokens (charged in full even if
+        # A valid SubmitJob costs one request of its key and reserves its max_tokens times n (charged in full even if
         # the run stops earlier: it may run on another gateway, which charges nothing; docs/SECURITY.md).
         caller = current_caller()
         body = request.request.SerializeToString(deterministic=True)
         owner, tools = (caller.key_name, caller.allowed_tools) if caller else ("", frozenset[str]())
         with counting_refusals(self.metrics):  # the key's limits, then a full queue
-            self._key_limits.admit_request(caller, reserve_tokens=plan.sampling.max_tokens)
+            self._key_limits.admit_request(caller, reserve_tokens=plan.sampling.max_tokens * plan.sampling.n)
             record = await self._runtime.submit(body, request.idempotency_key, request.priority, owner, tools)
         return jobs_pb2.SubmitJobResponse(job=to_proto(record))
 

@@ -35,7 +35,8 @@ PROMPT = "prompt"
 
 
 class InferenceStage:
-    """Generates the answer; yields a GatewayEvent per relayed delta, then the Completion."""
+    """Generates the answer; yields a GatewayEvent per relayed delta, then the Completion, each sample's (n > 1)
+    tagged with its ``index``; the stream ends after the last sample's Completion."""
 
     def __init__(self, attempts: int, connect_wait_s: float) -> None:
         self._rule = RetryRule(attempts)
@@ -53,6 +54,7 @@ class InferenceStage:
             messages=messages,
             sampling=context.plan.sampling_proto,
             truncate_prompt=True,
+            response_format=context.plan.response_format,
         )
         with StageSpan(STAGE, context.latency(STAGE)) as span:  # in this generator: no layer more per token
             upstreams, deadline = context.upstreams, context.deadline
@@ -70,11 +72,11 @@ class InferenceStage:
                             async for message in relay(call):
                                 attempt.commit()
                                 if message.HasField("delta"):
-                                    yield gateway_pb2.GatewayEvent(delta=message.delta)
+                                    yield gateway_pb2.GatewayEvent(delta=message.delta, index=message.index)
                                 else:
                                     context.clock.spans[STAGE] = (start_ms, context.clock.now_ms())
                                     span.end()
-                                    yield gateway_pb2.GatewayEvent(complete=message.complete)
+                                    yield gateway_pb2.GatewayEvent(complete=message.complete, index=message.index)
                         except (asyncio.CancelledError, GeneratorExit):
                             upstreams.inference.abort_soon(request.request_id)  # while it still maps to the replica
                             raise
@@ -85,6 +87,9 @@ class InferenceStage:
     async def _conversation(self, context: StageContext) -> tuple[list[common_pb2.ChatMessage], bool]:
         plan, gathered = context.plan, context.gathered
         calls = {call.call_id: call for call in plan.tool_calls}
+        order = {call_id: index for index, call_id in enumerate(calls)}
+        # The calls' order, not the order they finished in: the same request renders the same prompt (prefix cache).
+        results = sorted(gathered.tool_results, key=lambda r: order[r.call_id])
         return await self._budget.conversation(
             context.upstreams,
             plan.question,
@@ -92,7 +97,7 @@ class InferenceStage:
             [PromptPassage(p.title, p.text) for p in gathered.passages],
             [
                 PromptToolResult(r.name, calls[r.call_id].arguments_json, r.result_json or f"error: {r.error.message}")
-                for r in gathered.tool_results
+                for r in results
             ],
             plan.sampling.max_tokens,
             context.deadline,

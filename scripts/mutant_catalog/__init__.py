@@ -6,12 +6,16 @@ from __future__ import annotations
 
 from mutant_catalog import (
     clients,
+    engine_cache,
     gateway,
     http,
     observability_metrics,
     observability_traces,
+    prompt_layout,
+    sampling_controls,
     security,
     services,
+    structured_output,
 )
 from mutant_catalog.mutant import Mutant
 
@@ -20,6 +24,10 @@ MUTANTS: tuple[Mutant, ...] = (
     *http.MUTANTS,
     *gateway.MUTANTS,
     *services.MUTANTS,
+    *engine_cache.MUTANTS,
+    *sampling_controls.MUTANTS,
+    *structured_output.MUTANTS,
+    *prompt_layout.MUTANTS,
     *security.MUTANTS,
     *observability_metrics.MUTANTS,
     *observability_traces.MUTANTS,

@@ -72,20 +72,6 @@ MUTANTS: tuple[Mutant, ...] = (
     ),
     # --- the gateway's relay, fan-out, admission, deadlines, breaker, request ids ---
     Mutant(
-        "relay-never-merges",
-        "gateway/relay.py",
-        'if last is not None and last.HasField("delta") and message.HasField("delta"):',
-        "if False:",
-        ("tests/gateway/test_relay_stream.py", "tests/gateway/test_relay_coalescing.py"),
-    ),
-    Mutant(
-        "relay-merges-text-quadratically",
-        "gateway/relay.py",
-        "self._texts.append(message.delta.text)",
-        "last.delta.text += message.delta.text",
-        ("tests/gateway/test_relay_stream.py",),
-    ),
-    Mutant(
         "relay-swallows-the-failure",
         "gateway/relay.py",
         "raise failure[0]",
@@ -331,5 +317,36 @@ MUTANTS: tuple[Mutant, ...] = (
         "if self.policy is Policy.ROUND_ROBIN and turn:",
         "if self.policy is Policy.ROUND_ROBIN:",
         ("tests/gateway/test_inference_balancing.py",),
+    ),
+    Mutant(
+        "job-worker-ignores-a-stop-its-run-absorbed",
+        "gateway/jobs/workers.py",
+        "if _stopping():  # the pool's cancel reached the run this worker awaited, which ended without raising",
+        "if False:  # the pool's cancel reached the run this worker awaited, which ended without raising",
+        ("tests/gateway/test_jobs_stop.py",),
+    ),
+    Mutant(
+        "cancel-and-wait-swallows-the-callers-cancel",
+        "genmesh/tasks.py",
+        "if current is not None and current.cancelling() > cancels:",
+        "if False:",
+        (
+            "tests/genmesh/test_cancel_and_wait.py::test_a_timeout_that_expires_while_the_caller_waits_is_raised_once_the_tasks_ended",
+            "tests/genmesh/test_cancel_and_wait.py::test_a_caller_cancelled_while_it_waits_is_cancelled",
+        ),
+    ),
+    Mutant(
+        "relay-never-merges",
+        "gateway/relay.py",
+        "if at is not None:",
+        "if False:",
+        ("tests/gateway/test_relay_stream.py", "tests/gateway/test_relay_coalescing.py"),
+    ),
+    Mutant(
+        "relay-merges-text-quadratically",
+        "gateway/relay.py",
+        "self._texts[at].append(message.delta.text)",
+        "run.text += message.delta.text",
+        ("tests/gateway/test_relay_stream.py",),
     ),
 )

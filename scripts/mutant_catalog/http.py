@@ -183,13 +183,6 @@ MUTANTS: tuple[Mutant, ...] = (
         ("tests/http_front/test_status.py::test_keys_pass_through_and_refusals_have_their_http_status",),
     ),
     Mutant(
-        "http-accepts-n-above-1",
-        "gateway/http/openai_chat.py",
-        "if n is not None and n != 1:",
-        "if False:",
-        ("tests/http_front/test_openai_mapping.py",),
-    ),
-    Mutant(
         "http-sigterm-cuts-running-answers",
         "gateway/http/server.py",
         "self.should_exit = True",
@@ -369,5 +362,33 @@ MUTANTS: tuple[Mutant, ...] = (
         "while ctx.answers and not self.force_exit and loop.time() < until:",
         "while False:",
         ("tests/http_front/test_serve_http.py",),
+    ),
+    Mutant(
+        "body-lets-lone-surrogates-through",
+        "gateway/http/bodies.py",
+        "refuse_lone_surrogates(value)",
+        "pass",
+        ("tests/http_front/test_refusals.py::test_a_lone_surrogate_is_a_400_naming_its_field",),
+    ),
+    Mutant(
+        "body-surrogate-check-skips-keys",
+        "gateway/http/bodies.py",
+        "if not _is_text(key):",
+        "if False:",
+        ("tests/http_front/test_refusals.py::test_a_lone_surrogate_is_a_400_naming_its_field",),
+    ),
+    Mutant(
+        "websocket-lets-lone-surrogates-through",
+        "gateway/http/websocket.py",
+        "refuse_lone_surrogates(message)",
+        "pass",
+        ("tests/http_front/test_refusals.py::test_websocket_frames_that_are_not_a_message_are_errors",),
+    ),
+    Mutant(
+        "body-surrogate-precheck-never-raises",
+        "gateway/http/bodies.py",
+        "json.dumps(value, ensure_ascii=False, check_circular=False).encode()",
+        "json.dumps(value, ensure_ascii=False, check_circular=False)",
+        ("tests/http_front/test_refusals.py::test_a_lone_surrogate_is_a_400_naming_its_field",),
     ),
 )

@@ -35,14 +35,14 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "job-submit-reserves-no-tokens",
         "gateway/jobs/service.py",
-        "self._key_limits.admit_request(caller, reserve_tokens=plan.sampling.max_tokens)",
+        "self._key_limits.admit_request(caller, reserve_tokens=plan.sampling.max_tokens * plan.sampling.n)",
         "self._key_limits.admit_request(caller)",
         ("tests/gateway/test_key_limits_jobs.py",),
     ),
     Mutant(
         "submit-job-costs-no-request",
         "gateway/jobs/service.py",
-        "self._key_limits.admit_request(caller, reserve_tokens=plan.sampling.max_tokens)",
+        "self._key_limits.admit_request(caller, reserve_tokens=plan.sampling.max_tokens * plan.sampling.n)",
         "pass",
         ("tests/gateway/test_key_limits_jobs.py::test_submit_job_costs_a_request_of_its_key",),
     ),

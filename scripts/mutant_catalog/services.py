@@ -9,7 +9,7 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "consumer-departure-ignored",
         "services/inference/engine/engine.py",
-        "self._scheduler.abort(seq)",
+        "self._scheduler.abort(one)",
         "pass",
         ("tests/inference/test_engine.py::test_consumer_going_away_frees_the_engine",),
     ),
@@ -26,8 +26,8 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "inference-queue-bound-off-by-one",
         "services/inference/engine/scheduler.py",
-        "if waiting >= self.config.max_waiting and running >= self.config.max_running:",
-        "if waiting > self.config.max_waiting and running >= self.config.max_running:",
+        "if waiting + len(group) - max(0, self.config.max_running - running) > self.config.max_waiting:",
+        "if waiting + len(group) - max(0, self.config.max_running - running) >= self.config.max_waiting:",
         (
             "tests/inference/test_engine.py::test_full_waiting_queue_raises_resource_exhausted_at_once",
             "tests/e2e/test_inference_load_bound.py",
@@ -36,15 +36,15 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "abort-finds-nothing",
         "services/inference/engine/engine.py",
-        "return self._scheduler.abort(found[0])",
+        "return any([self._scheduler.abort(seq) for seq in live])  # a list: every sample is asked",
         "return True",
         ("tests/inference/test_engine.py::test_abort_cancels_a_running_request",),
     ),
     Mutant(
         "no-joining-a-running-batch",
         "services/inference/engine/scheduler.py",
-        "while self._waiting and self.running_count < self.config.max_running and self.cache.can_allocate():",
-        "while self._waiting and self.running_count == 0 and self.cache.can_allocate():",
+        "while not batch.preempted and len(self._waiting) > skipped and self.running_count < self.config.max_running:",
+        "while not batch.preempted and len(self._waiting) > skipped and self.running_count == 0:",
         ("tests/inference/test_batching.py::test_a_new_request_joins_the_running_batch",),
     ),
     Mutant(

@@ -87,6 +87,10 @@ class LoadFeed:
             "max_running": float(self.max_running),
             "max_waiting": float(self.max_waiting),
             "queue_estimate_s": snapshot.queue_estimate_s,
+            "kv_block_size": float(snapshot.stats.block_size),
+            "kv_blocks_used": float(snapshot.stats.blocks_used),
+            "kv_blocks_free": float(snapshot.stats.blocks_free),
+            "prefix_cache_hit_rate": snapshot.stats.prefix_hit_rate,
         }
 
     async def watch(self, sample: Callable[[], LoadStats], interval_s: float) -> AsyncIterator[LoadSnapshot]:

@@ -3,14 +3,15 @@
 (``kv_cache_usage_perc`` is ``kv_cache_usage_ratio``). docs/OBSERVABILITY.md lists them.
 
 The engine records events as they happen (the engine thread, prometheus_client is thread-safe): queue time when a
-request gets its cache row, time to first token at its first token, the rest when it ends. Occupancy is read at
+request first gets its cache blocks, time to first token at its first token, the rest when it ends. Occupancy is read at
 scrape time from one ``Scheduler.load()`` snapshot, so running, waiting and KV use always agree with each other
 and with what ``GetLoad`` reports.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING
 
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
@@ -26,6 +27,9 @@ from genmesh.metrics import (
 from services.inference.engine.config import EngineConfig
 from services.inference.engine.types import Finished, FinishReason, LoadStats
 
+if TYPE_CHECKING:
+    from services.inference.engine.sequence import Sequence
+
 P = "genmesh_inference_"
 #: Why a request ended without completing: the ``reason`` of ``genmesh_inference_aborted_requests_total``.
 ABORT_REASONS = ("cancelled", "deadline", "error")
@@ -35,13 +39,15 @@ class _LoadCollector:
     """The occupancy gauges, from one load snapshot per scrape."""
 
     GAUGES = (
-        (f"{P}num_requests_running", "Requests holding a cache row, or getting one at the next step (GetLoad)"),
-        (f"{P}num_requests_waiting", "Requests queued for a cache row (GetLoad's waiting)"),
+        (f"{P}num_requests_running", "Requests holding cache blocks, or getting them at the next step (GetLoad)"),
+        (f"{P}num_requests_waiting", "Requests queued for cache blocks (GetLoad's waiting)"),
         (f"{P}max_num_requests_running", "Most requests generating at once (--max-running)"),
         (f"{P}max_num_requests_waiting", "Most requests waiting before RESOURCE_EXHAUSTED (--max-waiting)"),
-        (f"{P}kv_cache_used_tokens", "KV-cache positions filled"),
-        (f"{P}kv_cache_capacity_tokens", "KV-cache positions in all rows"),
+        (f"{P}kv_cache_used_tokens", "KV-cache positions in blocks held by running sequences"),
+        (f"{P}kv_cache_capacity_tokens", "KV-cache positions in all blocks"),
         (f"{P}kv_cache_usage_ratio", "KV-cache use from 0 to 1 (vLLM: kv_cache_usage_perc)"),
+        (f"{P}kv_cache_blocks_used", "KV-cache blocks held by running sequences"),
+        (f"{P}kv_cache_blocks_free", "KV-cache blocks free to hand out (empty, or cached prefixes nobody holds)"),
     )
     NAMES = tuple(name for name, _ in GAUGES)
 
@@ -65,6 +71,8 @@ class _LoadCollector:
             load.kv_used_tokens,
             load.kv_capacity_tokens,
             kv_ratio,
+            load.blocks_used,
+            load.blocks_free,
         )
         for (name, documentation), value in zip(self.GAUGES, values, strict=True):
             yield GaugeMetricFamily(name, documentation, value=value)
@@ -76,7 +84,7 @@ class InferenceMetrics:
     def __init__(self, metrics: Metrics) -> None:
         self._metrics = metrics
         self.queue_time = metrics.histogram(
-            f"{P}request_queue_time_seconds", "Time a request waited for a cache row", LATENCY_BUCKETS
+            f"{P}request_queue_time_seconds", "Time a request waited for its first cache blocks", LATENCY_BUCKETS
         )
         self.time_to_first_token = metrics.histogram(
             f"{P}time_to_first_token_seconds", "Time from a request's arrival to its first token", LATENCY_BUCKETS
@@ -116,8 +124,13 @@ class InferenceMetrics:
         )
         self.preemptions = metrics.counter(
             f"{P}num_preemptions_total",
-            "Sequences preempted to free cache space: always 0, each sequence holds its row to the end (kept for "
-            "vLLM dashboards)",
+            "Sequences preempted (by recompute) to free cache blocks for older running sequences",
+        )
+        self.prefix_cache_queries = metrics.counter(
+            f"{P}prefix_cache_queries_total", "Prompt tokens looked up in the prefix cache (at first admission)"
+        )
+        self.prefix_cache_hits = metrics.counter(
+            f"{P}prefix_cache_hits_total", "Prompt tokens found in the prefix cache instead of being computed"
         )
         completed = [reason for reason in FinishReason if reason is not FinishReason.CANCELLED]
         self._success = {reason: self.success.labels(reason.value) for reason in completed}
@@ -127,8 +140,16 @@ class InferenceMetrics:
         """Report the occupancy of the engine whose ``load`` this is (the last attached, in a process with two)."""
         self._metrics.collector(f"{P}load", _LoadCollector(read_load, config), _LoadCollector.NAMES)
 
+    def scheduled(self, admitted: Iterable[Sequence], preempted: int) -> None:
+        """A step admitted ``admitted`` for the first time (their prefix-cache lookups) and preempted ``preempted``."""
+        for seq in admitted:
+            self.prefix_cache_queries.inc(seq.num_prompt_tokens)
+            self.prefix_cache_hits.inc(seq.prefix_hit_tokens)
+        if preempted:
+            self.preemptions.inc(preempted)
+
     def queued(self, seconds: float) -> None:
-        """A request got its cache row after ``seconds`` in the queue."""
+        """A request first got its cache blocks after ``seconds`` in the queue."""
         self.queue_time.observe(seconds)
 
     def first_token(self, seconds: float, prompt_tokens: int) -> None:

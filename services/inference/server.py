@@ -18,6 +18,8 @@ from genmesh.errors import FailedPrecondition, FieldViolation, InvalidArgument, 
 from genmesh.logs import REQUEST_ID
 from genmesh.messages import message_violations, template_messages
 from genmesh.metrics import current as current_metrics
+from genmesh.response_format import response_format_from_proto
+from genmesh.sampling import check_logit_bias_vocab
 from genmesh.server import StartupFailed, run
 from genmesh.v1 import common_pb2, inference_pb2, inference_pb2_grpc
 from services.inference.chat_template import ChatTemplate
@@ -56,7 +58,11 @@ def _completion(done: Finished) -> inference_pb2.GenerateResponse:
     return inference_pb2.GenerateResponse(
         complete=common_pb2.Completion(
             finish_reason=_FINISH_REASONS[done.finish_reason],
-            usage=common_pb2.Usage(prompt_tokens=done.prompt_tokens, completion_tokens=done.completion_tokens),
+            usage=common_pb2.Usage(
+                prompt_tokens=done.prompt_tokens,
+                completion_tokens=done.completion_tokens,
+                cached_tokens=done.cached_tokens,
+            ),
             timings=common_pb2.Timings(
                 queue_ms=done.queue_ms, time_to_first_token_ms=done.ttft_ms, total_ms=done.total_ms
             ),
@@ -76,19 +82,26 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         engine = self._service.engine()
         prompt = self._prompt(request)
         sampling = sampling_from_proto(request.sampling)
+        check_logit_bias_vocab(sampling, engine.info().vocab_size)
         remaining = context.time_remaining()
         deadline = None if remaining is None else time.monotonic() + remaining
         rendered = bool(request.messages)
         generation = GenerationRequest(
-            REQUEST_ID.get(), prompt, sampling, deadline, request.truncate_prompt, rendered=rendered
+            REQUEST_ID.get(),
+            prompt,
+            sampling,
+            deadline,
+            request.truncate_prompt,
+            rendered=rendered,
+            response_format=response_format_from_proto(request.response_format),
         )
         try:
             async for item in engine.generate(generation):
-                if isinstance(item, TokenChunk):
-                    yield _delta(item)
-                else:
+                response = _delta(item) if isinstance(item, TokenChunk) else _completion(item)
+                response.index = item.index  # the sample (n > 1)
+                if isinstance(item, Finished):
                     self._service.load_feed.finished(item.total_ms / 1000)
-                    yield _completion(item)
+                yield response
         except InvalidArgument as error:
             if not rendered:
                 raise
@@ -149,6 +162,10 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
             kv_capacity_tokens=load.kv_capacity_tokens,
             replica_id=self._service.load_feed.replica_id,
             report_time=now_timestamp(),
+            kv_block_size=load.block_size,
+            kv_blocks_used=load.blocks_used,
+            kv_blocks_free=load.blocks_free,
+            prefix_cache_hit_rate=load.prefix_hit_rate,
         )
 
     async def WatchLoad(
@@ -246,10 +263,45 @@ def main(argv: Sequence[str] | None = None) -> None:
     flags.add(
         "--prefill-chunk", type=int, default=defaults.prefill_chunk, help="prompt tokens fed per sequence per step"
     )
+    flags.add(
+        "--stream-interval-tokens",
+        type=int,
+        default=defaults.stream_interval_tokens,
+        help="hold a stream's tokens after its first until this many are held (1: off)",
+    )
+    flags.add(
+        "--stream-interval-ms",
+        type=int,
+        default=defaults.stream_interval_ms,
+        help="or hold them until this many ms since the stream's last message (0: off)",
+    )
+    flags.add(
+        "--kv-cache-tokens",
+        type=int,
+        default=defaults.kv_cache_tokens,
+        help="KV-cache positions in all (default: max-running x context length)",
+    )
+    flags.add("--kv-block-size", type=int, default=defaults.block_size, help="positions per KV-cache block")
+    parser.add_argument(
+        "--no-prefix-cache",
+        dest="prefix_cache",
+        action="store_false",
+        help="do not reuse the cached KV blocks of a prompt prefix seen before",
+    )
     flags.add("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     args = parse(parser, argv)
     try:
-        config = EngineConfig(args.max_running, args.max_waiting, args.max_batched_tokens, args.prefill_chunk)
+        config = EngineConfig(
+            args.max_running,
+            args.max_waiting,
+            args.max_batched_tokens,
+            args.prefill_chunk,
+            stream_interval_tokens=args.stream_interval_tokens,
+            stream_interval_ms=args.stream_interval_ms,
+            kv_cache_tokens=args.kv_cache_tokens,
+            block_size=args.kv_block_size,
+            prefix_cache=args.prefix_cache,
+        )
     except ValueError as error:
         parser.error(str(error))
     device = None if args.device == "auto" else args.device

@@ -197,7 +197,8 @@ class ScriptedTools(tools_pb2_grpc.ToolsServiceServicer):
 
 
 class ScriptedInference(inference_pb2_grpc.InferenceServiceServicer):
-    """GetModelInfo reports ``context_length``; Generate streams ``deltas`` then a Completion, failing with
+    """GetModelInfo reports ``context_length``; Generate streams ``deltas`` then a Completion (each once per sample
+    of ``sampling.n``, tagged with its index), failing with
     ``fault`` before its first message or with ``fault_after_first`` right after it; records every request."""
 
     def __init__(self) -> None:
@@ -244,14 +245,18 @@ class ScriptedInference(inference_pb2_grpc.InferenceServiceServicer):
         number = len(self.requests)
         if self.fault is not None and self.fault.applies(number):
             await fail(context, self.fault)
+        samples = range(max(1, request.sampling.n))  # n > 1: each delta once per sample, interleaved
         for i, text in enumerate(self.deltas):
             await asyncio.sleep(self.delta_delay_s)
-            yield inference_pb2.GenerateResponse(delta=common_pb2.TokenDelta(token_ids=[i], text=text))
+            for index in samples:
+                delta = common_pb2.TokenDelta(token_ids=[i], text=text)
+                yield inference_pb2.GenerateResponse(delta=delta, index=index)
             if self.fault_after_first is not None and self.fault_after_first.applies(number):
                 await fail(context, self.fault_after_first)
         usage = common_pb2.Usage(prompt_tokens=len(self.prompts[number - 1]) // 3, completion_tokens=len(self.deltas))
         complete = common_pb2.Completion(finish_reason=common_pb2.FINISH_REASON_STOP, usage=usage)
-        yield inference_pb2.GenerateResponse(complete=complete)
+        for index in samples:
+            yield inference_pb2.GenerateResponse(complete=complete, index=index)
 
 
 @dataclass

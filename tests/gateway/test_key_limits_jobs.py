@@ -130,3 +130,17 @@ async def test_a_job_run_charges_its_owner_nothing_beyond_the_reservation(jobs: 
     record = await finished(jobs, submitted.job.id)
     assert record.state == JobState.SUCCEEDED and record.owner == "apiKeys/k1"
     assert tokens_left(limiter) == 1000 - 2
+
+
+async def test_a_job_of_n_samples_reserves_max_tokens_per_sample_and_answers_sample_zero(
+    jobs: Jobs, limiter: KeyLimiter
+) -> None:
+    submit = with_max_tokens(10)
+    submit.request.sampling.n = 3
+    submitted = await submit_as(jobs, key(Limits(tokens_per_minute=1000)), submit)
+    assert tokens_left(limiter) == 1000 - 30
+    record = await finished(jobs, submitted.job.id)
+    assert record.state == JobState.SUCCEEDED
+    result = jobs_pb2.JobResult.FromString(record.result)
+    assert result.answer == "Generators yield values."  # sample 0's text, not the three interleaved
+    assert result.completion.usage.completion_tokens == 9  # 3 tokens for each of the 3 samples

@@ -56,3 +56,43 @@ def test_a_run_ends_at_the_completion() -> None:
     taken = coalesce([_delta([1], "a"), _done(), _delta([2], "b")])
     assert [message.WhichOneof("event") for message in taken] == ["delta", "complete", "delta"]
     assert [message.delta.text for message in taken] == ["a", "", "b"]
+
+
+def test_interleaved_samples_merge_each_into_its_own_run() -> None:
+    """n > 1 interleaves the samples' deltas; a slow reader still holds one merged delta per sample."""
+    batch = []
+    for step in range(50):
+        for index in (0, 1):
+            batch.append(_delta([100 * index + step], "ab"[index]))
+            batch[-1].index = index
+    done_0, done_1 = _done(), _done()
+    done_1.index = 1
+    taken = coalesce([*batch, done_0, done_1])
+    assert [(m.index, m.WhichOneof("event")) for m in taken] == [
+        (0, "delta"),
+        (1, "delta"),
+        (0, "complete"),
+        (1, "complete"),
+    ]
+    assert (list(taken[0].delta.token_ids), taken[0].delta.text) == (list(range(50)), "a" * 50)
+    assert (list(taken[1].delta.token_ids), taken[1].delta.text) == (list(range(100, 150)), "b" * 50)
+
+
+def test_deltas_of_different_samples_are_never_merged() -> None:
+    first, other, again = _delta([1], "a"), _delta([2], "b"), _delta([3], "c")
+    other.index = 1
+    taken = coalesce([first, other, again])
+    assert [(m.index, list(m.delta.token_ids), m.delta.text) for m in taken] == [(0, [1, 3], "ac"), (1, [2], "b")]
+
+
+def test_a_sample_keeps_its_order_around_its_completion() -> None:
+    """A completion closes its sample's run: its later deltas never jump ahead of it; other samples' runs stay open."""
+    messages = [_delta([1], "a"), _delta([2], "b"), _done(), _delta([3], "c"), _delta([4], "d")]
+    messages[1].index = messages[4].index = 1
+    taken = coalesce(messages)
+    assert [(m.index, m.WhichOneof("event"), list(m.delta.token_ids)) for m in taken] == [
+        (0, "delta", [1]),
+        (1, "delta", [2, 4]),
+        (0, "complete", []),
+        (0, "delta", [3]),
+    ]

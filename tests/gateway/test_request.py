@@ -202,8 +202,14 @@ def test_tool_timeout_zero() -> None:
         (common_pb2.SamplingParams(temperature=2.5), "sampling.temperature"),
         (common_pb2.SamplingParams(top_p=0.0), "sampling.top_p"),
         (common_pb2.SamplingParams(stop=[""]), "sampling.stop[0]"),
+        (common_pb2.SamplingParams(min_p=-0.5), "sampling.min_p"),
+        (common_pb2.SamplingParams(presence_penalty=3.0), "sampling.presence_penalty"),
+        (common_pb2.SamplingParams(frequency_penalty=-3.0), "sampling.frequency_penalty"),
+        (common_pb2.SamplingParams(logit_bias={7: -100.5}), "sampling.logit_bias.7"),
+        (common_pb2.SamplingParams(max_tokens=2, min_tokens=3), "sampling.min_tokens"),
+        (common_pb2.SamplingParams(n=17), "sampling.n"),
     ],
-    ids=["max_tokens", "temperature", "top_p", "stop"],
+    ids=lambda value: value if isinstance(value, str) else "",
 )
 def test_bad_sampling_knobs(sampling: common_pb2.SamplingParams, field: str) -> None:
     assert list(bad_fields(Request(question="q", sampling=sampling))) == [field]

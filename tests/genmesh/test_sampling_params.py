@@ -14,7 +14,10 @@ from genmesh.sampling import DEFAULT_MAX_TOKENS, SamplingParams, build_sampling
 from genmesh.v1 import common_pb2
 
 ROOT = Path(__file__).resolve().parents[2]
-DOCUMENTED = {"max_tokens": 128, "temperature": 1.0, "top_p": 1.0, "top_k": 0, "repetition_penalty": 1.0, "logprobs": 0}
+DOCUMENTED = {
+    "max_tokens": 128, "temperature": 1.0, "top_p": 1.0, "top_k": 0, "repetition_penalty": 1.0, "logprobs": 0,
+    "min_p": 0.0, "presence_penalty": 0.0, "frequency_penalty": 0.0, "min_tokens": 0, "n": 1,
+}  # fmt: skip
 """The defaults the README and common.proto promise for unset knobs."""
 
 
@@ -44,6 +47,7 @@ def test_documented_defaults_apply_to_unset_knobs() -> None:
     params = sampling_from_proto(common_pb2.SamplingParams())
     assert {name: getattr(params, name) for name in DOCUMENTED} == DOCUMENTED
     assert (params.stop, params.seed, params.greedy) == ((), None, False)
+    assert (params.logit_bias, params.ignore_eos) == ((), False)
 
 
 def test_unset_knobs_get_defaults_and_zero_is_not_unset() -> None:

@@ -10,6 +10,7 @@ import openai
 import pytest
 import pytest_asyncio
 from inprocess import ScriptedTool
+from openai.types.chat import ChatCompletionMessageParam
 from served import ServedGateway, served_gateway
 
 from http_front.front import MODEL, Front, served_front
@@ -78,12 +79,68 @@ async def test_completions_whole_and_streamed(client: openai.AsyncOpenAI) -> Non
     assert "".join(texts) == "Generators yield values."
 
 
+async def test_n_samples_are_choices_by_index_whole_and_streamed(client: openai.AsyncOpenAI) -> None:
+    messages: list[ChatCompletionMessageParam] = [{"role": "user", "content": QUESTION}]
+    whole = await client.chat.completions.create(model=MODEL, messages=messages, n=3)
+    assert [(c.index, c.message.content) for c in whole.choices] == [(i, "Generators yield values.") for i in range(3)]
+    assert whole.usage is not None and whole.usage.completion_tokens == 9  # 3 tokens per sample, summed
+    stream = await client.chat.completions.create(
+        model=MODEL,
+        messages=messages,
+        n=2,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = [chunk async for chunk in stream]
+    texts: dict[int, str] = {0: "", 1: ""}
+    for chunk in chunks:
+        for choice in chunk.choices:
+            texts[choice.index] += choice.delta.content or ""
+    assert texts == {0: "Generators yield values.", 1: "Generators yield values."}
+    ends = [
+        (c.choices[0].index, c.choices[0].finish_reason) for c in chunks if c.choices and c.choices[0].finish_reason
+    ]
+    assert ends == [(0, "stop"), (1, "stop")]
+    assert [c.usage.completion_tokens for c in chunks if c.usage is not None] == [6]  # once, after the last sample
+
+
+async def test_sampling_controls_reach_inference(client: openai.AsyncOpenAI, mesh: tuple[ServedGateway, Front]) -> None:
+    messages: list[ChatCompletionMessageParam] = [{"role": "user", "content": QUESTION}]
+    await client.chat.completions.create(
+        model=MODEL,
+        messages=messages,
+        presence_penalty=0.5,
+        frequency_penalty=-0.5,
+        logit_bias={"42": -100},
+        extra_body={"min_p": 0.05, "min_tokens": 2, "ignore_eos": True},
+    )
+    sampling = mesh[0].replicas.replicas[0].servicer.requests[-1].sampling
+    assert (sampling.presence_penalty, sampling.frequency_penalty, dict(sampling.logit_bias)) == (0.5, -0.5, {42: -100})
+    assert sampling.min_p == pytest.approx(0.05) and (sampling.min_tokens, sampling.ignore_eos) == (2, True)
+    with pytest.raises(openai.BadRequestError) as biased:
+        await client.chat.completions.create(model=MODEL, messages=messages, logit_bias={"42": 101})
+    with pytest.raises(openai.BadRequestError) as penalty:
+        await client.chat.completions.create(model=MODEL, messages=messages, presence_penalty=2.5)
+    with pytest.raises(openai.BadRequestError) as min_tokens:
+        await client.chat.completions.create(
+            model=MODEL,
+            messages=messages,
+            max_tokens=4,
+            extra_body={"min_tokens": 5},
+        )
+    assert (biased.value.param, penalty.value.param, min_tokens.value.param) == (
+        "logit_bias.42",
+        "presence_penalty",
+        "min_tokens",
+    )
+
+
 async def test_bad_input_is_a_bad_request_naming_the_field(client: openai.AsyncOpenAI) -> None:
     messages = [{"role": "user", "content": QUESTION}]
     with pytest.raises(openai.BadRequestError) as too_hot:
         await client.chat.completions.create(model=MODEL, messages=messages, temperature=9)  # type: ignore[arg-type]
     with pytest.raises(openai.BadRequestError) as two:
-        await client.chat.completions.create(model=MODEL, messages=messages, n=2)  # type: ignore[arg-type]
+        await client.chat.completions.create(model=MODEL, messages=messages, n=17)  # type: ignore[arg-type]
     with pytest.raises(openai.BadRequestError) as tools:
         await client.chat.completions.create(
             model=MODEL,

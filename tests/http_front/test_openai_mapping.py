@@ -47,12 +47,71 @@ def test_unions_and_the_extension_map_to_the_gateway_request() -> None:
     assert completion.request.question == "q" and completion.request.sampling.logprobs == 1
 
 
+def test_sampling_controls_map_to_the_gateway_request() -> None:
+    body = {
+        "messages": USER, "n": 3, "presence_penalty": 0.5, "frequency_penalty": -1.25, "min_p": 0.1, "min_tokens": 4,
+        "ignore_eos": True, "logit_bias": {"17": 100, "4": -2.5},
+    }  # fmt: skip
+    sampling = parse_request(body, chat=True, served_model="m").request.sampling
+    assert (sampling.n, sampling.presence_penalty, sampling.frequency_penalty) == (3, 0.5, -1.25)
+    assert sampling.min_p == pytest.approx(0.1) and (sampling.min_tokens, sampling.ignore_eos) == (4, True)
+    assert dict(sampling.logit_bias) == {17: 100.0, 4: -2.5}
+    plain = parse_request({"prompt": "q"}, chat=False, served_model="m").request.sampling
+    assert not any(plain.HasField(name) for name in ("n", "presence_penalty", "min_p", "min_tokens"))
+    assert not plain.ignore_eos and not plain.logit_bias
+
+
+def test_samples_become_choices_with_their_index_and_summed_usage() -> None:
+    parsed = parse_request({"messages": USER, "n": 2, "stream": True, "stream_options": {"include_usage": True}},
+                           chat=True, served_model="m")  # fmt: skip
+    translator = Translator(parsed)
+
+    def delta(text: str, index: int) -> gateway_pb2.GatewayEvent:
+        return gateway_pb2.GatewayEvent(delta=common_pb2.TokenDelta(token_ids=[1], text=text), index=index)
+
+    def done(index: int, tokens: int, reason: common_pb2.FinishReason.ValueType) -> gateway_pb2.GatewayEvent:
+        usage = common_pb2.Usage(prompt_tokens=7, completion_tokens=tokens)
+        return gateway_pb2.GatewayEvent(complete=common_pb2.Completion(finish_reason=reason, usage=usage), index=index)
+
+    chunks = [
+        o.data
+        for e in (
+            delta("a", 1),
+            delta("b", 0),
+            delta("c", 1),
+            done(1, 2, common_pb2.FINISH_REASON_STOP),
+            delta("d", 0),
+            done(0, 5, common_pb2.FINISH_REASON_LENGTH),
+        )
+        for o in translator.outputs(e)
+        if isinstance(o, Chunk)
+    ]
+    assert [c["choices"][0]["index"] for c in chunks[:-1]] == [1, 0, 1, 1, 0, 0]
+    assert [c["choices"][0]["delta"].get("role") for c in chunks[:3]] == ["assistant", "assistant", None]
+    assert chunks[3]["choices"][0]["finish_reason"] == "stop" and chunks[5]["choices"][0]["finish_reason"] == "length"
+    assert chunks[-1]["usage"] == {"prompt_tokens": 7, "completion_tokens": 7, "total_tokens": 14}  # once, summed
+    whole = translator.whole()
+    assert [(c["index"], c["message"]["content"], c["finish_reason"]) for c in whole["choices"]] == [
+        (0, "bd", "length"), (1, "ac", "stop"),
+    ]  # fmt: skip
+
+
 @pytest.mark.parametrize(
     ("body", "param", "status"),
     [
-        ({"messages": USER, "n": 3}, "n", 400),
-        ({"messages": USER, "frequency_penalty": 0.5}, "frequency_penalty", 400),
-        ({"messages": USER, "response_format": {"type": "json_object"}}, "response_format", 400),
+        ({"messages": USER, "n": "3"}, "n", 400),
+        ({"messages": USER, "frequency_penalty": "high"}, "frequency_penalty", 400),
+        ({"messages": USER, "presence_penalty": True}, "presence_penalty", 400),
+        ({"messages": USER, "min_p": [0.1]}, "min_p", 400),
+        ({"messages": USER, "min_tokens": 1.5}, "min_tokens", 400),
+        ({"messages": USER, "ignore_eos": "yes"}, "ignore_eos", 400),
+        ({"messages": USER, "logit_bias": [1, 2]}, "logit_bias", 400),
+        ({"messages": USER, "logit_bias": {"abc": 1}}, "logit_bias.abc", 400),
+        ({"messages": USER, "logit_bias": {"-3": 1}}, "logit_bias.-3", 400),
+        ({"messages": USER, "logit_bias": {"99999999999": 1}}, "logit_bias.99999999999", 400),
+        ({"messages": USER, "logit_bias": {"5": "x"}}, "logit_bias.5", 400),
+        ({"messages": USER, "logit_bias": {"5": None}}, "logit_bias.5", 400),
+        ({"messages": USER, "response_format": {"type": "yaml"}}, "response_format.type", 400),
         ({"messages": USER, "stop": [1]}, "stop", 400),
         ({"messages": USER, "temperature": "hot"}, "temperature", 400),
         ({"messages": USER, "top_logprobs": 2}, "top_logprobs", 400),

@@ -65,6 +65,26 @@ async def test_bodies_that_are_not_json_are_refused(mesh: tuple[ServedGateway, F
 
 
 @pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({**CHAT, "messages": [{"role": "user", "content": "a\ud800b"}]}, "messages[0].content"),
+        ({**CHAT, "response_format": {"type": "regex", "regex": "[\udfff]"}}, "response_format.regex"),
+        ({**CHAT, "metadata": {"k\udc80": "v"}}, "metadata.k\\udc80"),
+    ],
+)
+async def test_a_lone_surrogate_is_a_400_naming_its_field(
+    mesh: tuple[ServedGateway, Front], body: dict[str, Any], field: str
+) -> None:
+    """Valid JSON (``"\\ud800"``) but not Unicode text: no protobuf string can carry it, so it is refused, not a 500."""
+    async with httpx.AsyncClient(timeout=10) as client:
+        answer = await client.post(
+            mesh[1].url + "/v1/chat/completions", content=json.dumps(body), headers={"content-type": "application/json"}
+        )
+    assert answer.status_code == 400, answer.text
+    assert (answer.json()["error"]["param"], answer.json()["error"]["code"]) == (field, "invalid_unicode")
+
+
+@pytest.mark.parametrize(
     ("header", "value"),
     [("X-Request-Id", "r" * 129), ("X-Request-Id", "caf\xe9"), ("Authorization", "Bearer caf\xe9")],
 )
@@ -101,16 +121,18 @@ async def test_a_cross_site_websocket_is_refused(mesh: tuple[ServedGateway, Fron
 async def test_websocket_frames_that_are_not_a_message_are_errors(mesh: tuple[ServedGateway, Front]) -> None:
     errors: list[dict[str, Any]] = []
     async with websockets.connect(mesh[1].ws_url) as ws:
-        for frame in (b"\x00binary", "{not json", "[1, 2]", json.dumps({"type": "fly", "id": 7})):
+        surrogate = json.dumps({"type": "generate", "id": "\ud800", "request": CHAT})
+        for frame in (b"\x00binary", "{not json", "[1, 2]", json.dumps({"type": "fly", "id": 7}), surrogate):
             await ws.send(frame)
-            errors.append(json.loads(await ws.recv()))
+            errors.append(json.loads(await asyncio.wait_for(ws.recv(), 10)))
         await ws.send(json.dumps({"type": "generate", "id": 8, "request": CHAT}))
         answer: list[dict[str, Any]] = []
         while not answer or answer[-1]["type"] not in ("done", "error"):
             answer.append(json.loads(await ws.recv()))
-    assert [(e["type"], e["status"]) for e in errors] == [("error", 400)] * 4
+    assert [(e["type"], e["status"]) for e in errors] == [("error", 400)] * 5
     assert [e["error"]["code"] for e in errors[:2]] == ["invalid_frame", "invalid_json"]
     assert errors[3]["ref"] == 7 and errors[3]["error"]["param"] == "type"
+    assert (errors[4]["ref"], errors[4]["error"]["param"]) == (None, "id"), "a lone surrogate is refused, not echoed"
     assert answer[-1]["type"] == "done" and answer[-1]["finish_reason"] == "stop"
 
 

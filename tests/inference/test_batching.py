@@ -4,21 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import random
-from pathlib import Path
 
-import pytest
+from support.engine_runs import run
 
 from genmesh.sampling import SamplingParams
 from services.inference.engine import Engine, EngineConfig, Finished, GenerationRequest, TokenChunk
-from services.inference.models.loader import LoadedModel, load_model
+from services.inference.models.loader import LoadedModel
 
-MODEL_DIR = Path(__file__).resolve().parents[2] / "models" / "genmesh-tiny-llama"
 TOPICS = ["The with statement", "A generator function", "The import system", "Class definitions", "Exceptions"]
-
-
-@pytest.fixture(scope="module")
-def loaded() -> LoadedModel:
-    return load_model(MODEL_DIR, device="cpu")
 
 
 def _prompts(count: int) -> list[str]:
@@ -27,27 +20,17 @@ def _prompts(count: int) -> list[str]:
     return [" ".join([TOPICS[i % len(TOPICS)]] * rng.choice([1, 3, 10, 40, 90])) for i in range(count)]
 
 
-async def _run(engine: Engine, request: GenerationRequest) -> tuple[list[int], Finished]:
-    ids: list[int] = []
-    async for item in engine.generate(request):
-        if isinstance(item, TokenChunk):
-            ids.extend(item.token_ids)
-        else:
-            return ids, item
-    raise AssertionError("no Finished")
-
-
 async def test_greedy_output_is_the_same_alone_and_in_a_batch(loaded: LoadedModel) -> None:
     prompts = _prompts(16)
     greedy = [SamplingParams(temperature=0.0, max_tokens=24 + 8 * (i % 4)) for i in range(16)]
     # prefill_chunk 64 makes the long prompts take several steps while others decode.
     config = EngineConfig(max_running=16, max_waiting=16, max_batched_tokens=512, prefill_chunk=64)
     async with Engine(loaded, config) as engine:
-        alone = [(await _run(engine, GenerationRequest(f"alone-{i}", p, greedy[i])))[0] for i, p in enumerate(prompts)]
+        alone = [(await run(engine, GenerationRequest(f"alone-{i}", p, greedy[i])))[0] for i, p in enumerate(prompts)]
 
         async def later(i: int) -> list[int]:
             await asyncio.sleep(0.01 * (i % 5))  # arrivals spread over the first steps
-            return (await _run(engine, GenerationRequest(f"batched-{i}", prompts[i], greedy[i])))[0]
+            return (await run(engine, GenerationRequest(f"batched-{i}", prompts[i], greedy[i])))[0]
 
         batched = await asyncio.gather(*(later(i) for i in range(16)))
     assert batched == alone
@@ -56,12 +39,12 @@ async def test_greedy_output_is_the_same_alone_and_in_a_batch(loaded: LoadedMode
 async def test_seeded_sampling_is_the_same_alone_and_in_a_batch(loaded: LoadedModel) -> None:
     sampled = SamplingParams(temperature=0.9, top_p=0.95, max_tokens=20, seed=1234)
     async with Engine(loaded, EngineConfig(max_running=8)) as engine:
-        alone, _ = await _run(engine, GenerationRequest("alone", TOPICS[0], sampled))
+        alone, _ = await run(engine, GenerationRequest("alone", TOPICS[0], sampled))
         others = [
-            _run(engine, GenerationRequest(f"other-{i}", TOPICS[i % 5], SamplingParams(temperature=1.0, max_tokens=20)))
+            run(engine, GenerationRequest(f"other-{i}", TOPICS[i % 5], SamplingParams(temperature=1.0, max_tokens=20)))
             for i in range(6)
         ]
-        together = await asyncio.gather(_run(engine, GenerationRequest("seeded", TOPICS[0], sampled)), *others)
+        together = await asyncio.gather(run(engine, GenerationRequest("seeded", TOPICS[0], sampled)), *others)
     assert together[0][0] == alone
 
 
@@ -102,13 +85,17 @@ async def test_load_counts_running_waiting_and_cache(loaded: LoadedModel) -> Non
     config = EngineConfig(max_running=2, max_waiting=8)
     async with Engine(loaded, config) as engine:
         params = SamplingParams(temperature=0.0, max_tokens=200)
-        tasks = [asyncio.create_task(_run(engine, GenerationRequest(f"r{i}", TOPICS[i], params))) for i in range(4)]
+        tasks = [asyncio.create_task(run(engine, GenerationRequest(f"r{i}", TOPICS[i], params))) for i in range(4)]
         while engine.load().running < 2 or engine.load().kv_used_tokens == 0:
             await asyncio.sleep(0.005)
         load = engine.load()
         assert (load.running, load.waiting) == (2, 2)
         assert 0 < load.kv_used_tokens <= load.kv_capacity_tokens == 2 * loaded.context_length
+        assert load.kv_used_tokens == load.blocks_used * load.block_size and load.block_size == 16
+        assert load.blocks_used + load.blocks_free == load.kv_capacity_tokens // 16
         for i in range(4):
             engine.abort(f"r{i}")
         await asyncio.gather(*tasks)
-        assert engine.load() == type(load)(0, 0, 0, load.kv_capacity_tokens)
+        idle = engine.load()
+        assert (idle.running, idle.waiting, idle.kv_used_tokens, idle.blocks_used) == (0, 0, 0, 0)
+        assert idle.blocks_free == load.kv_capacity_tokens // 16

@@ -6,7 +6,6 @@ import asyncio
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
-from pathlib import Path
 
 import pytest
 import pytest_asyncio
@@ -24,16 +23,10 @@ from services.inference.engine import (
     TokenChunk,
 )
 from services.inference.engine.engine import keep_prompt_tail
-from services.inference.models.loader import LoadedModel, load_model
+from services.inference.models.loader import LoadedModel
 
-MODEL_DIR = Path(__file__).resolve().parents[2] / "models" / "genmesh-tiny-llama"
 PROMPT = "The with statement"
 GREEDY = SamplingParams(temperature=0.0, max_tokens=40)
-
-
-@pytest.fixture(scope="module")
-def loaded() -> LoadedModel:
-    return load_model(MODEL_DIR, device="cpu")
 
 
 @pytest_asyncio.fixture
@@ -319,6 +312,6 @@ async def test_a_failing_step_fails_the_running_requests_and_the_engine_keeps_se
         patch.setattr(engine._runner, "decode", broken)
         with pytest.raises(RuntimeError, match="device lost"):
             await collect(engine, request("doomed", sampling=SamplingParams(temperature=0.0, max_tokens=5)))
-    await wait_until(lambda: engine.load() == type(engine.load())(0, 0, 0, engine.load().kv_capacity_tokens))
+    await wait_until(lambda: (engine.load().running, engine.load().waiting, engine.load().blocks_used) == (0, 0, 0))
     _, done = await collect(engine, request("after", sampling=SamplingParams(temperature=0.0, max_tokens=3)))
     assert done.finish_reason == FinishReason.LENGTH and done.completion_tokens == 3

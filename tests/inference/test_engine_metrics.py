@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from pathlib import Path
 
 import pytest
 from support.engine_steps import ForwardGate
@@ -16,15 +15,9 @@ from genmesh.metrics import Metrics, MetricsServer
 from genmesh.sampling import SamplingParams
 from services.inference.engine import Engine, EngineConfig, Finished, FinishReason, GenerationRequest, TokenChunk
 from services.inference.metrics import InferenceMetrics
-from services.inference.models.loader import LoadedModel, load_model
+from services.inference.models.loader import LoadedModel
 
-MODEL_DIR = Path(__file__).resolve().parents[2] / "models" / "genmesh-tiny-llama"
 P = "genmesh_inference_"
-
-
-@pytest.fixture(scope="module")
-def loaded() -> LoadedModel:
-    return load_model(MODEL_DIR, device="cpu")
 
 
 def instrumented(loaded: LoadedModel, running: int = 4, waiting: int = 4) -> tuple[Engine, Metrics]:

@@ -1,4 +1,4 @@
-"""The engine's parts on their own: config checks, sequence bookkeeping, cache rows and the output side."""
+"""The engine's parts on their own: config checks, sequence bookkeeping and the output side."""
 
 from __future__ import annotations
 
@@ -12,13 +12,10 @@ from tokenizers import Tokenizer
 
 from genmesh.sampling import SamplingParams
 from services.inference.engine.config import EngineConfig
-from services.inference.engine.kv_cache import SlotKVCache
 from services.inference.engine.output import OutputProcessor, SequenceOutput
 from services.inference.engine.sequence import Sequence, SequenceStatus
 from services.inference.engine.stream import Item
 from services.inference.engine.types import Finished, FinishReason, GenerationRequest, TokenChunk
-from services.inference.models.config import LlamaConfig
-from services.inference.models.kv_cache import KVCache
 
 TOKENIZER = Path(__file__).resolve().parents[2] / "models" / "genmesh-tiny-llama" / "tokenizer.json"
 EOS = 1
@@ -33,6 +30,10 @@ EOS = 1
         ({"max_running": 8, "prefill_chunk": 16, "max_batched_tokens": 23}, "must cover a full decode batch"),
         ({"max_running": 2.0}, "max_running must be an integer"),
         ({"max_waiting": True}, "max_waiting must be an integer"),
+        ({"block_size": 0}, "block_size must be at least 1"),
+        ({"kv_cache_tokens": 31}, "at least two blocks"),
+        ({"kv_cache_tokens": 64.0}, "kv_cache_tokens must be an integer"),
+        ({"prefix_cache": 1}, "prefix_cache must be a bool"),
     ],
 )
 def test_engine_config_rejects_bad_values(values: dict[str, Any], message: str) -> None:
@@ -44,9 +45,14 @@ def test_engine_config_accepts_the_tightest_budget() -> None:
     assert EngineConfig(max_running=8, max_waiting=0, prefill_chunk=16, max_batched_tokens=24).max_batched_tokens == 24
 
 
+def test_engine_config_sizes_the_cache_in_whole_blocks() -> None:
+    assert EngineConfig(max_running=4).num_blocks(512) == 4 * 512 // 16, "default: every running sequence's context"
+    assert EngineConfig(kv_cache_tokens=100, block_size=16).num_blocks(512) == 7, "rounded up to whole blocks"
+
+
 def test_sequence_bookkeeping() -> None:
     seq = Sequence("r", [5, 6, 7], max_new=2)
-    assert (seq.status, seq.row, seq.num_prompt_tokens, seq.cached_tokens) == (SequenceStatus.WAITING, -1, 3, 0)
+    assert (seq.status, seq.block_table, seq.num_prompt_tokens, seq.cached_tokens) == (SequenceStatus.WAITING, [], 3, 0)
     seq.prefilled = 3
     assert seq.prompt_done and (seq.next_token, seq.next_position) == (7, 2)
     seq.append_token(9)
@@ -59,57 +65,6 @@ def test_sequence_bookkeeping() -> None:
         Sequence("empty", [], 4)
     with pytest.raises(ValueError, match="max_new"):
         Sequence("none", [1], 0)
-
-
-def make_cache(rows: int) -> SlotKVCache:
-    config = LlamaConfig(
-        vocab_size=8,
-        hidden_size=4,
-        intermediate_size=8,
-        num_hidden_layers=2,
-        num_attention_heads=1,
-        max_position_embeddings=8,
-    )
-    return SlotKVCache(KVCache(config, rows, 8, "cpu", torch.float32))
-
-
-def test_cache_rows_are_handed_out_lowest_first_and_taken_back() -> None:
-    cache = make_cache(3)
-    a, b, c, d = (Sequence(n, [1, 2], 4) for n in "abcd")
-    for seq in (a, b, c):
-        cache.allocate(seq)
-    assert (a.row, b.row, c.row, cache.free_rows, cache.can_allocate()) == (0, 1, 2, 0, False)
-    with pytest.raises(RuntimeError, match="no free KV cache row"):
-        cache.allocate(d)
-    with pytest.raises(ValueError, match="already holds"):
-        cache.allocate(a)
-    cache.deallocate(b)
-    cache.deallocate(b)  # a second time does nothing
-    assert (b.row, cache.free_rows, cache.holder(1)) == (-1, 1, None)
-    cache.allocate(d)
-    assert d.row == 1 and cache.capacity_tokens == 24
-
-
-def test_relocate_moves_or_swaps_the_cached_tokens() -> None:
-    cache = make_cache(3)
-    a, b = Sequence("a", [1, 2, 3], 4), Sequence("b", [1, 2], 4)
-    cache.allocate(a)
-    cache.allocate(b)
-    a.prefilled, b.prefilled = 3, 2
-    for layer in (*cache.storage.keys, *cache.storage.values):
-        layer[0, :, :3] = 1.0
-        layer[1, :, :2] = 2.0
-    assert cache.used_tokens() == 5
-    cache.relocate(a, 1)  # b holds row 1: they swap
-    assert (a.row, b.row) == (1, 0) and cache.holder(0) is b and cache.holder(1) is a
-    cache.relocate(b, 2)  # row 2 is free: a move
-    assert (b.row, cache.holder(0), cache.free_rows) == (2, None, 1)
-    for layer in (*cache.storage.keys, *cache.storage.values):
-        assert torch.all(layer[1, :, :3] == 1.0) and torch.all(layer[2, :, :2] == 2.0)
-    with pytest.raises(ValueError, match="outside the cache"):
-        cache.relocate(a, 3)
-    with pytest.raises(ValueError, match="holds no cache row"):
-        cache.relocate(Sequence("c", [1], 1), 0)
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ import asyncio
 import itertools
 import time
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 import pytest_asyncio
@@ -29,15 +28,9 @@ from services.inference.engine.spans import (
     QUEUED,
 )
 from services.inference.engine.types import FinishReason
-from services.inference.models.loader import LoadedModel, load_model
+from services.inference.models.loader import LoadedModel
 
-MODEL_DIR = Path(__file__).resolve().parents[2] / "models" / "genmesh-tiny-llama"
 HELD_S = 0.3
-
-
-@pytest.fixture(scope="module")
-def loaded() -> LoadedModel:
-    return load_model(MODEL_DIR, device="cpu")
 
 
 @pytest_asyncio.fixture

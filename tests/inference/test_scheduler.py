@@ -1,4 +1,4 @@
-"""The scheduler's status transitions, on a tiny real KV cache: no model, no engine thread, no processes."""
+"""The scheduler's status transitions and preemption, on a tiny real paged KV cache: no model, no engine thread."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import torch
 
 from genmesh.errors import DeadlineExceeded, ResourceExhausted
 from services.inference.engine.config import EngineConfig
-from services.inference.engine.kv_cache import SlotKVCache
+from services.inference.engine.kv_cache import PagedKVCache
 from services.inference.engine.scheduler import Scheduler
 from services.inference.engine.sequence import Sequence, SequenceStatus
 from services.inference.engine.types import FinishReason
@@ -17,25 +17,46 @@ from services.inference.models.kv_cache import KVCache
 W, P, D, F = SequenceStatus.WAITING, SequenceStatus.PREFILLING, SequenceStatus.DECODING, SequenceStatus.FINISHED
 
 
-def make_cache(rows: int, row_length: int = 16) -> SlotKVCache:
+BLOCK = 4
+
+
+def make_cache(blocks: int, prefix_cache: bool = True) -> PagedKVCache:
     config = LlamaConfig(
         vocab_size=8,
         hidden_size=4,
         intermediate_size=8,
         num_hidden_layers=1,
         num_attention_heads=1,
-        max_position_embeddings=row_length,
+        max_position_embeddings=64,
     )
-    return SlotKVCache(KVCache(config, rows, row_length, "cpu", torch.float32))
+    return PagedKVCache(KVCache(config, blocks, BLOCK, "cpu", torch.float32), prefix_cache)
 
 
-def make_scheduler(running: int = 2, waiting: int = 2, chunk: int = 4, batched: int = 0, rows: int = 0) -> Scheduler:
+def make_scheduler(
+    running: int = 2, waiting: int = 2, chunk: int = 4, batched: int = 0, blocks: int = 0, prefix_cache: bool = True
+) -> Scheduler:
+    """A scheduler whose cache holds ``blocks`` blocks of 4 positions (default: 16 positions per running place)."""
     config = EngineConfig(running, waiting, batched or running + chunk, chunk)
-    return Scheduler(config, make_cache(rows or running))
+    return Scheduler(config, make_cache(blocks or 4 * running, prefix_cache))
 
 
 def make_seq(name: str, prompt: int = 3, max_new: int = 4, deadline: float | None = None) -> Sequence:
-    return Sequence(name, list(range(1, prompt + 1)), max_new, deadline)
+    """A sequence whose prompt tokens are its own (no prefix shared with another name's)."""
+    return Sequence(name, [100 * ord(name[0]) + i for i in range(prompt)], max_new, deadline)
+
+
+def run_step(scheduler: Scheduler, ending: tuple[Sequence, ...] = ()) -> list[Sequence]:
+    """One engine step as the engine runs it: prefill, a first token for each completed prompt, then one decode
+    token per decoding sequence; ``ending`` end after it. Returns the decode batch."""
+    batch = scheduler.schedule(0.0)
+    for seq in batch.completing:
+        seq.append_token(7)
+    scheduler.postprocess([], batch.prefill)
+    decoding = scheduler.decode_batch()
+    for seq in decoding:
+        seq.append_token(8)
+    scheduler.postprocess([(seq, FinishReason.LENGTH) for seq in ending])
+    return decoding
 
 
 def add(scheduler: Scheduler, *seqs: Sequence) -> None:
@@ -51,14 +72,14 @@ def step_prefill(scheduler: Scheduler, now: float = 0.0) -> list[Sequence]:
 
 
 def test_admission_is_oldest_first_within_max_running() -> None:
-    scheduler = make_scheduler(running=2, waiting=4, rows=4)  # spare rows: max_running is the bound
+    scheduler = make_scheduler(running=2, waiting=4, blocks=16)  # spare blocks: max_running is the bound
     a, b, c = make_seq("a"), make_seq("b"), make_seq("c")
     add(scheduler, a, b, c)
     assert (a.status, scheduler.waiting_count, scheduler.running_count) == (W, 3, 0)
     batch = scheduler.schedule(0.0)
     assert batch.admitted == [a, b]
     assert [a.status, b.status, c.status] == [P, P, W]
-    assert (a.row, b.row, c.row) == (0, 1, -1)
+    assert (a.block_table, b.block_table, c.block_table) == ([0], [1], []), "prompt + first decode: one block"
     assert (scheduler.running_count, scheduler.waiting_count) == (2, 1)
     assert scheduler.schedule(0.0).admitted == []
     scheduler.postprocess([(a, FinishReason.LENGTH)], [])
@@ -111,23 +132,22 @@ def test_prompt_is_fed_in_chunks_then_the_sequence_decodes() -> None:
         assert a.status is P and scheduler.decode_batch() == []
         scheduler.postprocess([], batch.prefill)
     assert plans == [[(0, 4, False)], [(4, 4, False)], [(8, 2, True)]]
-    assert a.status is D and a.prompt_done and a.row == 0
+    assert a.status is D and a.prompt_done and len(a.block_table) == 3
     assert scheduler.decode_batch() == [a]
     assert scheduler.schedule(0.0).prefill == []
 
 
-def test_promotion_moves_a_sequence_to_the_end_of_the_decode_block() -> None:
+def test_promotion_appends_to_the_decode_batch_and_moves_no_block() -> None:
     scheduler = make_scheduler(running=3, chunk=4, batched=10)
     a, b, c = make_seq("a", prompt=8), make_seq("b", prompt=2), make_seq("c", prompt=2)
     add(scheduler, a, b, c)
-    scheduler.cache.storage.values[0][0, :, :4] = 3.0  # a's first chunk, about to be fed into row 0
-    step_prefill(scheduler)  # b and c complete and swap ahead of a, which is still prefilling
+    step_prefill(scheduler)  # b and c complete ahead of a, which is still prefilling
     assert [s.status for s in (a, b, c)] == [P, D, D]
     assert scheduler.decode_batch() == [b, c]
-    assert [s.row for s in scheduler.decode_batch()] == [0, 1] and a.row == 2
-    assert torch.all(scheduler.cache.storage.values[0][2, :, :4] == 3.0), "a's cached chunk moved with it"
+    tables = [list(s.block_table) for s in (a, b, c)]
+    assert tables == [[0, 1, 2], [3], [4]]
     step_prefill(scheduler)
-    assert scheduler.decode_batch() == [b, c, a] and a.row == 2
+    assert scheduler.decode_batch() == [b, c, a] and [s.block_table for s in (a, b, c)] == tables
 
 
 def test_decoding_sequences_count_against_the_prefill_budget() -> None:
@@ -156,12 +176,12 @@ def test_finishing_frees_the_row_for_the_next_waiting_sequence(reason: FinishRea
     a, b = make_seq("a"), make_seq("b")
     add(scheduler, a, b)
     step_prefill(scheduler)
-    assert a.status is D and not scheduler.cache.can_allocate()
+    assert a.status is D and scheduler.cache.blocks_used == 1
     assert scheduler.postprocess([(a, reason)]) == [a]
-    assert (a.status, a.finish_reason, a.error, a.row) == (F, reason, None, -1)
+    assert (a.status, a.finish_reason, a.error, a.block_table) == (F, reason, None, [])
     assert scheduler.decode_batch() == [] and scheduler.running_count == 0
-    assert scheduler.cache.free_rows == 1 and scheduler.cache.holder(0) is None
-    assert step_prefill(scheduler) == [b] and b.row == 0
+    assert (scheduler.cache.blocks_used, scheduler.cache.blocks_free) == (0, 4)
+    assert step_prefill(scheduler) == [b] and len(b.block_table) == 1
     with pytest.raises(RuntimeError, match="already finished"):
         scheduler.postprocess([(a, reason)])
 
@@ -173,22 +193,21 @@ def test_a_first_token_that_ends_the_sequence_skips_decoding() -> None:
     batch = scheduler.schedule(0.0)
     assert batch.completing == [a]
     assert scheduler.postprocess([(a, FinishReason.STOP)], batch.prefill) == [a]
-    assert (a.status, a.row, a.prefilled) == (F, -1, 2)
-    assert scheduler.decode_batch() == [] and scheduler.cache.free_rows == 2
+    assert (a.status, a.block_table, a.prefilled) == (F, [], 2)
+    assert scheduler.decode_batch() == [] and scheduler.cache.blocks_free == 8
 
 
-def test_the_decode_block_stays_contiguous_when_a_decoder_finishes() -> None:
-    scheduler = make_scheduler(running=3)
-    a, b, c = make_seq("a", prompt=2), make_seq("b", prompt=2), make_seq("c", prompt=2)
-    add(scheduler, a, b, c)
-    step_prefill(scheduler)
-    keys = scheduler.cache.storage.keys[0]
-    keys[2, :, :2] = 7.0  # c's cached prompt
-    scheduler.postprocess([(b, FinishReason.LENGTH)])
-    assert scheduler.decode_batch() == [a, c]
-    assert (a.row, c.row, b.row) == (0, 1, -1)
-    assert torch.all(keys[1, :, :2] == 7.0), "c's keys moved with it"
-    assert scheduler.cache.holder(2) is None and scheduler.cache.free_rows == 1
+def test_a_decoding_sequence_grows_block_by_block() -> None:
+    scheduler = make_scheduler(running=1, blocks=4)
+    a = make_seq("a", prompt=3, max_new=20)
+    add(scheduler, a)
+    sizes = []
+    for _ in range(7):
+        run_step(scheduler)
+        sizes.append((len(a.token_ids), len(a.block_table)))
+    # the block for position p is taken in the step that decodes p (prompt + first decode at admission)
+    assert sizes == [(5, 1), (6, 2), (7, 2), (8, 2), (9, 2), (10, 3), (11, 3)]
+    assert scheduler.cache.used_tokens() == 12 and a.cached_tokens == 10
 
 
 @pytest.mark.parametrize("stage", ["prefilling", "decoding"])
@@ -201,9 +220,9 @@ def test_abort_of_a_running_sequence_cancels_it_and_frees_its_row(stage: str) ->
     assert scheduler.abort(a) and not scheduler.abort(a)
     batch = scheduler.schedule(0.0)
     assert batch.finished == [a] and batch.prefill == []
-    assert (a.status, a.finish_reason, a.row) == (F, FinishReason.CANCELLED, -1)
-    assert scheduler.decode_batch() == [b] and b.row == 0
-    assert scheduler.running_count == 1 and scheduler.cache.free_rows == 1
+    assert (a.status, a.finish_reason, a.block_table) == (F, FinishReason.CANCELLED, [])
+    assert scheduler.decode_batch() == [b] and b.block_table
+    assert scheduler.running_count == 1 and scheduler.cache.blocks_used == len(b.block_table)
 
 
 @pytest.mark.parametrize("row_free", [False, True])
@@ -220,7 +239,7 @@ def test_a_cancelled_waiting_sequence_never_runs(row_free: bool) -> None:
     batch = scheduler.schedule(0.0)
     assert b in batch.finished and b not in batch.admitted
     assert all(chunk.seq is not b for chunk in batch.prefill)
-    assert (b.status, b.finish_reason, b.row, b.prefilled) == (F, FinishReason.CANCELLED, -1, 0)
+    assert (b.status, b.finish_reason, b.block_table, b.prefilled) == (F, FinishReason.CANCELLED, [], 0)
     assert scheduler.waiting_count == 0
     assert scheduler.running_count == (0 if row_free else 1)
 
@@ -234,7 +253,7 @@ def test_a_running_sequence_past_its_deadline_ends_with_an_error() -> None:
     batch = scheduler.schedule(5.0)
     assert batch.finished == [a]
     assert a.status is F and a.finish_reason is None and isinstance(a.error, DeadlineExceeded)
-    assert a.row == -1 and scheduler.decode_batch() == [b]
+    assert a.block_table == [] and scheduler.decode_batch() == [b]
 
 
 def test_finish_running_ends_every_row_and_leaves_the_queue() -> None:
@@ -244,8 +263,8 @@ def test_finish_running_ends_every_row_and_leaves_the_queue() -> None:
     step_prefill(scheduler)
     error = RuntimeError("device lost")
     assert scheduler.finish_running(None, error) == [a, b]
-    assert all(s.status is F and s.error is error and s.row == -1 for s in (a, b))
-    assert c.status is W and scheduler.cache.free_rows == 2
+    assert all(s.status is F and s.error is error and s.block_table == [] for s in (a, b))
+    assert c.status is W and scheduler.cache.blocks_used == 0
     assert step_prefill(scheduler) == [c]
 
 
@@ -255,7 +274,7 @@ def test_close_cancels_the_waiting_and_refuses_new_work() -> None:
     add(scheduler, a, b)
     step_prefill(scheduler)
     assert scheduler.close() == [b]
-    assert (b.status, b.finish_reason, b.row) == (F, FinishReason.CANCELLED, -1)
+    assert (b.status, b.finish_reason, b.block_table) == (F, FinishReason.CANCELLED, [])
     assert a.status is D and not scheduler.wait_for_work()
     with pytest.raises(RuntimeError, match="closed"):
         add(scheduler, make_seq("c"))
@@ -277,7 +296,7 @@ def test_a_finish_needs_exactly_one_of_reason_and_error() -> None:
         scheduler.finish_running(None)
     with pytest.raises(ValueError, match="either a reason or an error"):
         scheduler.finish_running(FinishReason.CANCELLED, RuntimeError("both"))
-    assert a.status is D and a.row == 0
+    assert a.status is D and a.block_table == [0]
 
 
 def test_load_counts_a_queued_sequence_with_a_free_row_as_running_so_waiting_stays_in_bounds() -> None:
@@ -294,3 +313,88 @@ def test_load_counts_a_queued_sequence_with_a_free_row_as_running_so_waiting_sta
     assert (load.running, load.waiting, load.kv_capacity_tokens) == (2, 1, 2 * 16), "admission moves no count"
     scheduler.postprocess([(a, FinishReason.LENGTH)], [])
     assert (scheduler.load().running, scheduler.load().waiting) == (2, 0), "a row is free for c now"
+
+
+def test_decode_without_a_free_block_preempts_the_newest_running_sequence_which_resumes_later() -> None:
+    scheduler = make_scheduler(running=3, waiting=2, batched=16, blocks=4, prefix_cache=False)
+    a, b, c = (make_seq(name, prompt=3, max_new=20) for name in "abc")
+    add(scheduler, a, b, c)
+    run_step(scheduler)  # all three admitted with one block each, prefilled, a first and a decoded token
+    assert [len(s.block_table) for s in (a, b, c)] == [1, 1, 1] and scheduler.cache.blocks_free == 1
+    assert run_step(scheduler) == [a, b], "a took the last block; b needed one: c, the newest, gave its back"
+    assert (c.status, c.block_table, c.prefilled, c.prefill_target, c.num_generated) == (W, [], 0, 4, 2)
+    assert (scheduler.waiting_count, scheduler.preemptions, scheduler.load().blocks_free) == (1, 1, 0)
+    generated = list(c.token_ids)
+    run_step(scheduler, ending=(a, b))  # no room for c (5 positions) until a and b end
+    assert c.status is W and c.token_ids == generated
+    batch = scheduler.schedule(0.0)
+    assert (batch.admitted, batch.resumed) == ([], [c])
+    assert [(x.start, x.count, x.completes, x.samples) for x in batch.prefill] == [(0, 4, True, False)]
+    assert batch.completing == [], "a recomputed sequence samples nothing at the end of its prefill"
+    scheduler.postprocess([], batch.prefill)
+    assert c.status is D and c.token_ids == generated and c.next_position == 4 and c.cached_tokens == 4
+
+
+def test_preemption_puts_the_victims_at_the_front_of_the_queue_oldest_first() -> None:
+    scheduler = make_scheduler(running=3, waiting=2, chunk=8, batched=16, blocks=4, prefix_cache=False)
+    a, b, c, d = make_seq("a", prompt=7, max_new=20), make_seq("b"), make_seq("c"), make_seq("d")
+    add(scheduler, a, b, c, d)
+    run_step(scheduler)  # a holds two blocks, b and c one each (the whole cache); d waits for a running place
+    assert (len(a.token_ids), len(b.token_ids), d.status) == (9, 5, W)
+    assert run_step(scheduler) == [a], "a needed a block: c, the newest, gave its; then b needed one, the newest"
+    assert list(scheduler._waiting) == [b, c, d] and scheduler.preemptions == 2, "victims first, oldest first"
+    run_step(scheduler)
+    assert b.status is W, "b needs two blocks for its 4 tokens and the next position; none is free"
+
+
+def test_a_prompt_shares_the_cached_blocks_of_its_longest_cached_prefix() -> None:
+    scheduler = make_scheduler(running=3, waiting=3, chunk=16, blocks=16)
+    a = Sequence("a", list(range(10, 21)), 4)  # 11 tokens: two full blocks
+    add(scheduler, a)
+    run_step(scheduler)
+    b = Sequence("b", [*range(10, 19), 99, 98, 97], 4)  # shares 9 tokens with a: two blocks
+    c = Sequence("c", list(range(10, 18)), 4)  # two blocks, but its last token is always computed: one is shared
+    add(scheduler, b, c)
+    batch = scheduler.schedule(0.0)
+    assert batch.admitted == [b, c]
+    assert b.block_table[:2] == a.block_table[:2] and c.block_table[:1] == a.block_table[:1]
+    private = [a.block_table[2:], b.block_table[2:], c.block_table[1:]]  # a has grown a block for position 12
+    assert [len(t) for t in private] == [2, 2, 2] and len({block for t in private for block in t}) == 6
+    assert [(x.seq, x.start, x.count) for x in batch.prefill] == [(b, 8, 4), (c, 4, 4)]
+    assert (b.prefix_hit_tokens, c.prefix_hit_tokens, a.prefix_hit_tokens) == (8, 4, 0)
+    assert scheduler.cache.allocator.refcount(a.block_table[0]) == 3
+    assert scheduler.load().prefix_hit_rate == pytest.approx(12 / 31)
+    scheduler.postprocess([], batch.prefill)
+    shared = a.block_table[:2]
+    scheduler.finish_running(FinishReason.CANCELLED)
+    assert scheduler.cache.blocks_used == 0 and scheduler.cache.allocator.cached >= 3, "full blocks stay cached"
+    again = Sequence("again", list(range(10, 21)), 4)
+    add(scheduler, again)
+    scheduler.schedule(0.0)
+    assert again.block_table[:2] == shared and again.prefilled == 8
+
+
+def test_without_the_prefix_cache_nothing_is_shared() -> None:
+    scheduler = make_scheduler(running=2, chunk=16, blocks=16, prefix_cache=False)
+    a, b = Sequence("a", list(range(10, 21)), 4), Sequence("b", list(range(10, 21)), 4)
+    add(scheduler, a)
+    run_step(scheduler)
+    add(scheduler, b)
+    scheduler.schedule(0.0)
+    assert (b.prefilled, set(a.block_table) & set(b.block_table), scheduler.load().prefix_hit_rate) == (0, set(), 0)
+
+
+def test_a_later_sample_waits_for_the_first_samples_prompt_then_shares_its_blocks() -> None:
+    scheduler = make_scheduler(running=3, waiting=3, chunk=4, batched=16, blocks=16)
+    first = Sequence("r", list(range(10, 20)), 4)
+    second = Sequence("r", list(range(10, 20)), 4, after=first)
+    scheduler.add([first, second], retry_after_s=0.5)
+    add(scheduler, other := make_seq("o"))
+    run_step(scheduler)
+    assert (first.status, second.status, other.status) == (P, W, D), "second waits for first's prompt, other not"
+    for _ in range(2):  # the second and last chunks of first's prompt: it decodes from then on
+        run_step(scheduler)
+    assert (first.status, second.status) == (D, W)
+    run_step(scheduler)
+    assert second.status is not W and other.status is not W
+    assert second.block_table[:2] == first.block_table[:2] and second.prefix_hit_tokens == 8

@@ -1,11 +1,13 @@
 """The continuous-batching engine: an asyncio front over one engine thread that steps the whole batch.
 
-The parts, each owning its state: the ``Scheduler`` (every sequence's status, the queues, admission),
-the ``SlotKVCache`` (the cache rows), the ``ModelRunner`` (forward passes), the ``OutputProcessor``
-(sampling, text, stop matching, closing records) and the ``Outbox`` (delivery to the event loop).
+The parts, each owning its state: the ``Scheduler`` (every sequence's status, the queues, admission,
+preemption), the ``PagedKVCache`` (cache blocks, block tables, prefix cache), the ``ModelRunner`` (forward
+passes), the ``OutputProcessor`` (sampling, text, stop matching, closing records) and the ``Outbox``
+(delivery to the event loop).
 
 Each step is ``schedule()`` → run → ``postprocess()``, twice: the scheduler retires cancelled and expired
-sequences, admits waiting requests into free rows and plans prompt chunks within the step's token budget;
+sequences, preempts the newest running ones when decoding runs out of blocks, admits waiting requests
+while blocks are free and plans prompt chunks within the step's token budget;
 the runner feeds them, the outputs sample the first token of every prompt completed, and the scheduler
 promotes those to decoding. Then one forward pass decodes a token for every decoding sequence, and the
 scheduler finishes those that ended. A request that arrives mid-generation joins at the next step
@@ -16,10 +18,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import threading
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from typing import TYPE_CHECKING
 
 import torch
@@ -27,8 +30,9 @@ from tokenizers import Tokenizer
 
 from genmesh import tracing
 from genmesh.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument, quote
+from services.inference.constraints import GrammarCompiler
 from services.inference.engine.config import EngineConfig
-from services.inference.engine.kv_cache import SlotKVCache
+from services.inference.engine.kv_cache import PagedKVCache
 from services.inference.engine.output import OutputProcessor, SequenceOutput
 from services.inference.engine.runner import ModelRunner
 from services.inference.engine.scheduler import Scheduler
@@ -49,6 +53,18 @@ if TYPE_CHECKING:
     from services.inference.metrics import InferenceMetrics
 
 log = logging.getLogger("genmesh.inference.engine")
+
+
+Sample = tuple[Sequence, Stream, SequenceOutput]
+"""One of a request's n samples: its sequence, the stream it is delivered to, its output side."""
+
+
+def sample_request(request: GenerationRequest, index: int) -> GenerationRequest:
+    """The request of sample ``index`` (n > 1): its seed, when set, is ``seed + index``."""
+    seed = request.sampling.seed
+    if index == 0 or seed is None:
+        return request
+    return dataclasses.replace(request, sampling=dataclasses.replace(request.sampling, seed=seed + index))
 
 
 def keep_prompt_tail(ids: list[int], context: int, max_tokens: int, bos_token_id: int | None) -> list[int]:
@@ -76,17 +92,19 @@ class Engine:
     ) -> None:
         self._loaded = loaded
         self.config = config or EngineConfig()
-        storage = loaded.model.new_cache(batch=self.config.max_running, max_len=loaded.context_length)
-        self._cache = SlotKVCache(storage)
+        cfg = self.config
+        storage = loaded.model.new_paged_cache(cfg.num_blocks(loaded.context_length), cfg.block_size)
+        self._cache = PagedKVCache(storage, cfg.prefix_cache)
         self._scheduler = Scheduler(self.config, self._cache)
         self._runner = ModelRunner(loaded.model, self._cache, loaded.device)
         self._outputs = OutputProcessor(metrics)
+        self._grammars = GrammarCompiler(loaded.tokenizer, loaded.eos_token_ids)
         self._metrics = metrics
         if metrics is not None:
             metrics.attach(self._scheduler.load, self.config)
         self._eos = frozenset(loaded.eos_token_ids)
-        self._active: dict[str, tuple[Sequence, Stream]] = {}
-        self._outbox = Outbox()
+        self._active: dict[str, list[Sample]] = {}
+        self._outbox = Outbox(self.config.stream_interval_tokens, self.config.stream_interval_ms)
         self._service_s = 1.0
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="genmesh-engine", daemon=True)
@@ -95,7 +113,11 @@ class Engine:
     # -- event-loop side -------------------------------------------------------------------------------
 
     async def generate(self, request: GenerationRequest) -> AsyncGenerator[TokenChunk | Finished, None]:
-        """Stream the completion of ``request``: TokenChunks, then exactly one Finished.
+        """Stream the completion of ``request``: TokenChunks, then exactly one Finished, per sample.
+
+        With ``sampling.n`` > 1 the request runs as n sequences (sample i seeded ``seed + i``; samples after the
+        first admitted once the first's prompt is cached, so they share its blocks); items carry their sample's
+        ``index``, interleaved, and the stream ends after the last Finished. Cancelling cancels every sample.
 
         Raises at the first step, before anything is streamed: InvalidArgument (prompt too long or empty,
         request id in use), ResourceExhausted (waiting queue full), DeadlineExceeded (deadline already
@@ -103,41 +125,52 @@ class Engine:
         passes. Leaving the iteration early (cancellation, ``aclose()``) stops the generation at the next step.
         While tracing is on, the request's phases become spans (``spans.PhaseSpans``) of the current one.
         """
-        seq, stream, out = self._admit(request)
+        samples = self._admit(request)
+        seq, stream, out = samples[0]
         spans = PhaseSpans() if tracing.enabled() else None
         done: Finished | None = None
         error: BaseException | None = None
+        left = len(samples)
         try:
-            while True:
-                item = await self._next(seq, stream)
+            while left:
+                item = await (self._next(seq, stream) if len(samples) == 1 else self._next_of(samples))
                 if isinstance(item, BaseException):
                     raise item
                 if isinstance(item, Finished):
-                    done = item
-                    yield item
-                    return
+                    left -= 1
+                    done = item if item.index == 0 else done
                 yield item
         except BaseException as raised:
             error = raised
             raise
         finally:
-            if not stream.finished:
-                self._scheduler.abort(seq)
-            if self._active.get(request.request_id, (None,))[0] is seq:
+            for one, its_stream, _ in samples:
+                if not its_stream.finished:
+                    self._scheduler.abort(one)
+            if self._active.get(request.request_id) is samples:
                 del self._active[request.request_id]
             if spans is not None:
                 spans.end(seq, out, done, error)
 
     def abort(self, request_id: str) -> bool:
         """Stop ``request_id``; its stream ends with a cancelled Finished. False when it is not active."""
-        found = self._active.get(request_id)
-        if found is None or found[1].finished:
-            return False
-        return self._scheduler.abort(found[0])
+        live = [seq for seq, stream, _ in self._active.get(request_id, []) if not stream.finished]
+        return any([self._scheduler.abort(seq) for seq in live])  # a list: every sample is asked
 
     def load(self) -> LoadStats:
         """Current occupancy, every figure read at one moment (``Scheduler.load``)."""
         return self._scheduler.load()
+
+    @property
+    def holding_count(self) -> int:
+        """Sequences holding KV-cache blocks now (prefilling or decoding); ``load().running`` also counts the queued
+        ones a free running place awaits, so it cannot show how many the cache fits."""
+        return self._scheduler.running_count
+
+    @property
+    def preemptions(self) -> int:
+        """Sequences preempted (to be recomputed) since start, for lack of KV-cache blocks."""
+        return self._scheduler.preemptions
 
     @property
     def tokenizer(self) -> Tokenizer:
@@ -171,7 +204,7 @@ class Engine:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    def _admit(self, request: GenerationRequest) -> tuple[Sequence, Stream, SequenceOutput]:
+    def _admit(self, request: GenerationRequest) -> list[Sample]:
         if self._closed:
             raise FailedPrecondition("the inference engine is closed")
         if request.request_id in self._active:
@@ -185,32 +218,76 @@ class Engine:
         context = loaded.context_length
         if not ids:
             raise InvalidArgument.field("prompt", "must not be empty (the model has no BOS token to start from)")
-        if request.truncate_prompt:
-            ids = keep_prompt_tail(ids, context, request.sampling.max_tokens, loaded.bos_token_id)
+        capacity = self._cache.capacity_tokens
+        if request.truncate_prompt:  # to what one sequence may hold: the context, or a smaller KV cache
+            ids = keep_prompt_tail(ids, min(context, capacity), request.sampling.max_tokens, loaded.bos_token_id)
         if len(ids) > context - 1:
             raise InvalidArgument.field(
                 "prompt",
                 f"the prompt of {len(ids)} tokens exceeds the context length of {context} "
                 f"(at most {context - 1} prompt tokens leave room to generate)",
             )
-        stream = Stream()
+        if len(ids) + 1 > capacity:
+            raise InvalidArgument.field(
+                "prompt", f"the prompt of {len(ids)} tokens does not fit the KV cache of {capacity} tokens"
+            )
+        # clipped like the context: one sequence alone always fits the whole cache, so preemption never deadlocks
+        max_new = min(request.sampling.max_tokens, context - len(ids), capacity - len(ids))
+        self._outbox.bind(asyncio.get_running_loop())
+        samples: list[Sample] = []
+        for index in range(max(1, getattr(request.sampling, "n", 1))):
+            first = samples[0][0] if samples else None
+            seq = Sequence(request.request_id, ids, max_new, request.deadline, after=first)
+            stream = Stream()
+            out = SequenceOutput(
+                sample_request(request, index),
+                ids,
+                loaded.tokenizer,
+                self._eos,
+                self._deliverer(stream, index),
+                self._grammars.constraint(request.response_format),
+            )
+            self._outputs.add(seq, out)
+            samples.append((seq, stream, out))
+        try:
+            self._scheduler.add([seq for seq, _, _ in samples], retry_after_s=round(max(0.1, self._service_s), 3))
+        except BaseException:
+            for seq, _, _ in samples:
+                self._outputs.discard(seq)
+            raise
+        self._active[request.request_id] = samples
+        return samples
+
+    def _deliverer(self, stream: Stream, index: int) -> Callable[[Item], None]:
+        """Hands sample ``index``'s items to ``stream`` through the outbox (engine thread), tagged with the index."""
         outbox = self._outbox
-        outbox.bind(asyncio.get_running_loop())
 
         def deliver(item: Item) -> None:
+            if index and isinstance(item, (TokenChunk, Finished)):
+                item.index = index
             outbox.put(stream, item)
 
-        max_new = min(request.sampling.max_tokens, context - len(ids))
-        seq = Sequence(request.request_id, ids, max_new, request.deadline)
-        out = SequenceOutput(request, ids, loaded.tokenizer, self._eos, deliver)
-        self._outputs.add(seq, out)
-        try:
-            self._scheduler.add(seq, retry_after_s=round(max(0.1, self._service_s), 3))
-        except BaseException:
-            self._outputs.discard(seq)
-            raise
-        self._active[request.request_id] = (seq, stream)
-        return seq, stream, out
+        return deliver
+
+    async def _next_of(self, samples: list[Sample]) -> Item:
+        """The next item of any of ``samples``' streams (n > 1), in sample order when several are ready."""
+        deadline = samples[0][0].deadline
+        while True:
+            for seq, stream, _ in samples:
+                if stream.pending:
+                    return await self._next(seq, stream)
+            timeout = None if deadline is None else deadline - time.monotonic()
+            if timeout is not None and timeout <= 0:
+                raise DeadlineExceeded(f"request {samples[0][0].request_id} exceeded its deadline")
+            waits = []
+            for _, stream, _ in samples:
+                stream.ready.clear()
+                waits.append(asyncio.ensure_future(stream.ready.wait()))
+            try:
+                await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for wait in waits:
+                    wait.cancel()
 
     async def _next(self, seq: Sequence, stream: Stream) -> Item:
         deadline = seq.deadline
@@ -244,7 +321,10 @@ class Engine:
     def _step(self) -> None:
         batch = self._scheduler.schedule(time.monotonic())
         self._outputs.finish(batch.finished)
+        self._release_held(batch.preempted)
         self._outputs.mark_started(batch.admitted, time.monotonic())
+        if self._metrics is not None:
+            self._metrics.scheduled(batch.admitted, len(batch.preempted))
         if batch.prefill:
             logits = self._runner.prefill(batch.prefill)
             ended = [] if logits is None else self._outputs.process(batch.completing, logits, len(batch.prefill))
@@ -254,5 +334,13 @@ class Engine:
         if decoding:
             if self._metrics is not None:
                 self._metrics.decoded(len(decoding))
+            self._outputs.prefetch_masks(decoding)  # filled on a worker while the forward pass runs
             ended = self._outputs.process(decoding, self._runner.decode(decoding))
             self._outputs.finish(self._scheduler.postprocess(ended))
+
+    def _release_held(self, preempted: list[Sequence]) -> None:
+        """Send what the stream interval holds of ``preempted`` sequences: their next token waits for a recompute."""
+        for seq in preempted:
+            for index, (one, stream, _) in enumerate(self._active.get(seq.request_id, ())):
+                if one is seq:
+                    self._outbox.release(stream, index)

@@ -1,98 +1,136 @@
-"""The engine's KV cache: the model's cache tensors, allocated once as fixed rows, and who holds which row.
+"""The engine's paged KV cache: the model's block pool, the allocator, and each sequence's block table.
 
-Every admitted sequence holds one row of ``row_length`` positions. The cache hands rows out and takes
-them back (``can_allocate`` / ``allocate`` / ``deallocate``) and moves a sequence's cached tokens to
-another row (``relocate``). Where sequences sit is the scheduler's decision: it keeps its decode batch in
-the first rows, in order, so that a decode pass reads one contiguous block (a view, no gather). Only the
-engine thread calls in, except for the counts read by ``Engine.load``.
+A sequence holds blocks of ``block_size`` positions, in position order, and grows block by block: at
+admission it takes (or, with the prefix cache, shares) blocks for its prefill plus the first decode
+position; afterwards ``reserve`` adds one block whenever a decode step crosses into a new one. Full
+blocks are registered under their prefix key (``prefix_cache.block_key``) as soon as they are computed,
+so a later prompt sharing the prefix reuses them. Which sequence runs, waits or is preempted is the
+scheduler's decision. Only the engine thread calls in, except for the counts read by ``Engine.load``.
 """
 
 from __future__ import annotations
 
-import torch
-
+from services.inference.engine.block_allocator import BlockAllocator
+from services.inference.engine.prefix_cache import ROOT, block_key, prefix_keys
 from services.inference.engine.sequence import Sequence
 from services.inference.models.kv_cache import KVCache
 
 
-class SlotKVCache:
-    """Rows of keys and values for up to ``rows`` sequences, and which sequence holds each."""
+class PagedKVCache:
+    """Blocks of keys and values handed to sequences, with prefix sharing when ``prefix_cache`` is on."""
 
-    def __init__(self, storage: KVCache) -> None:
+    def __init__(self, storage: KVCache, prefix_cache: bool = True) -> None:
         self.storage = storage
-        self.rows = storage.batch
-        self.row_length = storage.max_len
-        self._holders: list[Sequence | None] = [None] * self.rows
-        self._free = self.rows
+        self.block_size = storage.block_size
+        self.allocator = BlockAllocator(storage.num_blocks, prefix_cache)
+        self.prompt_tokens = 0
+        """Prompt tokens of every first admission so far."""
+        self.hit_tokens = 0
+        """Of those, tokens found in the prefix cache."""
 
     @property
     def capacity_tokens(self) -> int:
         """Positions the cache holds in all."""
-        return self.rows * self.row_length
+        return self.storage.capacity_tokens
 
     @property
-    def free_rows(self) -> int:
-        """Rows nobody holds."""
-        return self._free
+    def prefix_cache(self) -> bool:
+        """Whether cached prefixes are shared."""
+        return self.allocator.prefix_cache
+
+    @property
+    def blocks_free(self) -> int:
+        """Blocks that can be handed out (empty, or cached and unheld)."""
+        return self.allocator.free
+
+    @property
+    def blocks_used(self) -> int:
+        """Blocks held by sequences."""
+        return self.allocator.used
+
+    @property
+    def hit_rate(self) -> float:
+        """Prefix-cache hit tokens over prompt tokens since start (0 before any prompt)."""
+        return self.hit_tokens / self.prompt_tokens if self.prompt_tokens else 0.0
+
+    def blocks_for(self, tokens: int) -> int:
+        """Blocks that hold ``tokens`` positions."""
+        return -(-tokens // self.block_size)
+
+    def allocate(self, seq: Sequence) -> bool:
+        """Give ``seq`` blocks for its prefill and first decode position, sharing its longest cached prefix;
+        False (nothing taken) when too few blocks are free. ``seq.prefilled`` starts past the shared prefix,
+        which always leaves at least one token to compute (its logits are needed)."""
+        if seq.block_table:
+            raise ValueError(f"sequence {seq.request_id} already holds cache blocks")
+        target = seq.prefill_target
+        shared: list[int] = []
+        keys: list[bytes] = []
+        if self.allocator.prefix_cache:
+            keys = self._prompt_keys(seq, target - 1)
+            for key in keys:
+                block = self.allocator.lookup(key)
+                if block is None:
+                    break
+                shared.append(block)
+        fresh_needed = self.blocks_for(target + 1) - len(shared)
+        unheld_shared = sum(1 for block in shared if self.allocator.refcount(block) == 0)
+        if fresh_needed + unheld_shared > self.allocator.free:
+            return False
+        for block in shared:
+            self.allocator.share(block)
+        seq.block_table = shared + [self.allocator.allocate() for _ in range(fresh_needed)]
+        seq.hashed = len(shared)
+        seq.last_key = keys[len(shared) - 1] if shared else ROOT
+        seq.prefilled = len(shared) * self.block_size
+        if not seq.resuming and not seq.preemptions:
+            seq.prefix_hit_tokens = seq.prefilled
+            self.prompt_tokens += seq.num_prompt_tokens
+            self.hit_tokens += seq.prefilled
+        return True
+
+    def _prompt_keys(self, seq: Sequence, tokens: int) -> list[bytes]:
+        """The prefix keys of the full blocks of ``seq``'s first ``tokens`` tokens.
+
+        Kept on the sequence (``block_keys``) and extended when more are needed: its token ids only ever grow, so
+        a key once computed stays valid, and a sequence that waits for blocks step after step is hashed once.
+        """
+        size = self.block_size
+        keys = seq.block_keys
+        full = tokens // size
+        if len(keys) < full:
+            keys += prefix_keys(seq.token_ids[len(keys) * size : full * size], size, keys[-1] if keys else ROOT)
+        return keys[:full]
+
+    def reserve(self, seq: Sequence) -> bool:
+        """Make sure ``seq`` has a block for its next decode position; False when none is free."""
+        if self.blocks_for(seq.next_position + 1) <= len(seq.block_table):
+            return True
+        if not self.allocator.free:
+            return False
+        seq.block_table.append(self.allocator.allocate())
+        return True
+
+    def register_full(self, seq: Sequence) -> None:
+        """Register the blocks ``seq`` has filled since the last call under their prefix keys."""
+        if not self.allocator.prefix_cache:
+            return
+        full = seq.cached_tokens // self.block_size
+        size = self.block_size
+        while seq.hashed < full:
+            index = seq.hashed
+            seq.last_key = block_key(seq.last_key, seq.token_ids[index * size : (index + 1) * size])
+            self.allocator.register(seq.block_table[index], seq.last_key)
+            seq.hashed += 1
+
+    def free(self, seq: Sequence) -> None:
+        """Release ``seq``'s blocks, last first so that a prefix's tail is evicted before its head."""
+        for block in reversed(seq.block_table):
+            self.allocator.release(block)
+        seq.block_table = []
+        seq.hashed = 0
+        seq.last_key = ROOT
 
     def used_tokens(self) -> int:
-        """Positions filled by the sequences that hold rows."""
-        return sum(seq.cached_tokens for seq in self._holders if seq is not None)
-
-    def holder(self, row: int) -> Sequence | None:
-        """The sequence holding ``row``, if any."""
-        return self._holders[row]
-
-    def can_allocate(self) -> bool:
-        """Whether a row is free."""
-        return self._free > 0
-
-    def allocate(self, seq: Sequence) -> None:
-        """Give ``seq`` the lowest free row; ValueError if it holds one, RuntimeError if none is free."""
-        if seq.row >= 0:
-            raise ValueError(f"sequence {seq.request_id} already holds cache row {seq.row}")
-        for row, holder in enumerate(self._holders):
-            if holder is None:
-                self._holders[row] = seq
-                seq.row = row
-                self._free -= 1
-                return
-        raise RuntimeError("no free KV cache row; check can_allocate() first")
-
-    def deallocate(self, seq: Sequence) -> None:
-        """Take ``seq``'s row back (its contents are left as they are); nothing if it holds none."""
-        if seq.row < 0 or self._holders[seq.row] is not seq:
-            return
-        self._holders[seq.row] = None
-        seq.row = -1
-        self._free += 1
-
-    def relocate(self, seq: Sequence, row: int) -> None:
-        """Move ``seq``'s cached tokens to ``row``; a sequence holding ``row`` swaps into ``seq``'s old row."""
-        if seq.row < 0 or self._holders[seq.row] is not seq:
-            raise ValueError(f"sequence {seq.request_id} holds no cache row")
-        if not 0 <= row < self.rows:
-            raise ValueError(f"row {row} is outside the cache (0..{self.rows - 1})")
-        if row == seq.row:
-            return
-        other = self._holders[row]
-        if other is None:
-            self._move(seq, row)
-        else:
-            self._swap(seq, other)
-
-    def _move(self, seq: Sequence, target: int) -> None:
-        length = seq.cached_tokens
-        for layer in (*self.storage.keys, *self.storage.values):
-            layer[target, :, :length] = layer[seq.row, :, :length]
-        self._holders[seq.row] = None
-        self._holders[target] = seq
-        seq.row = target
-
-    def _swap(self, a: Sequence, b: Sequence) -> None:
-        length = max(a.cached_tokens, b.cached_tokens)
-        for layer in (*self.storage.keys, *self.storage.values):
-            rows = torch.tensor([a.row, b.row], device=layer.device)
-            layer[rows.flip(0), :, :length] = layer[rows, :, :length].clone()
-        self._holders[a.row], self._holders[b.row] = b, a
-        a.row, b.row = b.row, a.row
+        """Positions in held blocks (shared blocks counted once per block, i.e. ``blocks_used * block_size``)."""
+        return self.allocator.used * self.block_size

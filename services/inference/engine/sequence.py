@@ -23,9 +23,9 @@ class SequenceStatus(Enum):
     """
 
     WAITING = "waiting"
-    """Queued for a cache row."""
+    """Queued for cache blocks (new, or preempted and to be recomputed)."""
     PREFILLING = "prefilling"
-    """Holds a cache row; its prompt is being fed in chunks."""
+    """Holds cache blocks; its prompt (after a preemption: all its tokens but the last) is fed in chunks."""
     DECODING = "decoding"
     """Its whole prompt is cached; it gets one token per step."""
     FINISHED = "finished"
@@ -36,9 +36,11 @@ class SequenceStatus(Enum):
 class Sequence:
     """Status and token ids of one generation; compared and hashed by identity.
 
-    ``token_ids`` is the prompt followed by the generated tokens. ``prefilled`` counts the prompt tokens
-    in the cache, ``row`` is the cache row held (-1: none). ``abort_requested`` is set from the event
-    loop (through ``Scheduler.abort``) and acted on at the next step.
+    ``token_ids`` is the prompt followed by the generated tokens. ``prefilled`` counts the tokens fed by
+    prefill (or found in the prefix cache), up to ``prefill_target``: the prompt, or after a preemption every
+    token but the last, recomputed without sampling. ``block_table`` lists the cache blocks held, in position
+    order; ``hashed``/``last_key`` how many of them are registered in the prefix cache and the last one's key.
+    ``abort_requested`` is set from the event loop (through ``Scheduler.abort``) and acted on at the next step.
     """
 
     request_id: str
@@ -47,12 +49,22 @@ class Sequence:
     """Most tokens to generate (the request's max_tokens, clipped to the room left in the context)."""
     deadline: float | None = None
     """Absolute ``time.monotonic()`` instant; None: no deadline."""
+    after: Sequence | None = None
+    """Sample 0 of the same request (n > 1): this one is admitted once that one's prompt is cached, to share it."""
     seq_id: int = field(default_factory=lambda: next(_ids), init=False)
     status: SequenceStatus = field(default=SequenceStatus.WAITING, init=False)
     token_ids: list[int] = field(init=False)
     num_generated: int = field(default=0, init=False)
     prefilled: int = field(default=0, init=False)
-    row: int = field(default=-1, init=False)
+    prefill_target: int = field(init=False)
+    block_table: list[int] = field(default_factory=list, init=False)
+    hashed: int = field(default=0, init=False)
+    last_key: bytes = field(default=b"", init=False)
+    block_keys: list[bytes] = field(default_factory=list, init=False)
+    """Prefix keys of its first full blocks, as far as admission has needed them (``PagedKVCache.allocate``)."""
+    prefix_hit_tokens: int = field(default=0, init=False)
+    """Prompt tokens found in the prefix cache at first admission (reported as usage's cached_tokens)."""
+    preemptions: int = field(default=0, init=False)
     abort_requested: bool = field(default=False, init=False)
     finish_reason: FinishReason | None = field(default=None, init=False)
     error: Exception | None = field(default=None, init=False)
@@ -63,6 +75,7 @@ class Sequence:
         if self.max_new < 1:
             raise ValueError(f"sequence {self.request_id}: max_new must be at least 1, got {self.max_new}")
         self.token_ids = list(self.prompt_ids)
+        self.prefill_target = len(self.prompt_ids)
 
     @property
     def num_prompt_tokens(self) -> int:
@@ -71,8 +84,13 @@ class Sequence:
 
     @property
     def prompt_done(self) -> bool:
-        """Whether the whole prompt is in the cache."""
-        return self.prefilled == len(self.prompt_ids)
+        """Whether prefill is over (the prompt, or after a preemption all but the last token, is cached)."""
+        return self.prefilled >= self.prefill_target
+
+    @property
+    def resuming(self) -> bool:
+        """Whether this is a preempted sequence being recomputed (its prefill samples nothing)."""
+        return self.num_generated > 0
 
     @property
     def at_max_tokens(self) -> bool:
@@ -81,8 +99,10 @@ class Sequence:
 
     @property
     def cached_tokens(self) -> int:
-        """Positions of the cache row this sequence fills (the last generated token is fed next step)."""
-        return self.prefilled + max(0, self.num_generated - 1)
+        """Positions this sequence fills in the cache (the last generated token is fed next step)."""
+        if self.num_generated and self.prompt_done:
+            return len(self.token_ids) - 1
+        return self.prefilled
 
     @property
     def next_token(self) -> int:

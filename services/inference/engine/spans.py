@@ -1,6 +1,6 @@
 """One request's phases in the engine as trace spans, children of the RPC's span that submitted it.
 
-``inference.queued`` (arrival → given a cache row), ``inference.prefill`` (→ its first token) and
+``inference.queued`` (arrival → admitted, given its cache blocks), ``inference.prefill`` (→ its first token) and
 ``inference.decode`` (→ its end). The engine steps whole batches on its own thread, so the spans are not made as
 the phases run: the request's context is taken when it is submitted, and the spans are made when it ends, with
 the times its ``SequenceOutput`` recorded (monotonic clock, moved onto the wall clock that spans use). A request

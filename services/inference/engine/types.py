@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from genmesh.errors import InvalidArgument
+from genmesh.response_format import ResponseFormat
 from genmesh.sampling import SamplingParams
 
 
@@ -24,10 +25,16 @@ class GenerationRequest:
     deadline: float | None = None
     truncate_prompt: bool = False
     rendered: bool = False
+    response_format: ResponseFormat | None = None
+    """Structure the output must have (constrained decoding); None: free text."""
 
     def __post_init__(self) -> None:
         if not self.request_id:
             raise InvalidArgument.field("request_id", "must not be empty")
+        if self.response_format is not None:  # the format decides where the output ends: only EOS may follow it
+            for name in ("min_tokens", "ignore_eos"):
+                if getattr(self.sampling, name, 0):
+                    raise InvalidArgument.field(f"sampling.{name}", "must be unset with a response_format")
 
 
 @dataclass(slots=True)
@@ -50,6 +57,8 @@ class TokenChunk:
     token_ids: list[int]
     text: str
     logprobs: list[TokenLogprob] = field(default_factory=list)
+    index: int = 0
+    """Which of the request's ``n`` samples this chunk belongs to."""
 
     def extend(self, other: TokenChunk) -> None:
         """Append ``other`` to this chunk (used to coalesce chunks a slow consumer has not read yet)."""
@@ -82,16 +91,26 @@ class Finished:
     queue_ms: float
     ttft_ms: float
     total_ms: float
+    cached_tokens: int = 0
+    """Prompt tokens found in the prefix cache instead of being computed."""
+    index: int = 0
+    """Which of the request's ``n`` samples ended."""
 
 
 @dataclass(frozen=True, slots=True)
 class LoadStats:
-    """Engine occupancy, for load balancing: requests generating and waiting, KV cache tokens used/capacity."""
+    """Engine occupancy, for load balancing: requests generating and waiting, KV cache tokens used/capacity
+    (``kv_used_tokens`` = positions in held blocks), the paged cache's blocks, and the prefix-cache hit rate
+    (hit tokens over prompt tokens since start)."""
 
     running: int
     waiting: int
     kv_used_tokens: int
     kv_capacity_tokens: int
+    block_size: int = 0
+    blocks_used: int = 0
+    blocks_free: int = 0
+    prefix_hit_rate: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,7 +1,7 @@
-"""The model's key/value cache: preallocated per-layer tensors, and how one forward pass addresses them.
+"""The model's paged key/value cache: per-layer block pools, and how one forward pass addresses them.
 
-Which sequence owns which row is not decided here: the engine's ``SlotKVCache`` owns a ``KVCache`` and
-hands its rows out.
+Which sequence owns which block is not decided here: the engine's ``BlockAllocator`` hands blocks out and
+each sequence's block table lists its own. A forward pass is given one table per batch row.
 """
 
 from __future__ import annotations
@@ -14,25 +14,47 @@ from services.inference.models.config import LlamaConfig
 
 
 class KVCache:
-    """Preallocated keys and values of every layer for ``batch`` sequences of up to ``max_len`` tokens.
+    """Keys and values of every layer in ``num_blocks`` blocks of ``block_size`` token slots.
 
-    Layout per layer: [batch, kv_heads, max_len, head_dim]; a token at position p of row b lives at [b, :, p].
-    Attention reads a row block's first positions as a view in the layout it multiplies in, with no copy.
+    Layout per layer: [kv_heads, num_blocks, block_size, head_dim], heads outermost. Token slot
+    ``block * block_size + offset`` is one row of each head's flat view [kv_heads, slots, head_dim], so a pass
+    writes all its tokens with one ``index_copy_`` of a slot mapping; reads gather whole blocks of the batch's
+    tables (``index_select`` of [B * max_blocks] blocks), never the whole pool, straight into the layout
+    attention multiplies in, [kv_heads, B, blocks * block_size, head_dim] (one copy, then views only).
+
+    ``default_tables`` [rows, max_len / block_size] give row i the blocks ``i * n .. (i + 1) * n - 1``: the
+    contiguous addressing used when a caller passes no tables (tests, scripts: ``new_cache(batch, max_len)``).
     """
 
     def __init__(
-        self, config: LlamaConfig, batch: int, max_len: int, device: torch.device | str, dtype: torch.dtype
+        self,
+        config: LlamaConfig,
+        num_blocks: int,
+        block_size: int,
+        device: torch.device | str,
+        dtype: torch.dtype,
+        rows: int = 1,
+        max_len: int | None = None,
     ) -> None:
-        if batch <= 0 or max_len <= 0:
-            raise ValueError(f"KVCache needs a positive batch and max_len, got {batch} and {max_len}")
-        if max_len > config.max_position_embeddings:
-            raise ValueError(f"KVCache max_len {max_len} exceeds the context length {config.max_position_embeddings}")
-        shape = (batch, config.kv_heads, max_len, config.dim_per_head)
+        if num_blocks <= 0 or block_size <= 0 or rows <= 0:
+            raise ValueError(
+                f"KVCache needs positive num_blocks, block_size and rows, got {num_blocks}, {block_size}, {rows}"
+            )
+        shape = (config.kv_heads, num_blocks, block_size, config.dim_per_head)
         self.keys = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.num_hidden_layers)]
         self.values = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.num_hidden_layers)]
-        self.batch = batch
-        self.max_len = max_len
+        self.num_blocks = num_blocks
+        self.block_size = block_size
         self.kv_heads = config.kv_heads
+        per_row = num_blocks // rows
+        self.max_len = min(max_len or per_row * block_size, per_row * block_size, config.max_position_embeddings)
+        """Positions a row of the default tables holds."""
+        self.default_tables = torch.arange(rows * per_row, device=device).view(rows, per_row)
+
+    @property
+    def capacity_tokens(self) -> int:
+        """Token slots in all."""
+        return self.num_blocks * self.block_size
 
     @property
     def nbytes(self) -> int:
@@ -44,36 +66,35 @@ class KVCache:
 class CacheStep:
     """Where one forward pass reads and writes the cache, computed once and shared by every layer.
 
-    Batch row i uses cache row ``first_row + i``; its tokens are written at their positions and attend
-    to every cached position up to their own.
+    Batch row b's token at position p is written to slot ``tables[b, p // block_size] * block_size +
+    p % block_size`` and attends to every position up to its own among its row's blocks.
     """
 
     cache: KVCache
-    write_index: torch.Tensor
-    """Flat row indexes into a layer viewed as [rows * kv_heads * max_len, head_dim], one per (row, head, token)."""
-    first_row: int
-    end: int
-    """One past the last position any row reads."""
+    tables: torch.Tensor
+    """[B, blocks] block ids per row, covering every position the row reads (padding: any valid block)."""
+    slots: torch.Tensor
+    """[B * T] flat slot per token, in (row, token) order."""
     mask: torch.Tensor
-    """[batch, 1, tokens, end]: True where a token may attend."""
+    """[B, 1, T, blocks * block_size]: True where a token may attend."""
 
     @classmethod
-    def build(cls, cache: KVCache, positions: torch.Tensor, first_row: int) -> CacheStep:
-        """The addressing of ``positions`` [B, T] in cache rows ``first_row ..``."""
-        b, _ = positions.shape
-        rows = torch.arange(first_row, first_row + b, device=positions.device)
-        heads = torch.arange(cache.kv_heads, device=positions.device)
-        base = (rows.view(b, 1, 1) * cache.kv_heads + heads.view(1, -1, 1)) * cache.max_len
-        end = int(positions.max().item()) + 1
-        span = torch.arange(end, device=positions.device)
-        mask = (span.view(1, 1, end) <= positions.unsqueeze(-1)).unsqueeze(1)
-        return cls(cache, (base + positions.unsqueeze(1)).reshape(-1), first_row, end, mask)
+    def build(cls, cache: KVCache, positions: torch.Tensor, tables: torch.Tensor) -> CacheStep:
+        """The addressing of ``positions`` [B, T] through block ``tables`` [B, blocks]."""
+        size = cache.block_size
+        slots = torch.gather(tables, 1, positions // size) * size + positions % size
+        span = torch.arange(tables.shape[1] * size, device=positions.device)
+        mask = (span.view(1, 1, -1) <= positions.unsqueeze(-1)).unsqueeze(1)
+        return cls(cache, tables, slots.reshape(-1), mask)
 
     def store(self, layer: int, keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Write ``keys``/``values`` [B, kv_heads, T, head_dim] of ``layer``; return the rows' cached prefixes."""
-        cached_keys, cached_values = self.cache.keys[layer], self.cache.values[layer]
-        dim = cached_keys.shape[-1]
-        cached_keys.view(-1, dim).index_copy_(0, self.write_index, keys.reshape(-1, dim).to(cached_keys.dtype))
-        cached_values.view(-1, dim).index_copy_(0, self.write_index, values.reshape(-1, dim).to(cached_values.dtype))
-        rows = slice(self.first_row, self.first_row + keys.shape[0])
-        return cached_keys[rows, :, : self.end], cached_values[rows, :, : self.end]
+        """Write ``keys``/``values`` [B, kv_heads, T, head_dim] of ``layer``; return each row's blocks, heads
+        first: [kv_heads, B, blocks * block_size, head_dim] (one gather of the batch's blocks)."""
+        pool_keys, pool_values = self.cache.keys[layer], self.cache.values[layer]
+        b, heads, _, dim = keys.shape
+        flat = (heads, -1, dim)
+        pool_keys.view(flat).index_copy_(1, self.slots, keys.transpose(0, 1).reshape(flat).to(pool_keys.dtype))
+        pool_values.view(flat).index_copy_(1, self.slots, values.transpose(0, 1).reshape(flat).to(pool_values.dtype))
+        index = self.tables.reshape(-1)
+        span = (heads, b, self.tables.shape[1] * self.cache.block_size, dim)
+        return pool_keys.index_select(1, index).view(span), pool_values.index_select(1, index).view(span)

@@ -131,12 +131,16 @@ class Attention(nn.Module):
         if step is None:
             out = F.scaled_dot_product_attention(q, k, v, is_causal=t > 1, enable_gqa=self.kv_heads != self.heads)
         else:
-            keys, values = step.store(self.layer, k, v)
+            keys, values = step.store(self.layer, k, v)  # [kv_heads, B, L, head_dim]
             if t == 1:
                 out = self._decode_attention(q, keys, values, step.mask)
             else:
                 out = F.scaled_dot_product_attention(
-                    q, keys, values, attn_mask=step.mask, enable_gqa=self.kv_heads != self.heads
+                    q,
+                    keys.transpose(0, 1),
+                    values.transpose(0, 1),
+                    attn_mask=step.mask,
+                    enable_gqa=self.kv_heads != self.heads,
                 )
         projected: torch.Tensor = self.o_proj(out.transpose(1, 2).reshape(b, t, self.heads * self.head_dim))
         return projected
@@ -146,14 +150,15 @@ class Attention(nn.Module):
     ) -> torch.Tensor:
         """One query token per row: each kv head's group of query heads in one small matmul, no kv copies.
 
-        q [B, heads, 1, head_dim], keys/values [B, kv_heads, end, head_dim], mask [B, 1, 1, end].
+        q [B, heads, 1, head_dim], keys/values [kv_heads, B, end, head_dim] (heads first, as the paged cache
+        gathers them), mask [B, 1, 1, end].
         """
         b = q.shape[0]
-        grouped = q.reshape(b, self.kv_heads, self.heads // self.kv_heads, self.head_dim)
+        grouped = q.reshape(b, self.kv_heads, self.heads // self.kv_heads, self.head_dim).transpose(0, 1)
         scores = torch.matmul(grouped, keys.transpose(-1, -2)).mul_(self.scale)
-        scores.masked_fill_(~mask, float("-inf"))
+        scores.masked_fill_(~mask.transpose(0, 1), float("-inf"))
         out = torch.matmul(torch.softmax(scores, dim=-1), values)
-        return out.reshape(b, self.heads, 1, self.head_dim)
+        return out.transpose(0, 1).reshape(b, self.heads, 1, self.head_dim)
 
 
 class MLP(nn.Module):
@@ -200,12 +205,12 @@ class LlamaModel(nn.Module):
         self.rotary_emb = RotaryEmbedding(config)
 
     def forward(
-        self, input_ids: torch.Tensor, positions: torch.Tensor, cache: KVCache | None, first_row: int = 0
+        self, input_ids: torch.Tensor, positions: torch.Tensor, cache: KVCache | None, tables: torch.Tensor | None
     ) -> torch.Tensor:
-        """Final hidden states [B, T, hidden] of ``input_ids`` at ``positions``."""
+        """Final hidden states [B, T, hidden] of ``input_ids`` at ``positions`` (``tables``: with ``cache``)."""
         x = self.embed_tokens(input_ids)
         rope = self.rotary_emb(positions, x.dtype)
-        step = None if cache is None else CacheStep.build(cache, positions, first_row)
+        step = None if cache is None or tables is None else CacheStep.build(cache, positions, tables)
         for layer in self.layers:
             x = layer(x, rope, step)
         out: torch.Tensor = self.norm(x)
@@ -239,10 +244,24 @@ class LlamaForCausalLM(nn.Module):
             elif isinstance(module, RMSNorm):
                 nn.init.ones_(module.weight)
 
-    def new_cache(self, batch: int = 1, max_len: int | None = None) -> KVCache:
-        """A zeroed cache on the model's device and dtype, holding up to ``max_len`` (default: context) tokens."""
+    def new_cache(self, batch: int = 1, max_len: int | None = None, block_size: int = 16) -> KVCache:
+        """A zeroed paged cache on the model's device and dtype whose default tables give each of ``batch`` rows
+        ``max_len`` (default: context) positions in contiguous blocks."""
         weight = self.model.embed_tokens.weight
-        return KVCache(self.config, batch, max_len or self.config.max_position_embeddings, weight.device, weight.dtype)
+        length = max_len or self.config.max_position_embeddings
+        if length > self.config.max_position_embeddings:
+            raise ValueError(
+                f"KVCache max_len {length} exceeds the context length {self.config.max_position_embeddings}"
+            )
+        per_row = -(-length // block_size)
+        return KVCache(
+            self.config, batch * per_row, block_size, weight.device, weight.dtype, rows=batch, max_len=length
+        )
+
+    def new_paged_cache(self, num_blocks: int, block_size: int) -> KVCache:
+        """A zeroed pool of ``num_blocks`` blocks for the engine, which addresses it through block tables."""
+        weight = self.model.embed_tokens.weight
+        return KVCache(self.config, num_blocks, block_size, weight.device, weight.dtype)
 
     def num_parameters(self) -> int:
         """Distinct parameter count (tied matrices counted once)."""
@@ -254,25 +273,32 @@ class LlamaForCausalLM(nn.Module):
         positions: torch.Tensor,
         cache: KVCache | None = None,
         last_only: bool = False,
-        first_row: int = 0,
+        tables: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Logits [B, T, vocab] (or [B, 1, vocab] with ``last_only``) for ``input_ids`` at ``positions`` [B, T].
 
         Without a cache the T tokens of a row attend causally to each other (positions must increase along
         a row). With a cache their keys and values are written at ``positions`` and each token attends to
         every cached position up to its own, so a prompt can be fed once and then one token per step.
-        Batch row i reads and writes cache row ``first_row + i``, so a batch can be any block of cache rows.
+        ``tables`` [B, blocks] name each batch row's cache blocks and must cover its largest position (the
+        engine's runner sizes them; not checked, to keep the pass free of device syncs); without them row i
+        uses the cache's default contiguous rows.
         """
         if input_ids.shape != positions.shape or input_ids.dim() != 2:
             raise ValueError(
                 f"input_ids {tuple(input_ids.shape)} and positions {tuple(positions.shape)} "
                 "must both be [batch, tokens]"
             )
-        if cache is not None and int(positions.max().item()) >= cache.max_len:
-            raise ValueError(f"position {int(positions.max().item())} is beyond the cache length {cache.max_len}")
-        if cache is not None and not 0 <= first_row <= cache.batch - input_ids.shape[0]:
-            raise ValueError(f"rows {first_row}..{first_row + input_ids.shape[0] - 1} are outside the cache")
-        hidden = self.model(input_ids, positions, cache, first_row)
+        if cache is not None and tables is None:
+            end = int(positions.max().item()) + 1
+            if end > cache.max_len:
+                raise ValueError(f"position {end - 1} is beyond the cache length {cache.max_len}")
+            if input_ids.shape[0] > cache.default_tables.shape[0]:
+                raise ValueError(
+                    f"a batch of {input_ids.shape[0]} rows exceeds the cache's {cache.default_tables.shape[0]}"
+                )
+            tables = cache.default_tables[: input_ids.shape[0], : -(-end // cache.block_size)]
+        hidden = self.model(input_ids, positions, cache, tables)
         if last_only:
             hidden = hidden[:, -1:]
         logits: torch.Tensor = self.lm_head(hidden)
