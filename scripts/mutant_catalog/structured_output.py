@@ -49,7 +49,7 @@ MUTANTS: tuple[Mutant, ...] = (
         "services/inference/constraints/compiler.py",
         "if matcher.is_error():",
         "if False:",
-        (f"{SC}::test_an_invalid_definition_names_its_field",),
+        (f"{SC}::test_a_definition_that_does_not_parse_is_refused_with_the_parser_s_reason",),
     ),
     Mutant(
         "structured-empty-language-accepted",

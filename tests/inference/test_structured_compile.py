@@ -61,6 +61,25 @@ def test_an_invalid_definition_names_its_field(compiler: GrammarCompiler, fmt: R
 
 
 @pytest.mark.parametrize(
+    ("fmt", "says"),
+    [
+        (ResponseFormat(FormatKind.REGEX, "(["), "unclosed character class"),
+        (ResponseFormat(FormatKind.LARK, "start: undefined_rule"), "undefined_rule"),
+        (ResponseFormat(FormatKind.EBNF, "root ::= ("), "Expected ')'"),
+    ],
+)
+def test_a_definition_that_does_not_parse_is_refused_with_the_parser_s_reason(
+    compiler: GrammarCompiler, fmt: ResponseFormat, says: str
+) -> None:
+    """Not the generic "no output matches it" of a format that parses but matches nothing: the client learns what
+    to fix."""
+    with pytest.raises(InvalidArgument) as error:
+        compiler.constraint(fmt)
+    assert says in str(error.value)
+    assert "no output matches it" not in str(error.value)
+
+
+@pytest.mark.parametrize(
     ("build", "field"),
     [
         (lambda: json_schema_format("s", "{bad"), "response_format.json_schema.schema_json"),
