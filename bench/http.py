@@ -194,7 +194,9 @@ async def running_count(inference: inference_pb2_grpc.InferenceServiceStub) -> i
 
 async def disconnect_to_abort_ms(http: httpx.AsyncClient, inference: inference_pb2_grpc.InferenceServiceStub) -> float:
     """Milliseconds from closing an SSE answer after its first chunk to inference running nothing."""
-    async with http.stream("POST", "/v1/chat/completions", json=chat_body(ABORT_MAX_TOKENS)) as response:
+    # ignore_eos: the answer runs until the client leaves, wherever the greedy path would have met an EOS
+    body = {**chat_body(ABORT_MAX_TOKENS), "ignore_eos": True}
+    async with http.stream("POST", "/v1/chat/completions", json=body) as response:
         response.raise_for_status()
         async for line in response.aiter_lines():
             if line.startswith("data: {") and json.loads(line[6:])["choices"]:
