@@ -11,7 +11,7 @@ scheduler's decision. Only the engine thread calls in, except for the counts rea
 from __future__ import annotations
 
 from services.inference.engine.block_allocator import BlockAllocator
-from services.inference.engine.prefix_cache import ROOT, block_key, prefix_keys
+from services.inference.engine.prefix_cache import ROOT, prefix_keys
 from services.inference.engine.sequence import Sequence
 from services.inference.models.kv_cache import KVCache
 
@@ -81,7 +81,6 @@ class PagedKVCache:
             self.allocator.share(block)
         seq.block_table = shared + [self.allocator.allocate() for _ in range(fresh_needed)]
         seq.hashed = len(shared)
-        seq.last_key = keys[len(shared) - 1] if shared else ROOT
         seq.prefilled = len(shared) * self.block_size
         if not seq.resuming and not seq.preemptions:
             seq.prefix_hit_tokens = seq.prefilled
@@ -90,7 +89,7 @@ class PagedKVCache:
         return True
 
     def _prompt_keys(self, seq: Sequence, tokens: int) -> list[bytes]:
-        """The prefix keys of the full blocks of ``seq``'s first ``tokens`` tokens.
+        """The prefix keys of the full blocks of ``seq``'s first ``tokens`` tokens (for lookup and registration alike).
 
         Kept on the sequence (``block_keys``) and extended when more are needed: its token ids only ever grow, so
         a key once computed stays valid, and a sequence that waits for blocks step after step is hashed once.
@@ -116,12 +115,11 @@ class PagedKVCache:
         if not self.allocator.prefix_cache:
             return
         full = seq.cached_tokens // self.block_size
-        size = self.block_size
-        while seq.hashed < full:
-            index = seq.hashed
-            seq.last_key = block_key(seq.last_key, seq.token_ids[index * size : (index + 1) * size])
-            self.allocator.register(seq.block_table[index], seq.last_key)
-            seq.hashed += 1
+        if seq.hashed < full:
+            keys = self._prompt_keys(seq, full * self.block_size)
+            for index in range(seq.hashed, full):
+                self.allocator.register(seq.block_table[index], keys[index])
+            seq.hashed = full
 
     def free(self, seq: Sequence) -> None:
         """Release ``seq``'s blocks, last first so that a prefix's tail is evicted before its head."""
@@ -129,7 +127,6 @@ class PagedKVCache:
             self.allocator.release(block)
         seq.block_table = []
         seq.hashed = 0
-        seq.last_key = ROOT
 
     def used_tokens(self) -> int:
         """Positions in held blocks (shared blocks counted once per block, i.e. ``blocks_used * block_size``)."""

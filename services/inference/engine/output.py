@@ -191,9 +191,9 @@ class OutputProcessor:
 
         Rows of sequences with a response format are masked to their matchers' tokens first (a broken matcher ends
         its sequence with an error; a row whose logprobs are asked is copied before, for raw logprobs); each drawn
-        token advances its matcher. The plain greedy sequences share one
-        argmax over the batch. Returns the sequences the token ends,
-        with why, in ``seqs`` order. ``prefill_batch``: the sequences the prefill pass of these logits fed.
+        token advances its matcher. The plain greedy sequences share one argmax over the batch. Returns the
+        sequences the token ends, with why, in ``seqs`` order. ``prefill_batch``: the sequences the prefill pass of
+        these logits fed.
         """
         outputs = self._outputs
         best: list[int] | None = None

@@ -39,7 +39,7 @@ class Sequence:
     ``token_ids`` is the prompt followed by the generated tokens. ``prefilled`` counts the tokens fed by
     prefill (or found in the prefix cache), up to ``prefill_target``: the prompt, or after a preemption every
     token but the last, recomputed without sampling. ``block_table`` lists the cache blocks held, in position
-    order; ``hashed``/``last_key`` how many of them are registered in the prefix cache and the last one's key.
+    order; ``hashed`` how many of them are registered in the prefix cache (under ``block_keys``).
     ``abort_requested`` is set from the event loop (through ``Scheduler.abort``) and acted on at the next step.
     """
 
@@ -59,9 +59,8 @@ class Sequence:
     prefill_target: int = field(init=False)
     block_table: list[int] = field(default_factory=list, init=False)
     hashed: int = field(default=0, init=False)
-    last_key: bytes = field(default=b"", init=False)
     block_keys: list[bytes] = field(default_factory=list, init=False)
-    """Prefix keys of its first full blocks, as far as admission has needed them (``PagedKVCache.allocate``)."""
+    """Prefix keys of its first full blocks, as far as lookup and registration have needed them (``PagedKVCache``)."""
     prefix_hit_tokens: int = field(default=0, init=False)
     """Prompt tokens found in the prefix cache at first admission (reported as usage's cached_tokens)."""
     preemptions: int = field(default=0, init=False)

@@ -97,16 +97,19 @@ class Outbox:
             if (self._tokens > 1 and len(held.chunk.token_ids) >= self._tokens) or (
                 self._seconds > 0 and now - held.sent >= self._seconds
             ):
-                self._items.append((stream, held.chunk))
-                held.chunk, held.sent = None, now
+                self._send_held(stream, held, held.chunk, now)
 
     def release(self, stream: Stream, index: int = 0) -> None:
         """Queue the chunk held for sample ``index`` of ``stream``, if any, for the next flush (any thread)."""
         with self._lock:
             held = self._held.get((stream, index))
             if held is not None and held.chunk is not None:
-                self._items.append((stream, held.chunk))
-                held.chunk, held.sent = None, self._clock()
+                self._send_held(stream, held, held.chunk, self._clock())
+
+    def _send_held(self, stream: Stream, held: _Held, chunk: TokenChunk, now: float) -> None:
+        """Queue ``held``'s ``chunk`` for ``stream`` and start its interval again at ``now`` (under the lock)."""
+        self._items.append((stream, chunk))
+        held.chunk, held.sent = None, now
 
     def flush(self) -> None:
         """Hand everything queued to the loop in one call, with the chunks held for the ms interval or longer."""
@@ -115,8 +118,7 @@ class Outbox:
                 now = self._clock()
                 for (stream, _), held in self._held.items():
                     if held.chunk is not None and now - held.sent >= self._seconds:
-                        self._items.append((stream, held.chunk))
-                        held.chunk, held.sent = None, now
+                        self._send_held(stream, held, held.chunk, now)
             batch, self._items = self._items, []
         if batch and self._loop is not None:
             with contextlib.suppress(RuntimeError):  # a closed loop: nobody is listening
