@@ -8,11 +8,11 @@ A message becomes the dict Hugging Face chat templates expect: ``role`` ("system
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from typing import Any
 
 from genmesh.errors import FieldViolation, InvalidArgument
+from genmesh.function_declarations import name_violation
 from genmesh.limits import call_id_violation
 from genmesh.schema import parse_object
 from genmesh.v1 import common_pb2
@@ -21,7 +21,6 @@ MAX_MESSAGES = 256
 """A request's messages: at most this many (common.proto ChatMessage)."""
 MAX_MESSAGE_CHARS = 65_536
 """The text of one message, all its parts together: at most this many characters."""
-_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 ROLE_NAMES = {
     common_pb2.ROLE_SYSTEM: "system",
@@ -70,8 +69,8 @@ def _check_message(message: common_pb2.ChatMessage, at: str, images: bool, bad: 
         bad.append(FieldViolation(f"{at}.content", f"at most {MAX_MESSAGE_CHARS} characters of text, got {chars}"))
     elif not message.tool_calls and not _has_content(message):
         bad.append(FieldViolation(f"{at}.content", "must not be empty"))
-    if message.name and not _NAME.fullmatch(message.name):
-        bad.append(FieldViolation(f"{at}.name", "must match [A-Za-z0-9_-]{1,64}"))
+    if message.name and (violation := name_violation(message.name, f"{at}.name")) is not None:
+        bad.append(violation)
     if message.tool_calls and message.role != common_pb2.ROLE_ASSISTANT:
         bad.append(FieldViolation(f"{at}.tool_calls", "only assistant messages carry tool calls"))
     for k, call in enumerate(message.tool_calls):
@@ -93,8 +92,8 @@ def _has_content(message: common_pb2.ChatMessage) -> bool:
 def _check_call(call: common_pb2.ToolCall, at: str, bad: list[FieldViolation]) -> None:
     if (violation := call_id_violation(call.call_id, f"{at}.call_id")) is not None:
         bad.append(violation)
-    if not _NAME.fullmatch(call.name):
-        bad.append(FieldViolation(f"{at}.name", "must match [A-Za-z0-9_-]{1,64}"))
+    if (violation := name_violation(call.name, f"{at}.name")) is not None:
+        bad.append(violation)
     try:
         parse_object(call.arguments_json, f"{at}.arguments_json")
     except InvalidArgument as error:

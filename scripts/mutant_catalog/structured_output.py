@@ -96,7 +96,7 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "structured-inference-drops-the-format",
         "services/inference/server.py",
-        "response_format=response_format_from_proto(request.response_format),",
+        "response_format=output_format,",
         "response_format=None,",
         (f"{SF}::test_a_json_schema_answer_over_grpc_validates",),
     ),

@@ -4,14 +4,18 @@ The template runs in Jinja2's ImmutableSandboxedEnvironment with ``trim_blocks``
 ``loopcontrols`` extension, a ``{% generation %}`` block that renders its body, and the names Hugging Face
 gives it: ``raise_exception(message)``, ``strftime_now(format)``, a ``tojson`` filter that does not escape
 HTML (``ensure_ascii``, ``indent``, ``separators``, ``sort_keys``), ``dict`` and a ``namespace`` that refuses
-underscore names. It sees ``messages`` (dicts of genmesh.messages.template_messages), ``tools`` (None for
-now), ``documents`` (None), ``add_generation_prompt`` and the model's special tokens (``bos_token``,
-``eos_token``, ``pad_token``, ``unk_token``, ... as Hugging Face passes its ``special_tokens_map``; each left undefined
-when the model has none). A template error, including its own ``raise_exception``, is
-INVALID_ARGUMENT naming ``messages``.
+underscore names. It sees ``messages`` (dicts of genmesh.messages.template_messages), ``tools`` (None, or
+the request's tools as transformers passes JSON-schema tools: ``{"type": "function", "function": {"name",
+"description", "parameters"}}`` dicts), ``documents`` (None), ``add_generation_prompt`` and the model's special
+tokens (``bos_token``, ``eos_token``, ``pad_token``, ``unk_token``, ... as Hugging Face passes its
+``special_tokens_map``; each left undefined when the model has none). A template error, including its own
+``raise_exception``, is INVALID_ARGUMENT naming ``messages``.
 
 A model without a template gets DEFAULT_CHAT_TEMPLATE: the plain format genmesh has always prompted with
-(system text, then ``Question: …`` and ``Answer: …`` turns, ending with ``Answer:``), after the BOS token.
+(system text, then ``Question: …`` and ``Answer: …`` turns, ending with ``Answer:``), after the BOS token. With
+tools it first lists them and asks for Hermes calls (``<tool_call>\n{"name": …, "arguments": …}\n</tool_call>``,
+what the default parser reads); an assistant turn with tool calls renders them as those blocks, right after
+``Answer:`` as the model wrote them, so that the next step's prompt extends the last one's (the prefix cache).
 The rendered text already holds the special tokens, so it is encoded without adding any (as Hugging Face's
 ``apply_chat_template(tokenize=True)`` does).
 """
@@ -33,11 +37,26 @@ from genmesh.errors import InvalidArgument
 
 DEFAULT_CHAT_TEMPLATE = (
     "{{- bos_token if bos_token is defined else '' }}\n"
+    "{%- if tools %}\n"
+    "    {{- 'Tools:\\n<tools>\\n' }}\n"
+    "    {%- for tool in tools %}\n"
+    "        {{- (tool['function'] if tool['function'] is defined else tool) | tojson + '\\n' }}\n"
+    "    {%- endfor %}\n"
+    "    {{- '</tools>\\nTo call tools, answer with one block per call:\\n' }}\n"
+    '    {{- \'<tool_call>\\n{"name": <name>, "arguments": <arguments object>}\\n</tool_call>\\n\\n\' }}\n'
+    "{%- endif %}\n"
     "{%- for message in messages %}\n"
     "    {%- if message['role'] == 'system' %}\n"
     "        {{- message['content'] + '\\n\\n' }}\n"
     "    {%- elif message['role'] == 'user' %}\n"
     "        {{- 'Question: ' + message['content'] + '\\n' }}\n"
+    "    {%- elif message['role'] == 'assistant' and message['tool_calls'] %}\n"
+    "        {{- 'Answer:' + (' ' + message['content'] if message['content'] else '') }}\n"
+    "        {%- for call in message['tool_calls'] %}\n"
+    "            {{- ('' if loop.first else '\\n') + '<tool_call>\\n{\"name\": \"' + call['function']['name'] }}\n"
+    "            {{- '\", \"arguments\": ' + call['function']['arguments'] | tojson + '}\\n</tool_call>' }}\n"
+    "        {%- endfor %}\n"
+    "        {{- '\\n\\n' }}\n"
     "    {%- elif message['role'] == 'assistant' %}\n"
     "        {{- 'Answer: ' + message['content'] + '\\n\\n' }}\n"
     "    {%- elif message['role'] == 'tool' %}\n"

@@ -23,6 +23,7 @@ from genmesh.sampling import check_logit_bias_vocab
 from genmesh.server import StartupFailed, run
 from genmesh.v1 import common_pb2, inference_pb2, inference_pb2_grpc
 from services.inference.chat_template import ChatTemplate
+from services.inference.constraints.tool_grammar import DEFAULT_MAX_CALLS, MAX_CALLS_LIMIT, tool_grammar
 from services.inference.counting import count_tokens
 from services.inference.engine import Engine, EngineConfig
 from services.inference.engine.types import Finished, FinishReason, GenerationRequest, TokenChunk
@@ -30,6 +31,9 @@ from services.inference.load_feed import LoadFeed, new_replica_id, now_timestamp
 from services.inference.metrics import InferenceMetrics
 from services.inference.models.loader import load_model
 from services.inference.shipped_model import shipped_model
+from services.inference.tool_calls import AUTO as AUTO_TOOL_FORMAT
+from services.inference.tool_calls import FORMATS, ToolCallStream, ToolFormat, ToolRequest, tool_format
+from services.inference.tool_calls.request import Choice, tool_request_from_proto
 
 log = logging.getLogger("genmesh.inference")
 
@@ -80,12 +84,19 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         self, request: inference_pb2.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[inference_pb2.GenerateResponse]:
         engine = self._service.engine()
-        prompt = self._prompt(request)
+        tools = tool_request_from_proto(request)
+        prompt = self._prompt(request, tools)
         sampling = sampling_from_proto(request.sampling)
         check_logit_bias_vocab(sampling, engine.info().vocab_size)
         remaining = context.time_remaining()
         deadline = None if remaining is None else time.monotonic() + remaining
         rendered = bool(request.messages)
+        asked_format = response_format_from_proto(request.response_format)
+        calls: ToolCallStream | None = None
+        output_format = asked_format
+        if tools is not None and tools.choice is not Choice.NONE:
+            output_format = tool_grammar(tools, self._service.tool_format(), asked_format, self._service.max_tool_calls)
+            calls = ToolCallStream(self._service.tool_format())
         generation = GenerationRequest(
             REQUEST_ID.get(),
             prompt,
@@ -93,26 +104,32 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
             deadline,
             request.truncate_prompt,
             rendered=rendered,
-            response_format=response_format_from_proto(request.response_format),
+            response_format=output_format,
         )
+        # the prompt the engine refused (too long for the context) is the client's messages; the tools' grammar
+        # is the tools' (or the response_format's it embeds)
+        renamed = {"prompt": "messages"} if rendered else {}
+        if output_format is not None and output_format is not asked_format:
+            renamed[output_format.field] = "tools" if asked_format is None else asked_format.field
         try:
             async for item in engine.generate(generation):
                 response = _delta(item) if isinstance(item, TokenChunk) else _completion(item)
                 response.index = item.index  # the sample (n > 1)
                 if isinstance(item, Finished):
                     self._service.load_feed.finished(item.total_ms / 1000)
-                yield response
+                if calls is None:
+                    yield response
+                    continue
+                for out in calls.delta(response) if isinstance(item, TokenChunk) else calls.complete(response):
+                    yield out
         except InvalidArgument as error:
-            if not rendered:
+            if not renamed:
                 raise
-            # the prompt the engine refused (too long for the context) is the client's messages
-            named = [
-                FieldViolation("messages" if v.field == "prompt" else v.field, v.description) for v in error.violations
-            ]
+            named = [FieldViolation(renamed.get(v.field, v.field), v.description) for v in error.violations]
             raise InvalidArgument(named) from None
 
-    def _prompt(self, request: inference_pb2.GenerateRequest) -> str:
-        """The text to continue: the prompt, or the messages rendered with the model's chat template."""
+    def _prompt(self, request: inference_pb2.GenerateRequest, tools: ToolRequest | None) -> str:
+        """The text to continue: the prompt, or the messages (and tools) rendered with the model's chat template."""
         if request.prompt and request.messages:
             raise InvalidArgument.field("messages", "set either prompt or messages, not both")
         if not request.messages:
@@ -121,7 +138,9 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
             return request.prompt
         if bad := message_violations(request.messages):
             raise InvalidArgument(bad)
-        return self._service.chat_template().render(template_messages(request.messages))
+        return self._service.chat_template().render(
+            template_messages(request.messages), tools=None if tools is None else tools.template_tools()
+        )
 
     async def Abort(
         self, request: inference_pb2.AbortRequest, context: grpc.aio.ServicerContext
@@ -194,8 +213,24 @@ class InferenceService:
     also_serves: tuple[str, ...] = ()
     interceptors: tuple[grpc.aio.ServerInterceptor, ...] = ()
 
-    def __init__(self, model_dir: Path, device: str | None, config: EngineConfig, threads: int) -> None:
+    def __init__(
+        self,
+        model_dir: Path,
+        device: str | None,
+        config: EngineConfig,
+        threads: int,
+        tool_call_parser: str = AUTO_TOOL_FORMAT,
+        max_tool_calls: int = DEFAULT_MAX_CALLS,
+    ) -> None:
+        """``tool_call_parser``: the format of the model's tool calls (a FORMATS name; ``auto``: the one its chat
+        template implies); ``max_tool_calls``: the most calls one turn may hold (1..MAX_CALLS_LIMIT)."""
+        if not 1 <= max_tool_calls <= MAX_CALLS_LIMIT:
+            raise ValueError(f"--max-tool-calls must be between 1 and {MAX_CALLS_LIMIT}, got {max_tool_calls}")
         self._model_dir = model_dir
+        self._tool_call_parser = tool_call_parser
+        #: The most tool calls one turn (one sample's output) may hold with parallel_tool_calls.
+        self.max_tool_calls = max_tool_calls
+        self._tool_format: ToolFormat | None = None
         self._device = device
         self._config = config
         self._threads = threads
@@ -216,6 +251,12 @@ class InferenceService:
             raise FailedPrecondition(self._chat_template_error)
         return self._chat_template
 
+    def tool_format(self) -> ToolFormat:
+        """How the model writes tool calls, once the model is loaded (FailedPrecondition before)."""
+        if self._tool_format is None:
+            raise FailedPrecondition(self._chat_template_error)
+        return self._tool_format
+
     def register(self, server: grpc.aio.Server) -> None:
         inference_pb2_grpc.add_InferenceServiceServicer_to_server(InferenceServicer(self), server)
 
@@ -233,6 +274,8 @@ class InferenceService:
             self._chat_template = ChatTemplate(loaded.chat_template, special_tokens=loaded.special_tokens)
         except ValueError as error:  # the gateway always sends messages: a replica that cannot render them is no use
             raise StartupFailed(f"{loaded.chat_template_file}: {error}") from None
+        self._tool_format = tool_format(self._tool_call_parser, self._chat_template.source)
+        log.info("tool calls", extra={"tool_call_parser": self._tool_format.name})
         metrics = current_metrics()
         self._engine = Engine(loaded, self._config, None if metrics is None else InferenceMetrics(metrics))
 
@@ -243,6 +286,21 @@ class InferenceService:
     async def stop(self) -> None:
         if self._engine is not None:
             await self._engine.close()
+
+
+class _BadFlag(argparse.ArgumentTypeError, ValueError):
+    """A bad flag value, reported as such by argparse and by the flags' environment variables."""
+
+
+def max_tool_calls_flag(text: str) -> int:
+    """``--max-tool-calls``: an integer in 1..MAX_CALLS_LIMIT."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise _BadFlag(f"not an integer: {text!r}") from None
+    if not 1 <= value <= MAX_CALLS_LIMIT:
+        raise _BadFlag(f"must be between 1 and {MAX_CALLS_LIMIT}, got {value}")
+    return value
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -289,6 +347,18 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="do not reuse the cached KV blocks of a prompt prefix seen before",
     )
     flags.add("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    flags.add(
+        "--tool-call-parser",
+        default=AUTO_TOOL_FORMAT,
+        choices=[AUTO_TOOL_FORMAT, *FORMATS],
+        help="format of the model's tool calls (auto: the one its chat template implies)",
+    )
+    flags.add(
+        "--max-tool-calls",
+        type=max_tool_calls_flag,
+        default=DEFAULT_MAX_CALLS,
+        help=f"most tool calls one turn may hold with parallel_tool_calls (1..{MAX_CALLS_LIMIT})",
+    )
     args = parse(parser, argv)
     try:
         config = EngineConfig(
@@ -305,7 +375,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     except ValueError as error:
         parser.error(str(error))
     device = None if args.device == "auto" else args.device
-    run("inference", args, lambda: InferenceService(args.model, device, config, args.threads))
+    run(
+        "inference",
+        args,
+        lambda: InferenceService(args.model, device, config, args.threads, args.tool_call_parser, args.max_tool_calls),
+    )
 
 
 if __name__ == "__main__":

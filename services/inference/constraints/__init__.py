@@ -16,7 +16,8 @@ sequences still apply (STOP_SEQUENCE: likewise). ``min_tokens`` and ``ignore_eos
 A matcher that breaks mid-stream (a bug, not bad input) ends its sequence with an error, never a hang.
 
 ``compiler``: ResponseFormat → validated grammar → a ``TokenConstraint`` per request (grammars cached in an LRU);
-``bitmask``: batch masks, filled off the critical path, applied to logits rows.
+``bitmask``: batch masks, filled off the critical path, applied to logits rows; ``tool_grammar``: a request's tool
+calls as a Lark grammar (a ResponseFormat like any other, so the cache and the prefetch serve it too).
 """
 
 from services.inference.constraints.bitmask import MaskPrefetcher, apply_bitmask, fill_bitmask

@@ -11,7 +11,8 @@ import json
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any
 
 import llguidance
 from llguidance.gbnf_to_lark import any_to_lark
@@ -33,6 +34,28 @@ JSON_OPTIONS: JsonCompileOptions = {
     "key_separator": ": ",
 }
 """JSON is written on one line with the usual separators: free whitespace lets a small model pad forever."""
+
+
+def json_rule(schema: dict[str, Any], lenient: bool = False) -> str:
+    """A Lark rule body: ``%json`` of ``schema`` on one line, with response_format's JSON options.
+
+    ``lenient``: keywords llguidance does not implement (``if``/``then``, ``dependentRequired``, ...) are left
+    unenforced instead of refused: tools' schemas (the gateway validates the arguments with jsonschema anyway);
+    a response_format stays strict."""
+    options: dict[str, Any] = {**JSON_OPTIONS, "lenient": True} if lenient else dict(JSON_OPTIONS)
+    return "%json " + json.dumps({**schema, "x-guidance": options})
+
+
+@lru_cache(maxsize=256)
+def schema_error(schema_json: str, lenient: bool = False) -> str | None:
+    """Why llguidance cannot compile the JSON Schema ``schema_json`` as a grammar (None: it can); ``lenient`` as in
+    ``json_rule``."""
+    try:
+        grammar = llguidance.LLMatcher.grammar_from_lark("start: " + json_rule(json.loads(schema_json), lenient))
+        error = llguidance.LLMatcher.validate_grammar(grammar)
+    except ValueError as failure:
+        error = str(failure)
+    return " ".join(error.split())[:400] or None
 
 
 def _short(message: str) -> str:
