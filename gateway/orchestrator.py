@@ -9,20 +9,22 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator
 
-from gateway.auth.caller import current_caller
+from gateway.agent.loop import AgentLoop
+from gateway.agent.plan import ALL_TOOLS
+from gateway.auth.caller import current_caller, may_call_tool
 from gateway.clock import StageClock
 from gateway.fan_in import merge
 from gateway.metrics import GatewayMetrics
 from gateway.policy import ResiliencePolicy
-from gateway.request import may_call_tool, plan_request
+from gateway.request import plan_request
 from gateway.stages.context import Stage, StageContext
 from gateway.stages.inference import InferenceStage
 from gateway.stages.retrieval import RetrievalStage
 from gateway.stages.tools import ToolStage
 from gateway.upstreams import Upstreams
 from genmesh.deadlines import deadline_after
-from genmesh.status import error_from_status
-from genmesh.v1 import common_pb2, gateway_pb2
+from genmesh.errors import Unavailable
+from genmesh.v1 import common_pb2, gateway_pb2, tools_pb2
 
 
 class Orchestrator:
@@ -35,6 +37,7 @@ class Orchestrator:
         self._retrieval = RetrievalStage(policy.budgets.retrieval_s)
         self._tools = ToolStage(policy.budgets.tools_s, policy.tool_attempts)
         self._inference = InferenceStage(policy.generate_attempts, policy.connect_wait_s)
+        self._agent = AgentLoop(self._inference, self._tools, policy.budgets)
         self.metrics: GatewayMetrics | None = None
         """What the answers record (set when the gateway serves metrics)."""
 
@@ -60,7 +63,8 @@ class Orchestrator:
         schemas = await self._upstreams.tool_schemas(names) if names else {}
         if schemas is not None and allowed_tools:  # unknown-tool errors list only the tools the key may call
             schemas = {name: schema for name, schema in schemas.items() if name in allowed_tools}
-        plan = plan_request(request, schemas, self._upstreams.unverifiable_tool_prefixes, allowed_tools)
+        specs = await self._tool_specs(request) if request.tools else None
+        plan = plan_request(request, schemas, self._upstreams.unverifiable_tool_prefixes, allowed_tools, specs)
         metrics = self.metrics
         context = StageContext(self._upstreams, plan, clock, deadline, stage_deadline, metrics=metrics)
 
@@ -70,19 +74,18 @@ class Orchestrator:
         if plan.tool_calls:
             fan_out.append(self._tools)
         async for event in merge(*(stage.run(context) for stage in fan_out)):
-            context.gathered.fold(event)
-            if event.HasField("degraded") and plan.require_all_stages:
-                fault = event.degraded
-                raise error_from_status(fault.status, f"{fault.stage} failed: {fault.status.message}")
-            if metrics is not None and event.HasField("degraded"):
-                metrics.degraded(event.degraded)
+            if event.HasField("degraded"):
+                context.degrade(event.degraded)
+            else:
+                context.gathered.fold(event)
             yield event
 
         pre_inference_ms = clock.now_ms()
         ttft_ms = 0.0
         tokens = 0
+        answer = self._agent.run(context) if plan.agent is not None else self._inference.run(context)
         try:
-            async for event in self._inference.run(context):
+            async for event in answer:
                 if event.HasField("delta"):
                     if metrics is not None:
                         tokens += len(event.delta.token_ids)
@@ -90,7 +93,7 @@ class Orchestrator:
                         ttft_ms = clock.now_ms()
                         if metrics is not None:
                             metrics.first_token(ttft_ms / 1000.0)
-                else:
+                elif event.HasField("complete"):
                     event.complete.degraded.extend(context.gathered.degraded)
                     _fill_timings(event.complete.timings, clock, pre_inference_ms, ttft_ms)
                 yield event
@@ -98,12 +101,25 @@ class Orchestrator:
             if metrics is not None:
                 metrics.relayed(tokens)  # once per answer, not per token: also those of a stream cut short
 
+    async def _tool_specs(self, request: gateway_pb2.GatewayRequest) -> dict[str, tools_pb2.ToolSpec] | None:
+        """The tools service's tools a request's ``tools`` name (all of them for "*"); Unavailable when it cannot
+        list them (the model could not be told what they take)."""
+        names = {tool.server_tool for tool in request.tools if tool.WhichOneof("kind") == "server_tool"}
+        if not names:
+            return {}
+        specs = await self._upstreams.tool_specs(None if ALL_TOOLS in names else names)
+        if specs is None:
+            raise Unavailable("the tools service could not list its tools, which the request's tools name")
+        return specs
+
 
 def _fill_timings(timings: common_pb2.Timings, clock: StageClock, pre_inference_ms: float, ttft_ms: float) -> None:
     timings.retrieval_ms = clock.span_ms("retrieval")
-    timings.tools_ms = clock.span_ms("tool:")
+    timings.tools_ms = clock.union_ms("tool:")  # the time some call ran: a loop's steps' calls, not the gaps
     timings.pre_inference_ms = pre_inference_ms
     timings.time_to_first_token_ms = ttft_ms
     timings.total_ms = clock.now_ms()
-    for stage, (start, end) in clock.spans.items():
-        timings.stages.add(stage=stage, start_ms=start, end_ms=end)
+    for key, (start, end) in clock.spans.items():
+        call_id = key.removeprefix("tool:") if key.startswith("tool:") else ""
+        stage = key.partition("#")[0]  # an agent loop step's "inference#<step>"
+        timings.stages.add(stage=stage, start_ms=start, end_ms=end, step=clock.steps.get(key, 0), call_id=call_id)

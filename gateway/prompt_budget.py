@@ -56,6 +56,8 @@ COUNT_ATTEMPTS = 3
 MAX_COUNTED_TEXTS = 1024
 MAX_COUNTED_CHARS = 65_536
 """CountTokensRequest.texts' bounds (docs/CONTRACTS.md): how many, and each one's characters."""
+RESERVE_MARGIN_TOKENS = 32
+"""Tokens counted besides a reserved text's own: what the chat template writes around the tools' declarations."""
 
 
 def fit_tools(tools: str, tokens: int, room: int) -> tuple[str, int]:
@@ -89,10 +91,12 @@ class PromptBudget:
         tool_results: Sequence[PromptToolResult],
         max_tokens: int,
         deadline: float | None,
+        reserve: str = "",
     ) -> tuple[list[common_pb2.ChatMessage], bool]:
         """The messages for GenerateRequest.messages and whether a system message went before the client's.
-        InvalidArgument naming ``question`` or ``messages`` when the conversation alone leaves no room."""
-        guess = (upstreams, question, messages, passages, tool_results, max_tokens)
+        InvalidArgument naming ``question`` or ``messages`` when the conversation alone leaves no room, ``tools``
+        when ``reserve`` (a text the prompt holds besides: the tools' declarations) does not fit with it."""
+        guess = (upstreams, question, messages, passages, tool_results, max_tokens, reserve)
         if time.monotonic() < self._guess_until:
             return await self._guess(*guess)
         turns = client_turns(question, messages)
@@ -108,6 +112,7 @@ class PromptBudget:
         base, shifted = with_context(turns, "\n")
         texts = [tools + SEPARATOR] if tools else []
         texts += [blocks[i] + SEPARATOR for i in counted_blocks]
+        texts += [reserve] if reserve else []
         try:
             counted = await self._count(
                 upstreams, inference_pb2.CountTokensRequest(messages=base, texts=texts), deadline
@@ -127,6 +132,13 @@ class PromptBudget:
             )
         left = room - counted.prompt_tokens
         passage_tokens = list(counted.text_tokens)
+        if reserve:
+            reserved = passage_tokens.pop() + RESERVE_MARGIN_TOKENS
+            if reserved > left:
+                raise InvalidArgument.field(
+                    "tools", f"take about {reserved} tokens of the model's context, and the conversation leaves {left}"
+                )
+            left -= reserved
         if tools:
             tools, used = fit_tools(tools, passage_tokens.pop(0), left)
             left -= used
@@ -134,6 +146,20 @@ class PromptBudget:
         sizes = [len(blocks[i]) for i in counted_blocks]
         kept = fit_blocks(passage_tokens, sizes, left, chars)
         return with_context(turns, join_context([blocks[counted_blocks[i]] for i in kept], tools))
+
+    async def count(
+        self, upstreams: Upstreams, request: inference_pb2.CountTokensRequest, deadline: float | None
+    ) -> inference_pb2.CountTokensResponse | None:
+        """CountTokens of ``request``; None when inference cannot count (an older release)."""
+        if time.monotonic() < self._guess_until:
+            return None
+        try:
+            return await self._count(upstreams, request, deadline)
+        except grpc.aio.AioRpcError as error:
+            if error.code() != grpc.StatusCode.UNIMPLEMENTED:
+                raise from_rpc_error(error) from None
+            self._cannot_count()
+            return None
 
     async def _count(
         self, upstreams: Upstreams, request: inference_pb2.CountTokensRequest, deadline: float | None
@@ -184,13 +210,14 @@ class PromptBudget:
         passages: Sequence[PromptPassage],
         tool_results: Sequence[PromptToolResult],
         max_tokens: int,
+        reserve: str,
     ) -> tuple[list[common_pb2.ChatMessage], bool]:
         """The conversation by the character guess (gateway.prompt.conversation)."""
         try:
             context_length = await upstreams.context_length()
         except grpc.aio.AioRpcError as error:
             raise from_rpc_error(error) from None
-        budget = prompt_char_budget(context_length, max_tokens)
+        budget = prompt_char_budget(context_length, max_tokens) - len(reserve)
         limit = budget // 2
         if len(question) > limit:
             raise InvalidArgument.field(

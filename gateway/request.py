@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from gateway.agent.plan import AgentPlan, plan_agent
+from gateway.auth.caller import may_call_tool
 from gateway.deadlines import MAX_BUDGET_MS
 from genmesh.convert import sampling_from_proto
 from genmesh.errors import FieldViolation, InvalidArgument, quote
@@ -15,7 +18,7 @@ from genmesh.messages import last_user_text, message_violations
 from genmesh.response_format import response_format_from_proto
 from genmesh.sampling import SamplingParams
 from genmesh.schema import parse_object, validate_arguments
-from genmesh.v1 import common_pb2, gateway_pb2
+from genmesh.v1 import common_pb2, gateway_pb2, tools_pb2
 
 MAX_QUESTION_CHARS = 4096
 MAX_TOOL_CALLS = 16
@@ -58,6 +61,8 @@ class AnswerPlan:
     """The client's conversation when it sent messages instead of a question (checked)."""
     response_format: common_pb2.ResponseFormat | None = None
     """The structure the answer must have, as sent (its bounds checked; inference compiles it); None: free text."""
+    agent: AgentPlan | None = None
+    """The agent loop of a request with tools (gateway.agent); None without."""
 
 
 def plan_request(
@@ -65,6 +70,7 @@ def plan_request(
     tool_schemas: dict[str, dict[str, Any]] | None,
     unverifiable_prefixes: tuple[str, ...] = (),
     allowed_tools: frozenset[str] = frozenset(),
+    tool_specs: Mapping[str, tools_pb2.ToolSpec] | None = None,
 ) -> AnswerPlan:
     """Check every field of ``request``; raises InvalidArgument naming all bad fields.
 
@@ -74,6 +80,7 @@ def plan_request(
     ``tool_schemas`` maps tool names to their argument schemas; None when the tools service
     could not be asked, in which case names and arguments are left for it to check. Names that
     start with one of ``unverifiable_prefixes`` (a tool provider that is down) are left to it too.
+    ``tool_specs``: the tools service's tools, for the request's ``tools`` (gateway.agent.plan).
     """
     bad: list[FieldViolation] = []
     question = _plan_question(request, bad)
@@ -95,6 +102,9 @@ def plan_request(
         response_format = response_format_from_proto(request.response_format)
     except InvalidArgument as error:
         bad.extend(error.violations)
+    agent = plan_agent(request, tool_specs, allowed_tools, bad)
+    if agent is not None and request.sampling.n > 1:
+        bad.append(FieldViolation("sampling.n", "must be 1 with tools"))
     if bad:
         raise InvalidArgument(bad)
     return AnswerPlan(
@@ -110,6 +120,7 @@ def plan_request(
         require_all_stages=request.require_all_stages,
         messages=tuple(request.messages),
         response_format=request.response_format if response_format is not None else None,
+        agent=agent,
     )
 
 
@@ -180,9 +191,3 @@ def _plan_tool_calls(
         timeout_ms = call.timeout_ms if call.HasField("timeout_ms") else None
         calls.append(ToolCallPlan(i, call_id, call.name, arguments_json, timeout_ms, permitted))
     return tuple(calls)
-
-
-def may_call_tool(allowed_tools: frozenset[str], name: str) -> bool:
-    """Whether a key limited to ``allowed_tools`` (empty: no limit) may call the tool ``name``; an MCP tool
-    by its registry name (``<server>__<tool>``), like any other."""
-    return not allowed_tools or name in allowed_tools

@@ -96,10 +96,13 @@ class Upstreams:
         """Where retries are counted (set when the gateway serves metrics)."""
         self._watchers: list[asyncio.Task[None]] = []
         self._tool_schemas: dict[str, dict[str, Any]] = {}
+        self._tool_specs: dict[str, tools_pb2.ToolSpec] = {}
         self._idempotent_tools: frozenset[str] = frozenset()
         self.unverifiable_tool_prefixes: tuple[str, ...] = ()
         """Name prefixes of tool providers (MCP servers) that are down: their tools may be unlisted."""
         self._tools_fetched_at = float("-inf")
+        self._listing = asyncio.Lock()
+        """Held while ListTools is asked: one refresh at a time."""
         self._model_info: inference_pb2.GetModelInfoResponse | None = None
         self._embedder_info: tuple[float, retrieval_pb2.GetEmbedderInfoResponse] | None = None
 
@@ -149,22 +152,42 @@ class Upstreams:
 
         None when the tools service cannot be asked; the calls then fail (or degrade) on their own.
         """
-        stale = time.monotonic() - self._tools_fetched_at > TOOL_CACHE_TTL_S
-        known = wanted <= self._tool_schemas.keys()
-        if stale or not known:
+        return None if await self.tool_specs(wanted) is None else self._tool_schemas
+
+    async def tool_specs(self, wanted: set[str] | None = None) -> dict[str, tools_pb2.ToolSpec] | None:
+        """The tools service's tools by name (schemas, descriptions), as tool_schemas refreshes them; ``wanted``
+        None: every tool. The listing is kept TOOL_CACHE_TTL_S and asked again sooner only when a wanted name is
+        missing from it; one refresh at a time (concurrent requests wait for it and share it). None when the
+        service cannot be asked and nothing usable is kept."""
+        if self._fresh(wanted):
+            return self._tool_specs
+        async with self._listing:
+            if self._fresh(wanted):  # another request refreshed it while this one waited
+                return self._tool_specs
+            known = self._knows(wanted)
             try:
                 pages = await self._list_tools()
             except CircuitOpen:
-                return self._tool_schemas if known else None
+                return self._tool_specs if known else None
             except grpc.aio.AioRpcError as error:
                 log.warning("ListTools failed", extra={"code": error.code().name, "detail": error.details()})
                 return None
             tools = [tool for page in pages for tool in page.tools]
-            self._tool_schemas = {t.name: json.loads(t.parameters_json_schema) for t in tools}
+            self._tool_specs = {t.name: t for t in tools}
+            self._tool_schemas = {t.name: json.loads(t.parameters_json_schema or "{}") for t in tools}
             self._idempotent_tools = frozenset(t.name for t in tools if t.idempotent)
             self.unverifiable_tool_prefixes = tuple(p.tool_prefix for p in pages[0].providers if not p.available)
             self._tools_fetched_at = time.monotonic()
-        return self._tool_schemas
+        return self._tool_specs
+
+    def _knows(self, wanted: set[str] | None) -> bool:
+        """Whether the kept listing holds ``wanted`` (None: any listing was kept, even an empty one)."""
+        if wanted is None:
+            return self._tools_fetched_at != float("-inf")
+        return wanted <= self._tool_specs.keys()
+
+    def _fresh(self, wanted: set[str] | None) -> bool:
+        return time.monotonic() - self._tools_fetched_at <= TOOL_CACHE_TTL_S and self._knows(wanted)
 
     async def _list_tools(self) -> list[tools_pb2.ListToolsResponse]:
         """Every page of ListTools (the providers come with the first), each call under the tools guard."""

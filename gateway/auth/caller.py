@@ -48,7 +48,13 @@ class Caller:
 
     def may_call_tool(self, name: str) -> bool:
         """Whether the key's requests may run the tool ``name``."""
-        return not self.allowed_tools or name in self.allowed_tools
+        return may_call_tool(self.allowed_tools, name)
+
+
+def may_call_tool(allowed_tools: frozenset[str], name: str) -> bool:
+    """Whether a key limited to ``allowed_tools`` (empty: no limit) may call the tool ``name``; an MCP tool
+    by its registry name (``<server>__<tool>``), like any other."""
+    return not allowed_tools or name in allowed_tools
 
 
 CALLER: contextvars.ContextVar[Caller | None] = contextvars.ContextVar("genmesh_caller", default=None)

@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
-from genmesh.v1 import gateway_pb2, jobs_pb2
+from dataclasses import dataclass, field
+
+from gateway.agent.calls import assistant_message, tool_message
+from genmesh.v1 import common_pb2, gateway_pb2, jobs_pb2
+
+
+@dataclass(slots=True)
+class _Step:
+    """One agent loop step as the result keeps it: its assistant turn and its calls' results."""
+
+    message: common_pb2.ChatMessage
+    results: dict[str, common_pb2.ToolResult] = field(default_factory=dict)
 
 
 class ResultCollector:
-    """Adds each event of a run to one JobResult: answer text, sources, tool results, completion.
+    """Adds each event of a run to one JobResult: answer text, sources, tool results, completion; with tools, the
+    output messages (per step the assistant turn, then a ROLE_TOOL message per result, in call order) and steps.
 
     With n > 1 samples the answer and completion are sample 0's, its usage counting every sample's tokens.
     """
@@ -16,16 +28,29 @@ class ResultCollector:
         self._answer: list[str] = []
         self._other_tokens = 0
         """Completion tokens of the samples other than 0."""
+        self._text: list[str] = []
+        """The text of the step under way."""
+        self._calls: list[common_pb2.ToolCall] = []
+        self._steps: list[_Step] = []
 
     def add(self, event: gateway_pb2.GatewayEvent) -> None:
         kind = event.WhichOneof("event")
         if kind == "delta":
             if event.index == 0:
                 self._answer.append(event.delta.text)
+                self._text.append(event.delta.text)
         elif kind == "sources":
             self._result.sources.extend(event.sources.passages)
         elif kind == "tool_result":
             self._result.tool_results.append(event.tool_result)
+            if self._steps:  # a loop step's call, not one of the request's own
+                self._steps[-1].results[event.tool_result.call_id] = event.tool_result
+        elif kind == "tool_call":
+            self._calls.append(event.tool_call.call)
+        elif kind == "step_end":
+            self._result.steps.append(event.step_end)
+            self._steps.append(_Step(assistant_message("".join(self._text), self._calls)))
+            self._text, self._calls = [], []
         elif kind == "complete" and event.index != 0:
             self._other_tokens += event.complete.usage.completion_tokens
         elif kind == "complete":
@@ -43,4 +68,10 @@ class ResultCollector:
             usage = self._result.completion.usage
             usage.completion_tokens += self._other_tokens
             self._other_tokens = 0
+        del self._result.output_messages[:]
+        for step in self._steps:
+            self._result.output_messages.append(step.message)
+            for call in step.message.tool_calls:
+                if call.call_id in step.results:
+                    self._result.output_messages.append(tool_message(step.results[call.call_id]))
         return self._result

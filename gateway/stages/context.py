@@ -14,7 +14,7 @@ from gateway.metrics import GatewayMetrics
 from gateway.request import AnswerPlan
 from gateway.upstreams import Upstreams
 from genmesh.errors import GenmeshError
-from genmesh.status import code_value, from_rpc_error, status_message
+from genmesh.status import code_value, error_from_status, from_rpc_error, status_message
 from genmesh.v1 import common_pb2, gateway_pb2
 
 
@@ -56,6 +56,15 @@ class StageContext:
     def latency(self, stage: str) -> Callable[[float], None] | None:
         """What observes the latency of ``stage`` (None while metrics are off)."""
         return None if self.metrics is None else self.metrics.stage_latency(stage)
+
+    def degrade(self, fault: common_pb2.Degraded, failure: GenmeshError | None = None) -> None:
+        """A stage (or one tool call) failed: under require_all_stages the request fails (with ``failure``, else
+        the fault's own status); otherwise the answer goes on without it (kept for the Completion, counted)."""
+        if self.plan.require_all_stages:
+            raise failure or error_from_status(fault.status, f"{fault.stage} failed: {fault.status.message}")
+        self.gathered.degraded.append(fault)
+        if self.metrics is not None:
+            self.metrics.degraded(fault)
 
 
 class Stage(Protocol):

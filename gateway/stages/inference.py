@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 
 import grpc
 
@@ -28,6 +28,7 @@ from gateway.stages.context import StageContext
 from gateway.stages.span import StageSpan
 from genmesh.deadlines import left_s, timeout
 from genmesh.status import from_rpc_error
+from genmesh.tool_messages import tool_result_content
 from genmesh.v1 import common_pb2, gateway_pb2, inference_pb2
 
 STAGE = "inference"
@@ -35,8 +36,9 @@ PROMPT = "prompt"
 
 
 class InferenceStage:
-    """Generates the answer; yields a GatewayEvent per relayed delta, then the Completion, each sample's (n > 1)
-    tagged with its ``index``; the stream ends after the last sample's Completion."""
+    """Generates the answer; yields a GatewayEvent per relayed delta (and per tool_call, as a ToolCallEvent with
+    its call id left empty, when the request has tools), then the Completion, each sample's (n > 1) tagged with its
+    ``index``; the stream ends after the last sample's Completion."""
 
     def __init__(self, attempts: int, connect_wait_s: float) -> None:
         self._rule = RetryRule(attempts)
@@ -47,16 +49,38 @@ class InferenceStage:
         """Stream the answer; raises GenmeshError for failures the client must see. Its span runs from when
         the prompt is ready to the Completion. Traced as the stages ``prompt`` (building it, the model's context
         length asked on first use) then ``inference`` (timed too, over the same span)."""
-        with StageSpan(PROMPT) as prompt_span, prompt_span.current():  # no yield inside: it may stay current
-            messages, shifted = await self._conversation(context)
-        asked = not context.plan.messages
+        messages, shifted = await self.prompt(context)
         request = inference_pb2.GenerateRequest(
             messages=messages,
             sampling=context.plan.sampling_proto,
             truncate_prompt=True,
             response_format=context.plan.response_format,
         )
+        async for event in self.generate(context, request, shifted):
+            yield event
+
+    async def prompt(self, context: StageContext, reserve: str = "") -> tuple[list[common_pb2.ChatMessage], bool]:
+        """The conversation (gateway.prompt_budget) and whether a system message went before the client's;
+        ``reserve``: a text the prompt also holds (the tools' declarations), counted against the context. Traced as
+        the stage ``prompt``."""
+        with StageSpan(PROMPT) as prompt_span, prompt_span.current():  # no yield inside: it may stay current
+            return await self._conversation(context, reserve)
+
+    @property
+    def budget(self) -> PromptBudget:
+        """What fits conversations to the model's context (and counts their tokens)."""
+        return self._budget
+
+    async def generate(
+        self, context: StageContext, request: inference_pb2.GenerateRequest, shifted: bool, step: int = 0
+    ) -> AsyncGenerator[gateway_pb2.GatewayEvent, None]:
+        """Stream one generation of ``request``: deltas, a ToolCallEvent (``step``, call id left empty) per
+        tool_call, then the Completion; ``shifted``: a system message went before the client's (its field errors
+        are renamed). An agent loop's ``step`` (1..) is timed as the span ``inference#<step>``."""
+        asked = not context.plan.messages
+        key = f"{STAGE}#{step}" if step else STAGE
         with StageSpan(STAGE, context.latency(STAGE)) as span:  # in this generator: no layer more per token
+            span.step(step)
             upstreams, deadline = context.upstreams, context.deadline
             start_ms = context.clock.now_ms()
             connect_until = time.monotonic() + self._connect_wait_s  # one reconnect wait per request, not per attempt
@@ -73,8 +97,13 @@ class InferenceStage:
                                 attempt.commit()
                                 if message.HasField("delta"):
                                     yield gateway_pb2.GatewayEvent(delta=message.delta, index=message.index)
+                                elif message.HasField("tool_call"):
+                                    called = gateway_pb2.ToolCallEvent(step=step, call=message.tool_call)
+                                    yield gateway_pb2.GatewayEvent(tool_call=called)
                                 else:
-                                    context.clock.spans[STAGE] = (start_ms, context.clock.now_ms())
+                                    context.clock.spans[key] = (start_ms, context.clock.now_ms())
+                                    if step:
+                                        context.clock.steps[key] = step
                                     span.end()
                                     yield gateway_pb2.GatewayEvent(complete=message.complete, index=message.index)
                         except (asyncio.CancelledError, GeneratorExit):
@@ -84,7 +113,7 @@ class InferenceStage:
             except grpc.aio.AioRpcError as error:
                 raise from_rpc_error(error, lambda name: client_field(name, asked, shifted)) from None
 
-    async def _conversation(self, context: StageContext) -> tuple[list[common_pb2.ChatMessage], bool]:
+    async def _conversation(self, context: StageContext, reserve: str) -> tuple[list[common_pb2.ChatMessage], bool]:
         plan, gathered = context.plan, context.gathered
         calls = {call.call_id: call for call in plan.tool_calls}
         order = {call_id: index for index, call_id in enumerate(calls)}
@@ -96,9 +125,10 @@ class InferenceStage:
             plan.messages,
             [PromptPassage(p.title, p.text) for p in gathered.passages],
             [
-                PromptToolResult(r.name, calls[r.call_id].arguments_json, r.result_json or f"error: {r.error.message}")
+                PromptToolResult(r.name, calls[r.call_id].arguments_json, tool_result_content(r))  # as the loop's
                 for r in results
             ],
             plan.sampling.max_tokens,
             context.deadline,
+            reserve,
         )

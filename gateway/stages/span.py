@@ -32,6 +32,8 @@ CODE_ATTRIBUTE = "genmesh.stage.code"
 """The gRPC code name of a stage that degraded or failed (``UNAVAILABLE``)."""
 DEGRADED_ATTRIBUTE = "genmesh.stage.degraded"
 """True on the span of a stage the answer went on without (its code in CODE_ATTRIBUTE)."""
+STEP_ATTRIBUTE = "genmesh.agent.step"
+"""The agent loop's step (1..) of an ``inference`` or ``tools`` span; absent before the loop and without tools."""
 CANCELLED_ATTRIBUTE = "genmesh.stage.cancelled"
 """True on the span of a stage cut short because the request went away; its latency is not observed."""
 
@@ -68,6 +70,11 @@ class StageSpan:
             yield
         finally:
             otel_context.detach(token)
+
+    def step(self, step: int) -> None:
+        """Tag the span with the agent loop's ``step`` (0: none)."""
+        if step and self._span.is_recording():
+            self._span.set_attribute(STEP_ATTRIBUTE, step)
 
     def degraded(self, code: grpc.StatusCode, message: str) -> None:
         """The stage failed and the answer goes on without it (the first such failure names the code)."""

@@ -8,13 +8,17 @@ tried again (a new stream, after the guard's back-off) while attempts and budget
 are never retried. A call's span runs from when the tools service started it (measured from when the gateway
 sent the stream) to when its result arrived. A call of a tool the caller's key may not call is never sent: it
 fails at once, in its own ToolResult (PERMISSION_DENIED, reason TOOL_NOT_ALLOWED), and the others still run.
+
+The agent loop (gateway.agent) runs each step's calls through ``invoke``: there a refusal by the tools service is
+the model's mistake, that call's error result, never the request's failure.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from contextlib import aclosing
+from dataclasses import dataclass
 
 import grpc
 
@@ -41,50 +45,66 @@ class ToolStage:
         self._rule = RetryRule(attempts)
 
     async def run(self, context: StageContext) -> AsyncIterator[gateway_pb2.GatewayEvent]:
-        """Yield each ToolResult (and a Degraded per failed call) as it arrives. Traced and timed as the stage
-        ``tools`` (gateway.stages.span), until the last result."""
+        """Yield each ToolResult of the request's own tool calls (and a Degraded per failed call) as it arrives."""
+        async for event in self.invoke(context, context.plan.tool_calls, context.stage_deadline):
+            yield event
+
+    async def invoke(
+        self,
+        context: StageContext,
+        calls: Sequence[ToolCallPlan],
+        stage_deadline: float | None,
+        step: int = 0,
+    ) -> AsyncGenerator[gateway_pb2.GatewayEvent, None]:
+        """Run ``calls`` by ``stage_deadline`` (and the stage's budget); yield each ToolResult (and a Degraded per
+        failed call) as it arrives. ``step`` 0: the request's own calls, a client's mistake fails the request;
+        an agent loop's step (1..): the model's calls, whose every failure is that call's result. Traced and timed
+        as the stage ``tools`` (gateway.stages.span), until the last result."""
         with StageSpan(STAGE, context.latency(STAGE)) as span:
-            async with aclosing(self._calls(context, span)) as events:
+            span.step(step)
+            async with aclosing(self._calls(context, span, calls, stage_deadline, step)) as events:
                 async for event in events:
                     span.saw(event)
                     yield event
 
-    async def _calls(self, context: StageContext, span: StageSpan) -> AsyncGenerator[gateway_pb2.GatewayEvent, None]:
-        limit = timeout(context.stage_deadline)
+    async def _calls(
+        self,
+        context: StageContext,
+        span: StageSpan,
+        calls: Sequence[ToolCallPlan],
+        deadline: float | None,
+        step: int,
+    ) -> AsyncGenerator[gateway_pb2.GatewayEvent, None]:
+        limit = timeout(deadline)
         if limit is None or self._budget_s < limit:
             missed = f"the tool calls missed their {self._budget_s * 1000:.0f} ms budget"
         else:
             missed = f"the tool calls missed their {limit * 1000:.0f} ms share of the request's deadline"
-        stage_deadline = time.monotonic() + budget_timeout(context.stage_deadline, self._budget_s)
-        for call in context.plan.tool_calls:
+        stage_deadline = time.monotonic() + budget_timeout(deadline, self._budget_s)
+        for call in calls:
             if not call.permitted:  # the key may not call it: never sent
                 for event in _not_allowed(call):
                     yield event
-        pending = [call for call in context.plan.tool_calls if call.permitted]
+        pending = [call for call in calls if call.permitted]
         if not pending:
             return
+        run = _Run(context, span, step, stage_deadline, missed)
         try:
             async for attempt in context.upstreams.guard(STAGE, self._rule).attempts(stage_deadline, "InvokeMany"):
                 with attempt:
-                    async for event in self._invoke_many(context, span, attempt, pending, stage_deadline, missed):
+                    async for event in self._invoke_many(run, attempt, pending):
                         yield event
         except CircuitOpen as refused:
             for call in pending:
-                for event in _failed(call, grpc.StatusCode.UNAVAILABLE, refused.message, 0.0):
+                for event in failed_call(call, grpc.StatusCode.UNAVAILABLE, refused.message, 0.0):
                     yield event
 
     async def _invoke_many(
-        self,
-        context: StageContext,
-        span: StageSpan,
-        attempt: Attempt,
-        pending: list[ToolCallPlan],
-        stage_deadline: float,
-        missed: str,
+        self, run: _Run, attempt: Attempt, pending: list[ToolCallPlan]
     ) -> AsyncIterator[gateway_pb2.GatewayEvent]:
         """One InvokeMany stream over ``pending``; leaves in ``pending`` the calls held for another attempt.
-        A stream that fails counts against the circuit once no call is tried again; ``missed`` is the message
-        of the calls cut off by the stage's deadline."""
+        A stream that fails counts against the circuit once no call is tried again."""
+        context, span, stage_deadline, missed = run.context, run.span, run.stage_deadline, run.missed
         request = tools_pb2.InvokeManyRequest(
             request_id=context.plan.request_id, timeout_ms=max(1, int(left_s(stage_deadline) * 1000))
         )
@@ -116,19 +136,20 @@ class ToolStage:
                 if planned is None:
                     continue
                 end_ms = clock.now_ms()
-                clock.spans[_stage(planned)] = (min(end_ms, sent_ms + response.start_ms), end_ms)
+                run.timed(planned, min(end_ms, sent_ms + response.start_ms), end_ms)
                 if not result.HasField("error"):
                     yield gateway_pb2.GatewayEvent(tool_result=result)
                     continue
-                _raise_tool_mistake(planned, result.error)
+                if not run.step:
+                    _raise_tool_mistake(planned, result.error)
                 if not held(planned, code_of_value(result.error.code)):
-                    for event in _failed(
+                    for event in failed_call(
                         planned, code_of_value(result.error.code), result.error.message, result.duration_ms
                     ):
                         yield event
             attempt.succeeded()
         except grpc.aio.AioRpcError as error:
-            mistake = client_mistake(error, _client_field)
+            mistake = None if run.step else client_mistake(error, _client_field)
             if mistake is not None:
                 raise mistake from None
             code, message = error.code(), error.details() or ""
@@ -136,9 +157,9 @@ class ToolStage:
                 message = missed
             end_ms = clock.now_ms()
             for call in waiting.values():
-                clock.spans[_stage(call)] = (sent_ms, end_ms)
+                run.timed(call, sent_ms, end_ms)
                 if not held(call, code):
-                    for event in _failed(call, code, message, end_ms - sent_ms):
+                    for event in failed_call(call, code, message, end_ms - sent_ms):
                         yield event
             if not pending:
                 attempt.failed(code, f"InvokeMany {code.name}")
@@ -148,7 +169,25 @@ class ToolStage:
             attempt.retry()
 
 
-def _failed(
+@dataclass(frozen=True, slots=True)
+class _Run:
+    """One ``invoke``: its request, span, loop step, and when its calls must be done (``missed`` says so)."""
+
+    context: StageContext
+    span: StageSpan
+    step: int
+    stage_deadline: float
+    missed: str
+
+    def timed(self, call: ToolCallPlan, start_ms: float, end_ms: float) -> None:
+        """Record ``call``'s span (tagged with the loop's step)."""
+        clock = self.context.clock
+        clock.spans[_stage(call)] = (start_ms, end_ms)
+        if self.step:
+            clock.steps[_stage(call)] = self.step
+
+
+def failed_call(
     call: ToolCallPlan,
     code: grpc.StatusCode,
     message: str,
@@ -175,7 +214,7 @@ def _not_allowed(call: ToolCallPlan) -> tuple[gateway_pb2.GatewayEvent, gateway_
     )
     status = status_of(denied)
     reported = common_pb2.ToolError(code=status.code, message=status.message, status=status)
-    return _failed(call, grpc.StatusCode.PERMISSION_DENIED, denied.message, 0.0, reported)
+    return failed_call(call, grpc.StatusCode.PERMISSION_DENIED, denied.message, 0.0, reported)
 
 
 def _stage(call: ToolCallPlan) -> str:

@@ -44,9 +44,9 @@ MUTANTS: tuple[Mutant, ...] = (
     # --- the gateway's stages and orchestrator ---
     Mutant(
         "require-all-stages-ignored",
-        "gateway/orchestrator.py",
-        'if event.HasField("degraded") and plan.require_all_stages:',
-        'if event.HasField("degraded") and False:',
+        "gateway/stages/context.py",
+        "if self.plan.require_all_stages:",
+        "if False:",
         ("tests/gateway/test_orchestrator.py",),
     ),
     Mutant(

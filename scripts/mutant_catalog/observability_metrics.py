@@ -221,8 +221,8 @@ MUTANTS: tuple[Mutant, ...] = (
     ),
     Mutant(
         "gateway-degraded-answer-not-counted",
-        "gateway/orchestrator.py",
-        "metrics.degraded(event.degraded)",
+        "gateway/stages/context.py",
+        "self.metrics.degraded(fault)",
         "pass",
         (
             "tests/gateway/test_gateway_metrics.py::test_degraded_stages_are_counted_by_stage_and_code_and_the_breaker_opens",

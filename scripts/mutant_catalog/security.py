@@ -99,8 +99,8 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "disallowed-tool-call-still-sent",
         "gateway/stages/tools.py",
-        "pending = [call for call in context.plan.tool_calls if call.permitted]",
-        "pending = list(context.plan.tool_calls)",
+        "pending = [call for call in calls if call.permitted]",
+        "pending = list(calls)",
         ("tests/gateway/test_tool_permissions.py",),
     ),
     Mutant(

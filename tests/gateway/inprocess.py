@@ -141,10 +141,13 @@ class ScriptedTools(tools_pb2_grpc.ToolsServiceServicer):
         self.page_size = 0
         """Tools per ListTools page; 0: all on one."""
         self.invocations: list[tools_pb2.InvokeManyRequest] = []
+        self.listings = 0
+        """ListTools calls answered (every page counts)."""
 
     async def ListTools(
         self, request: tools_pb2.ListToolsRequest, context: grpc.aio.ServicerContext
     ) -> tools_pb2.ListToolsResponse:
+        self.listings += 1
         specs = [
             tools_pb2.ToolSpec(
                 name=tool.name,
@@ -208,6 +211,12 @@ class ScriptedInference(inference_pb2_grpc.InferenceServiceServicer):
         self.fault: Fault | None = None
         self.fault_after_first: Fault | None = None
         self.requests: list[inference_pb2.GenerateRequest] = []
+        self.tool_calls: list[list[common_pb2.ToolCall]] = []
+        """The calls the k-th Generate makes after its deltas (it then ends with TOOL_CALLS); none past the list."""
+        self.incomplete: set[int] = set()
+        """The Generate calls (numbered from 1) whose stream ends without a Completion."""
+        self.queue_ms = 0.0
+        """Each Completion's timings.queue_ms."""
 
     @property
     def prompts(self) -> list[str]:
@@ -253,8 +262,15 @@ class ScriptedInference(inference_pb2_grpc.InferenceServiceServicer):
                 yield inference_pb2.GenerateResponse(delta=delta, index=index)
             if self.fault_after_first is not None and self.fault_after_first.applies(number):
                 await fail(context, self.fault_after_first)
+        calls = self.tool_calls[number - 1] if number <= len(self.tool_calls) else []
+        for call in calls:
+            yield inference_pb2.GenerateResponse(tool_call=call)
         usage = common_pb2.Usage(prompt_tokens=len(self.prompts[number - 1]) // 3, completion_tokens=len(self.deltas))
-        complete = common_pb2.Completion(finish_reason=common_pb2.FINISH_REASON_STOP, usage=usage)
+        finish = common_pb2.FINISH_REASON_TOOL_CALLS if calls else common_pb2.FINISH_REASON_STOP
+        complete = common_pb2.Completion(finish_reason=finish, usage=usage)
+        complete.timings.queue_ms = self.queue_ms
+        if number in self.incomplete:
+            return
         for index in samples:
             yield inference_pb2.GenerateResponse(complete=complete, index=index)
 
