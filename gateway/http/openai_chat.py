@@ -1,11 +1,12 @@
 """OpenAI request bodies (POST /v1/chat/completions and /v1/completions) as GatewayRequests.
 
-Mapped: messages (string or text-part content; assistant tool_calls; tool messages), prompt (one string: the
+Mapped: messages (string or text-part content; assistant tool_calls; tool messages), tools, tool_choice and
+parallel_tool_calls (gateway/http/openai_tools.py), prompt (one string: the
 question), max_tokens/max_completion_tokens, temperature, top_p, stop (string or list), seed, logprobs and
 top_logprobs, presence_penalty, frequency_penalty, logit_bias (token id strings -> bias), n (1..16 choices),
 vLLM's extra min_p, min_tokens and ignore_eos, stream, stream_options.include_usage, model (the served model or
 absent), and the extension object ``genmesh: {retrieval: {top_k, collection, disabled, timeout_ms}, tool_calls:
-[{name, arguments, id}], require_all_stages, events}`` (``events``: send the named ``genmesh.*`` SSE events).
+[{name, arguments, id}], require_all_stages, max_steps, events}`` (``events``: send the named ``genmesh.*`` SSE events).
 ``user`` is accepted and not used. Anything else is a 400 naming the field, in OpenAI's error shape."""
 
 from __future__ import annotations
@@ -17,9 +18,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.http.errors import HttpError, bad_field
+from gateway.http.openai_tools import TOOL_FIELDS, parse_tools
 from gateway.http.response_format import NAMES as FORMAT_NAMES
 from gateway.http.response_format import parse_response_format
-from genmesh.client.requests import FieldError, chat_message
+from genmesh.client.errors import FieldError
+from genmesh.client.requests import chat_message
 from genmesh.v1 import common_pb2, gateway_pb2
 
 _COMMON = frozenset(
@@ -46,11 +49,11 @@ _COMMON = frozenset(
         "response_format",
     }
 )
-CHAT_FIELDS = _COMMON | {"messages", "max_completion_tokens"}
+CHAT_FIELDS = _COMMON | {"messages", "max_completion_tokens"} | TOOL_FIELDS
 COMPLETION_FIELDS = _COMMON | {"prompt"}
 _NEUTRAL = {"echo": False, "best_of": 1, "suffix": None}
 """Fields accepted only at their no-op value."""
-_EXTENSION_FIELDS = frozenset({"retrieval", "tool_calls", "require_all_stages", "events"})
+_EXTENSION_FIELDS = frozenset({"retrieval", "tool_calls", "require_all_stages", "max_steps", "events"})
 _RETRIEVAL_FIELDS = {"top_k": int, "collection": str, "disabled": bool, "timeout_ms": int}
 INT32 = (-(2**31), 2**31 - 1)
 UINT32 = (0, 2**32 - 1)
@@ -108,14 +111,16 @@ def parse_request(body: Any, *, chat: bool, served_model: str, stream_default: b
     response_format = parse_response_format(body.get("response_format"))
     if response_format is not None:
         request.response_format.CopyFrom(response_format)
+    tool_names: dict[str, str] = {}
     if chat:
         request.messages.extend(_messages(body.get("messages")))
+        tool_names = parse_tools(body, request)
     else:
         request.question = _prompt(body.get("prompt"))
     named_events = _extension(body.get("genmesh"), request)
     logprobs = bool(request.sampling.HasField("logprobs"))
     top = (_typed(body, "top_logprobs", int) if chat else _typed(body, "logprobs", int)) or 0
-    names = _names(body, chat) | FORMAT_NAMES
+    names = _names(body, chat) | FORMAT_NAMES | tool_names
     return ParsedRequest(request, chat, stream, include_usage, logprobs, named_events, served_model, top, names)
 
 
@@ -277,6 +282,9 @@ def _extension(value: Any, request: gateway_pb2.GatewayRequest) -> bool:
     calls = _typed(value, "tool_calls", list, "genmesh.") or []
     request.tool_calls.extend(_forced_call(c, f"genmesh.tool_calls[{i}]") for i, c in enumerate(calls))
     request.require_all_stages = _typed(value, "require_all_stages", bool, "genmesh.") or False
+    max_steps = _typed(value, "max_steps", int, "genmesh.")
+    if max_steps is not None:
+        request.max_steps = max_steps
     return bool(_typed(value, "events", bool, "genmesh."))
 
 

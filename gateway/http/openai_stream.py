@@ -1,9 +1,20 @@
 """GatewayEvents as OpenAI objects: ``chat.completion.chunk`` / ``text_completion`` chunks (then a usage chunk with
 ``stream_options.include_usage``), the whole ``chat.completion`` / ``text_completion`` of a non-streamed request,
 and genmesh's extra events (``genmesh.sources``, ``genmesh.tool_result``, ``genmesh.degraded``,
-``genmesh.timings``) that SSE sends as named events and the WebSocket as typed messages.
+``genmesh.timings``, and with tools ``genmesh.tool_call`` and ``genmesh.step_end``) that SSE sends as named events
+and the WebSocket as typed messages.
 
-Finish reasons: STOP and STOP_SEQUENCE are ``stop``, LENGTH ``length``, CANCELLED ``stop`` (OpenAI has none)."""
+Tools: a call of a client function is a chunk's ``delta.tool_calls`` entry (``index`` counts the answer's calls from
+0; the arguments whole in that one chunk) and the whole answer's ``message.tool_calls`` (``content`` null when the
+model only called). The calls the gateway runs (server tools) are genmesh's extra events; ``content`` is every
+step's text, a blank line between steps (a stream cannot take back the text of a step that turns out to call a
+tool). When the gateway ran calls, the answer carries ``genmesh.output_messages`` (the whole answer's ``genmesh``
+field; streamed, the ``genmesh`` field of the chunk with the finish reason): the messages that continue the
+conversation, per step the assistant turn with its own text and every call, then a tool message per call the
+gateway ran (genmesh.tool_messages); the client adds its functions' tool messages.
+
+Finish reasons: STOP and STOP_SEQUENCE are ``stop``, LENGTH ``length``, CANCELLED ``stop`` (OpenAI has none),
+TOOL_CALLS ``tool_calls``."""
 
 from __future__ import annotations
 
@@ -14,11 +25,20 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from gateway.http.openai_chat import ParsedRequest
-from genmesh.client.events import complete, degraded, passage, tool_result
+from genmesh.client.events import complete, degraded, passage, step_end, tool_call, tool_result
 from genmesh.errors import GenmeshError
+from genmesh.tool_messages import StepTurns, openai_message, openai_tool_call, tool_result_content
 from genmesh.v1 import common_pb2, gateway_pb2
 
-FINISH_REASONS = {"stop": "stop", "stop_sequence": "stop", "length": "length", "cancelled": "stop"}
+STEP_SEPARATOR = "\n\n"
+"""Between the texts of two steps in ``content``."""
+FINISH_REASONS = {
+    "stop": "stop",
+    "stop_sequence": "stop",
+    "length": "length",
+    "cancelled": "stop",
+    "tool_calls": "tool_calls",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +72,8 @@ class _Choice:
     finish_reason: str | None = None
     completion_tokens: int = 0
     started: bool = False
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)
+    """The client function calls, as OpenAI's message.tool_calls entries."""
 
 
 @dataclass(slots=True)
@@ -66,9 +88,17 @@ class Translator:
     id: str = ""
     created: int = field(default_factory=lambda: int(time.time()))
     choices: dict[int, _Choice] = field(default_factory=dict)
-    extras: dict[str, Any] = field(default_factory=lambda: {"sources": [], "tool_results": [], "degraded": []})
+    extras: dict[str, Any] = field(
+        default_factory=lambda: {"sources": [], "tool_results": [], "degraded": [], "tool_calls": [], "steps": []}
+    )
     usage: dict[str, int] | None = None
+    turns: StepTurns = field(default_factory=StepTurns)
+    """The agent loop's steps so far (sample 0's; tools take one sample)."""
     _completed: int = 0
+    _step_wrote: bool = False
+    """Whether the step under way has written text."""
+    _earlier_wrote: bool = False
+    """Whether an earlier step has written text (the next text starts with STEP_SEPARATOR)."""
 
     def __post_init__(self) -> None:
         self.id = self.id or ("chatcmpl-" if self.parsed.chat else "cmpl-") + uuid.uuid4().hex
@@ -92,6 +122,7 @@ class Translator:
             self.extras["sources"].extend(passages)
             return [Extra("genmesh.sources", {"passages": passages})]
         if kind == "tool_result":
+            self.turns.result(event.tool_result.call_id, tool_result_content(event.tool_result))
             result = _tool_result(event.tool_result)
             self.extras["tool_results"].append(result)
             return [Extra("genmesh.tool_result", result)]
@@ -99,6 +130,15 @@ class Translator:
             stage = _degraded(event.degraded)
             self.extras["degraded"].append(stage)
             return [Extra("genmesh.degraded", stage)]
+        if kind == "tool_call":
+            return self._tool_call(event.tool_call, event.index)
+        if kind == "step_end":
+            end = step_end(event.step_end)
+            step = {"step": end.step, "finish_reason": end.finish_reason, "usage": asdict(end.usage)}
+            self.turns.end_step()
+            self._earlier_wrote, self._step_wrote = self._earlier_wrote or self._step_wrote, False
+            self.extras["steps"].append(step)
+            return [Extra("genmesh.step_end", step)]
         if kind == "delta":
             return self._delta(event.delta, event.index)
         if kind == "complete":
@@ -106,13 +146,22 @@ class Translator:
         return []
 
     def _delta(self, delta: common_pb2.TokenDelta, index: int) -> list[Output]:
+        """A chunk of the delta's text; none for a delta with no text and no logprobs (a call's withheld tokens)."""
         state = self._choice(index)
-        state.text.append(delta.text)
         top = self.parsed.top_logprobs
         logprobs = [_logprob(lp, delta, top) for lp in delta.logprobs] if self.parsed.logprobs else []
+        if not delta.text and not logprobs:
+            return []
+        text = delta.text
+        if text and index == 0:
+            self.turns.text(text)
+            if self._earlier_wrote and not self._step_wrote:
+                text = STEP_SEPARATOR + text
+            self._step_wrote = True
+        state.text.append(text)
         state.logprobs.extend(logprobs)
         if self.parsed.chat:
-            content: dict[str, Any] = {"content": delta.text}
+            content: dict[str, Any] = {"content": text}
             if not state.started:
                 content = {"role": "assistant", **content}
             state.started = True
@@ -120,10 +169,29 @@ class Translator:
         else:
             choice = {
                 "index": index,
-                "text": delta.text,
+                "text": text,
                 "logprobs": _completion_logprobs(logprobs) if logprobs else None,
             }
         return [Chunk(self._chunk({**choice, "finish_reason": None}))]
+
+    def _tool_call(self, proto: gateway_pb2.ToolCallEvent, index: int) -> list[Output]:
+        """Every call is a ``genmesh.tool_call`` event; a client function's is a ``delta.tool_calls`` chunk too."""
+        call = tool_call(proto)
+        self.turns.call(call)
+        extra = asdict(call)
+        self.extras["tool_calls"].append(extra)
+        outputs: list[Output] = [Extra("genmesh.tool_call", extra)]
+        if call.executor != "client" or not self.parsed.chat:
+            return outputs
+        state = self._choice(index)
+        entry = openai_tool_call(call)
+        delta: dict[str, Any] = {"tool_calls": [{"index": len(state.tool_calls), **entry}]}
+        if not state.started:
+            delta = {"role": "assistant", "content": None, **delta}
+        state.started = True
+        state.tool_calls.append(entry)
+        outputs.append(Chunk(self._chunk({"index": index, "delta": delta, "logprobs": None, "finish_reason": None})))
+        return outputs
 
     def _complete(self, proto: common_pb2.Completion, index: int) -> list[Output]:
         done = complete(proto)
@@ -137,7 +205,11 @@ class Translator:
             if self.parsed.chat
             else {"text": ""}
         )
-        outputs: list[Output] = [Chunk(self._chunk(last))]
+        chunk = self._chunk(last)
+        if index == 0 and self.turns.answered:
+            self.extras["output_messages"] = [openai_message(m) for m in self.turns.messages()]
+            chunk["genmesh"] = {"output_messages": self.extras["output_messages"]}
+        outputs: list[Output] = [Chunk(chunk)]
         if self._completed < max(1, self.parsed.request.sampling.n):
             return outputs
         completion_tokens = sum(c.completion_tokens for c in self.choices.values())
@@ -177,6 +249,8 @@ class Translator:
             choice: dict[str, Any] = {"index": index, "finish_reason": state.finish_reason}
             if self.parsed.chat:
                 choice["message"] = {"role": "assistant", "content": text}
+                if state.tool_calls:  # OpenAI's: no text with the calls is null
+                    choice["message"].update(content=text or None, tool_calls=state.tool_calls)
                 choice["logprobs"] = {"content": state.logprobs} if state.logprobs else None
             else:
                 choice["text"] = text
@@ -212,7 +286,12 @@ def _degraded(proto: common_pb2.Degraded) -> dict[str, Any]:
 
 
 def _span(span: common_pb2.StageSpan) -> dict[str, Any]:
-    return {"stage": span.stage, "start_ms": span.start_ms, "end_ms": span.end_ms}
+    out: dict[str, Any] = {"stage": span.stage, "start_ms": span.start_ms, "end_ms": span.end_ms}
+    if span.step:
+        out["step"] = span.step
+    if span.call_id:
+        out["call_id"] = span.call_id
+    return out
 
 
 def _logprob(lp: common_pb2.TokenLogprob, delta: common_pb2.TokenDelta, requested: int) -> dict[str, Any]:

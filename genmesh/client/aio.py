@@ -13,7 +13,15 @@ from genmesh.channels import open_channel
 from genmesh.client.errors import client_error
 from genmesh.client.events import Answer, Event, answer_of, event_of
 from genmesh.client.jobs import AsyncJobs
-from genmesh.client.requests import GenerateOptions, Message, Sampling, Tool, gateway_request
+from genmesh.client.requests import (
+    GenerateOptions,
+    Message,
+    Sampling,
+    Tool,
+    ToolChoiceSpec,
+    ToolSpec,
+    gateway_request,
+)
 from genmesh.client.retry import DEFAULT_RETRY, RetryPolicy, deadline_of, left_s
 from genmesh.tls import ClientTLS
 from genmesh.v1 import gateway_pb2_grpc, jobs_pb2_grpc
@@ -65,12 +73,20 @@ class AsyncClient:
         require_all_stages: bool = False,
         request_id: str = "",
         timeout_s: float | None = None,
+        tools: Sequence[ToolSpec] = (),
+        tool_choice: ToolChoiceSpec | None = None,
+        max_steps: int | None = None,
+        parallel_tool_calls: bool | None = None,
     ) -> AsyncIterator[Event]:
         """The events of answering ``question`` (or the conversation ``messages``): Sources and each ToolResult,
-        then Delta after Delta, then Complete. A refusal before the first event (RESOURCE_EXHAUSTED, UNAVAILABLE)
-        is retried per ``retry``, with the same request id; once an event arrived, a failure is raised, never
-        retried (the answer would repeat). Closing the stream (``aclose``, or leaving the loop) cancels the call and
-        its downstream work."""
+        then Delta after Delta, then Complete. With ``tools`` (ToolSpec: tool names, function declarations) the
+        gateway runs the agent loop (``tool_choice``, at most ``max_steps`` generations, ``parallel_tool_calls``):
+        per step Deltas and ToolCalls, then StepEnd, then the results of the calls it ran; a step that calls client
+        functions ends the stream with finish reason ``tool_calls`` (run them, then send the messages again with
+        ``answer.continuation_messages()`` and one ``tool`` message per call). A refusal before the first event
+        (RESOURCE_EXHAUSTED, UNAVAILABLE) is retried per ``retry``, with the same request id; once an event arrived,
+        a failure is raised, never retried (the answer would repeat). Closing the stream (``aclose``, or leaving the
+        loop) cancels the call and its downstream work."""
         request = gateway_request(
             question,
             messages,
@@ -82,6 +98,10 @@ class AsyncClient:
             sampling=sampling,
             require_all_stages=require_all_stages,
             request_id=request_id or uuid.uuid4().hex,
+            tools=tools,
+            tool_choice=tool_choice,
+            max_steps=max_steps,
+            parallel_tool_calls=parallel_tool_calls,
         )
         deadline = deadline_of(self.timeout_s if timeout_s is None else timeout_s)
         attempt = 0

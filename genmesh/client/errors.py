@@ -44,6 +44,16 @@ class DeadlineExceeded(errors.DeadlineExceeded):
     """DEADLINE_EXCEEDED: the call's deadline passed."""
 
 
+class FieldError(ValueError):
+    """A request this client cannot send: ``path``, the bad key (``messages[1].tool_calls[0].function``,
+    ``tools[0].function.parameters``), and what is wrong with it (the HTTP front answers it as a 400 naming
+    ``path``)."""
+
+    def __init__(self, path: str, message: str) -> None:
+        super().__init__(f"{path}: {message}")
+        self.path, self.message = path, message
+
+
 _NARROWED: dict[type[GenmeshError], type[GenmeshError]] = {
     errors.Unauthenticated: Unauthenticated,
     errors.PermissionDenied: PermissionDenied,
@@ -73,6 +83,7 @@ def client_error(error: grpc.aio.AioRpcError) -> GenmeshError:
 __all__ = [
     "BadRequest",
     "DeadlineExceeded",
+    "FieldError",
     "FieldViolation",
     "GenmeshError",
     "NotFound",

@@ -4,17 +4,29 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar, Unpack
+from typing import Any, Protocol, TypeVar, Unpack, cast
 
 import grpc
 
 from genmesh.client.errors import client_error
-from genmesh.client.events import Answer, Event, complete, enum_name, event_of, passage, tool_result
-from genmesh.client.requests import Message, RequestOptions, gateway_request
+from genmesh.client.events import (
+    Answer,
+    Event,
+    ToolCall,
+    complete,
+    enum_name,
+    event_of,
+    passage,
+    step_end,
+    tool_result,
+)
+from genmesh.client.requests import Message, MessageDict, RequestOptions, gateway_request
 from genmesh.client.retry import deadline_of, left_s
 from genmesh.errors import GenmeshError
+from genmesh.messages import message_text
 from genmesh.status import error_from_status
-from genmesh.v1 import jobs_pb2, jobs_pb2_grpc
+from genmesh.tool_messages import openai_message
+from genmesh.v1 import common_pb2, jobs_pb2, jobs_pb2_grpc
 
 Reply = TypeVar("Reply")
 
@@ -73,11 +85,43 @@ def job_of(proto: jobs_pb2.Job) -> Job:
         done = complete(result.completion)
         tools = [tool_result(t) for t in result.tool_results]
         sources = [passage(p) for p in result.sources]
-        answer = Answer(result.answer, sources, tools, done.degraded, done.finish_reason, done.usage, done.timings)
+        turns = [m for m in result.output_messages if m.role == common_pb2.ROLE_ASSISTANT]
+        answer = Answer(
+            result.answer,
+            sources,
+            tools,
+            done.degraded,
+            done.finish_reason,
+            done.usage,
+            done.timings,
+            tool_calls=_tool_calls(result),
+            steps=[step_end(s) for s in result.steps],
+            last_step_text=message_text(turns[-1]) if turns else result.answer,
+            output_messages=[cast(MessageDict, openai_message(m)) for m in result.output_messages],
+        )
     error = None
     if proto.HasField("error"):
         error = error_from_status(proto.error.status, proto.error.status.message or "the job failed")
     return Job(proto.id, state, proto.priority, proto.attempts, proto.idempotency_key, answer, error, proto)
+
+
+def _tool_calls(result: jobs_pb2.JobResult) -> list[ToolCall]:
+    """The calls of the result's assistant turns (the i-th turn is step i + 1's): executor ``gateway`` for a call a
+    tool message answers, else ``client``."""
+    answered = {m.tool_call_id for m in result.output_messages if m.role == common_pb2.ROLE_TOOL}
+    turns = [m for m in result.output_messages if m.role == common_pb2.ROLE_ASSISTANT]
+    steps = [s.step for s in result.steps]
+    return [
+        ToolCall(
+            steps[i] if i < len(steps) else i + 1,
+            call.call_id,
+            call.name,
+            call.arguments_json,
+            "gateway" if call.call_id in answered else "client",
+        )
+        for i, turn in enumerate(turns)
+        for call in turn.tool_calls
+    ]
 
 
 class AsyncJobs:

@@ -8,6 +8,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Required, TypedDict
 
+from genmesh.client.errors import FieldError
+from genmesh.client.tool_specs import tool_choice as choice_of
+from genmesh.client.tool_specs import tool_declaration
 from genmesh.v1 import common_pb2, gateway_pb2
 
 ROLES = {
@@ -98,15 +101,6 @@ Message = MessageDict | common_pb2.ChatMessage
 _KEYS = frozenset(MessageDict.__annotations__)
 
 
-class FieldError(ValueError):
-    """A message this client cannot send: ``path``, the bad key (``messages[1].tool_calls[0].function``), and
-    what is wrong with it (the HTTP front answers it as a 400 naming ``path``)."""
-
-    def __init__(self, path: str, message: str) -> None:
-        super().__init__(f"{path}: {message}")
-        self.path, self.message = path, message
-
-
 def chat_message(message: Message, where: str = "message") -> common_pb2.ChatMessage:
     """The ChatMessage of ``message``; FieldError naming the bad key for a shape this client cannot send. The
     gateway checks the rest (ids, lengths) and names the field."""
@@ -174,6 +168,15 @@ def _tool_call(call: object, where: str) -> common_pb2.ToolCall:
     )
 
 
+ToolSpec = str | Mapping[str, Any] | gateway_pb2.ToolDeclaration | common_pb2.FunctionDeclaration
+"""A tool offered to the model: a tools-service tool's name (``"*"``: every one the key may call), OpenAI's
+``{"type": "function", "function": {"name", "description", "parameters", "strict"}}`` (a function the caller runs),
+genmesh's ``{"type": "genmesh_tool", "name"}``, or the proto."""
+ToolChoiceSpec = str | Mapping[str, Any] | common_pb2.ToolChoice
+"""``"auto"``, ``"none"``, ``"required"``, ``{"type": "function", "function": {"name"}}``, ``{"type":
+"allowed_tools", "allowed_tools": {"mode", "tools"}}`` (OpenAI's), or the proto."""
+
+
 class RequestOptions(TypedDict, total=False):
     """The keyword arguments of a generation request (gateway_request's; AsyncClient.generate says what each does)."""
 
@@ -185,6 +188,10 @@ class RequestOptions(TypedDict, total=False):
     sampling: Sampling | None
     require_all_stages: bool
     request_id: str
+    tools: Sequence[ToolSpec]
+    tool_choice: ToolChoiceSpec | None
+    max_steps: int | None
+    parallel_tool_calls: bool | None
 
 
 class GenerateOptions(RequestOptions, total=False):
@@ -205,14 +212,22 @@ def gateway_request(
     sampling: Sampling | None = None,
     require_all_stages: bool = False,
     request_id: str = "",
+    tools: Sequence[ToolSpec] = (),
+    tool_choice: ToolChoiceSpec | None = None,
+    max_steps: int | None = None,
+    parallel_tool_calls: bool | None = None,
 ) -> gateway_pb2.GatewayRequest:
-    """The GatewayRequest of Client.generate's arguments."""
+    """The GatewayRequest of Client.generate's arguments; FieldError naming a tool or message shape it cannot send."""
     options = gateway_pb2.RetrievalOptions(collection=collection, disabled=not retrieval)
     if top_k is not None:
         options.top_k = top_k
     if retrieval_timeout_ms is not None:
         options.timeout_ms = retrieval_timeout_ms
     return gateway_pb2.GatewayRequest(
+        tools=[_tool(t, f"tools[{i}]") for i, t in enumerate(tools)],
+        tool_choice=None if tool_choice is None else choice_of(tool_choice),
+        max_steps=max_steps,
+        parallel_tool_calls=parallel_tool_calls,
         request_id=request_id,
         question=question,
         messages=[chat_message(m, f"messages[{i}]") for i, m in enumerate(messages)],
@@ -221,3 +236,9 @@ def gateway_request(
         sampling=(sampling or Sampling()).proto(),
         require_all_stages=require_all_stages,
     )
+
+
+def _tool(tool: ToolSpec, where: str) -> gateway_pb2.ToolDeclaration:
+    if isinstance(tool, str):
+        return gateway_pb2.ToolDeclaration(server_tool=tool)
+    return tool_declaration(tool, where)

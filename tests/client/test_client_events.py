@@ -12,8 +12,12 @@ from genmesh.v1 import common_pb2, gateway_pb2, jobs_pb2
 
 def test_an_unknown_finish_reason_is_named_not_raised() -> None:
     assert complete(common_pb2.Completion(finish_reason=common_pb2.FINISH_REASON_LENGTH)).finish_reason == "length"
+    assert complete(common_pb2.Completion(finish_reason=common_pb2.FINISH_REASON_TOOL_CALLS)).finish_reason == (
+        "tool_calls"
+    )
     assert (
-        complete(common_pb2.Completion(finish_reason=common_pb2.FinishReason.ValueType(5))).finish_reason == "unknown_5"
+        complete(common_pb2.Completion(finish_reason=common_pb2.FinishReason.ValueType(42))).finish_reason
+        == "unknown_42"
     )
 
 

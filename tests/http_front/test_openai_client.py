@@ -145,13 +145,13 @@ async def test_bad_input_is_a_bad_request_naming_the_field(client: openai.AsyncO
         await client.chat.completions.create(
             model=MODEL,
             messages=messages,  # type: ignore[arg-type]
-            tools=[{"type": "function", "function": {"name": "f", "parameters": {}}}],
+            tools=[{"type": "custom", "custom": {"name": "f"}}],
         )
     with pytest.raises(openai.NotFoundError) as other_model:
         await client.chat.completions.create(model="gpt-4o", messages=messages)  # type: ignore[arg-type]
     with pytest.raises(openai.BadRequestError) as empty_prompt:
         await client.completions.create(model=MODEL, prompt="")
     assert too_hot.value.param == "temperature" and "temperature" in too_hot.value.message
-    assert two.value.param == "n" and tools.value.param == "tools"
+    assert two.value.param == "n" and tools.value.param == "tools[0].type"
     assert other_model.value.code == "model_not_found"
     assert empty_prompt.value.param == "prompt"
