@@ -85,6 +85,7 @@ bench: install  ## quick benchmarks (about a minute each), as CI runs them
 	$(PY) -m bench.observability --quick
 	$(PY) -m bench.http --quick
 	$(PY) -m bench.stream_interval --quick
+	$(PY) -m bench.agents --quick
 
 bench-full: install  ## full benchmarks, the figures of docs/BENCHMARKS.md and docs/RESILIENCE.md
 	$(PY) -m bench.gateway
@@ -98,6 +99,7 @@ bench-full: install  ## full benchmarks, the figures of docs/BENCHMARKS.md and d
 	$(PY) -m bench.observability
 	$(PY) -m bench.http
 	$(PY) -m bench.stream_interval
+	$(PY) -m bench.agents
 
 clean:  ## remove the virtual environment and generated stubs
 	rm -rf $(VENV) genmesh/v1 *.egg-info .mypy_cache .ruff_cache .pytest_cache

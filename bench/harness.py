@@ -50,12 +50,16 @@ def scratch() -> Iterator[Path]:
 
 @contextlib.asynccontextmanager
 async def running_mesh(
-    log_dir: Path, extra_args: Mapping[str, Sequence[str]], tls: CertDir | None = None, metrics: bool = False
+    log_dir: Path,
+    extra_args: Mapping[str, Sequence[str]],
+    tls: CertDir | None = None,
+    metrics: bool = False,
+    env: Mapping[str, str] | None = None,
 ) -> AsyncIterator[Mesh]:
     """The four services on free loopback ports, SERVING for the block and stopped after it; with ``tls``, mutual
     TLS on every hop (``mesh.client_tls()`` reaches them); with ``metrics``, each serves /metrics on a free port
-    (``mesh.services[name].metrics_url``)."""
-    mesh = await start_mesh(log_dir=log_dir, extra_args=extra_args, tls=tls, metrics=metrics)
+    (``mesh.services[name].metrics_url``); ``env`` is added to the services' environment."""
+    mesh = await start_mesh(log_dir=log_dir, extra_args=extra_args, tls=tls, metrics=metrics, env=env)
     try:
         yield mesh
     finally:

@@ -19,3 +19,10 @@ async def sleep_ms(ms: int) -> dict[str, int]:
     """
     await asyncio.sleep(ms / 1000)
     return {"slept_ms": ms}
+
+
+@tool(timeout_s=60.0, idempotent=True)
+async def nap() -> dict[str, int]:
+    """Sleep 200 ms on the event loop, then say so (no arguments: an agent benchmark's model cannot get them wrong)."""
+    await asyncio.sleep(0.2)
+    return {"slept_ms": 200}

@@ -5,6 +5,9 @@ Add a mutant to the module of the code it breaks."""
 from __future__ import annotations
 
 from mutant_catalog import (
+    agents_clients,
+    agents_inference,
+    agents_loop,
     clients,
     engine_cache,
     gateway,
@@ -31,6 +34,9 @@ MUTANTS: tuple[Mutant, ...] = (
     *security.MUTANTS,
     *observability_metrics.MUTANTS,
     *observability_traces.MUTANTS,
+    *agents_inference.MUTANTS,
+    *agents_loop.MUTANTS,
+    *agents_clients.MUTANTS,
 )
 
 __all__ = ["MUTANTS", "Mutant"]
