@@ -9,7 +9,7 @@ import random
 import pytest
 import torch
 
-from services.inference.models.llama import KVCache, LlamaConfig, LlamaForCausalLM
+from services.inference.models.llama import CacheStep, KVCache, LlamaConfig, LlamaForCausalLM
 
 
 def tiny_model(seed: int = 0) -> LlamaForCausalLM:
@@ -123,3 +123,19 @@ def test_the_default_tables_give_each_row_its_own_contiguous_blocks() -> None:
     assert (cache.num_blocks, cache.max_len, cache.capacity_tokens) == (9, 20, 72)
     assert cache.default_tables.tolist() == [[0, 1, 2], [3, 4, 5], [6, 7, 8]]
     assert cache.keys[0].shape == (2, 9, 8, 16), "[kv_heads, blocks, block_size, head_dim]"
+
+
+def test_every_layer_and_pass_gathers_into_the_same_buffers_and_a_pass_under_autograd_still_runs() -> None:
+    model = tiny_model(3)
+    cache = model.new_cache(batch=2, max_len=32, block_size=4)
+    ids = torch.tensor([[5, 6, 7, 8, 9, 10], [9, 8, 7, 6, 5, 4]])
+    positions = torch.arange(6).expand(2, 6)
+    with torch.inference_mode():
+        step = CacheStep.build(cache, positions[:, :1], cache.default_tables[:, :1])
+        kv = torch.zeros(2, cache.kv_heads, 1, model.config.dim_per_head)
+        gathered = [step.store(layer, kv, kv)[0].data_ptr() for layer in range(2)]
+        assert gathered[0] == gathered[1] == cache.gather_buffers(1)[0].data_ptr(), "no fresh pages per layer"
+        logits = model(ids, positions, cache)
+    with torch.no_grad():  # buffers made in inference mode stay writable outside it
+        torch.testing.assert_close(model(ids, positions, cache), logits)
+    torch.testing.assert_close(model(ids, positions, cache), logits)  # autograd on: fresh gathers

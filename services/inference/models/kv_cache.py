@@ -20,7 +20,9 @@ class KVCache:
     ``block * block_size + offset`` is one row of each head's flat view [kv_heads, slots, head_dim], so a pass
     writes all its tokens with one ``index_copy_`` of a slot mapping; reads gather whole blocks of the batch's
     tables (``index_select`` of [B * max_blocks] blocks), never the whole pool, straight into the layout
-    attention multiplies in, [kv_heads, B, blocks * block_size, head_dim] (one copy, then views only).
+    attention multiplies in, [kv_heads, B, blocks * block_size, head_dim] (one copy, then views only). The
+    gathers land in two buffers kept here and reused by every layer and pass (``gather_buffers``): a fresh
+    tensor of megabytes per layer would be new pages for the allocator to map and fault in each time.
 
     ``default_tables`` [rows, max_len / block_size] give row i the blocks ``i * n .. (i + 1) * n - 1``: the
     contiguous addressing used when a caller passes no tables (tests, scripts: ``new_cache(batch, max_len)``).
@@ -50,6 +52,19 @@ class KVCache:
         self.max_len = min(max_len or per_row * block_size, per_row * block_size, config.max_position_embeddings)
         """Positions a row of the default tables holds."""
         self.default_tables = torch.arange(rows * per_row, device=device).view(rows, per_row)
+        self._gathered = (torch.empty(0, device=device, dtype=dtype), torch.empty(0, device=device, dtype=dtype))
+
+    def gather_buffers(self, blocks: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Key and value buffers [kv_heads, blocks, block_size, head_dim] for one layer's gather, grown (doubled)
+        when too small. Every call returns the same memory: the caller's use ends before the next layer's."""
+        keys = self.keys[0]
+        shape = (keys.shape[0], blocks, *keys.shape[2:])
+        need = shape[0] * blocks * shape[2] * shape[3]
+        if self._gathered[0].numel() < need:
+            size = max(need, 2 * self._gathered[0].numel())
+            with torch.inference_mode(False):  # normal tensors: writable by a later pass outside inference mode
+                self._gathered = (keys.new_empty(size), keys.new_empty(size))
+        return self._gathered[0][:need].view(shape), self._gathered[1][:need].view(shape)
 
     @property
     def capacity_tokens(self) -> int:
@@ -89,7 +104,8 @@ class CacheStep:
 
     def store(self, layer: int, keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Write ``keys``/``values`` [B, kv_heads, T, head_dim] of ``layer``; return each row's blocks, heads
-        first: [kv_heads, B, blocks * block_size, head_dim] (one gather of the batch's blocks)."""
+        first: [kv_heads, B, blocks * block_size, head_dim] (one gather of the batch's blocks into the cache's
+        reused buffers: valid until the next ``store``)."""
         pool_keys, pool_values = self.cache.keys[layer], self.cache.values[layer]
         b, heads, _, dim = keys.shape
         flat = (heads, -1, dim)
@@ -97,4 +113,9 @@ class CacheStep:
         pool_values.view(flat).index_copy_(1, self.slots, values.transpose(0, 1).reshape(flat).to(pool_values.dtype))
         index = self.tables.reshape(-1)
         span = (heads, b, self.tables.shape[1] * self.cache.block_size, dim)
-        return pool_keys.index_select(1, index).view(span), pool_values.index_select(1, index).view(span)
+        if torch.is_grad_enabled():  # autograd cannot record a gather into a reused buffer (out=)
+            return pool_keys.index_select(1, index).view(span), pool_values.index_select(1, index).view(span)
+        gathered_keys, gathered_values = self.cache.gather_buffers(index.numel())
+        torch.index_select(pool_keys, 1, index, out=gathered_keys)
+        torch.index_select(pool_values, 1, index, out=gathered_values)
+        return gathered_keys.view(span), gathered_values.view(span)
