@@ -146,11 +146,12 @@ class Translator:
         return []
 
     def _delta(self, delta: common_pb2.TokenDelta, index: int) -> list[Output]:
-        """A chunk of the delta's text; none for a delta with no text and no logprobs (a call's withheld tokens)."""
+        """A chunk of the delta's text; after the first chunk (which says the answer started, as OpenAI's role chunk
+        does), none for a delta with no text and no logprobs (a call's withheld tokens, an ignored EOS)."""
         state = self._choice(index)
         top = self.parsed.top_logprobs
         logprobs = [_logprob(lp, delta, top) for lp in delta.logprobs] if self.parsed.logprobs else []
-        if not delta.text and not logprobs:
+        if not delta.text and not logprobs and state.started:
             return []
         text = delta.text
         if text and index == 0:
@@ -160,11 +161,11 @@ class Translator:
             self._step_wrote = True
         state.text.append(text)
         state.logprobs.extend(logprobs)
+        first, state.started = not state.started, True
         if self.parsed.chat:
             content: dict[str, Any] = {"content": text}
-            if not state.started:
+            if first:
                 content = {"role": "assistant", **content}
-            state.started = True
             choice = {"index": index, "delta": content, "logprobs": {"content": logprobs} if logprobs else None}
         else:
             choice = {

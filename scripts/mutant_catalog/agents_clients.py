@@ -194,7 +194,7 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "http-empty-content-chunk-per-withheld-token",
         "gateway/http/openai_stream.py",
-        "if not delta.text and not logprobs:",
+        "if not delta.text and not logprobs and state.started:",
         "if False:",
         (HTTP_CHUNKS,),
     ),

@@ -180,3 +180,15 @@ def test_logprobs_in_chat_and_completions_shapes() -> None:
     logprobs = plain.whole()["choices"][0]["logprobs"]
     assert logprobs["tokens"] == ["Hi"] and logprobs["text_offset"] == [0]
     assert set(logprobs["top_logprobs"][0]) == {"Hi", "Yo"}
+
+
+def test_the_first_token_starts_the_answer_even_without_text_and_later_empty_ones_make_no_chunk() -> None:
+    """An answer whose first tokens have no text (an ignored EOS, a withheld call) still shows it started at once."""
+    for chat, first in ((True, {"role": "assistant", "content": ""}), (False, "")):
+        body: dict[str, Any] = {"messages": USER} if chat else {"prompt": "q"}
+        translator = Translator(parse_request({**body, "stream": True}, chat=chat, served_model="m"))
+        empty = gateway_pb2.GatewayEvent(delta=common_pb2.TokenDelta(token_ids=[2], text=""))
+        text = gateway_pb2.GatewayEvent(delta=common_pb2.TokenDelta(token_ids=[7], text="Hi"))
+        outputs = [o for event in (empty, empty, text) for o in translator.outputs(event)]
+        choices = [o.data["choices"][0] for o in outputs if isinstance(o, Chunk)]
+        assert [c["delta"] if chat else c["text"] for c in choices] == [first, {"content": "Hi"} if chat else "Hi"]
