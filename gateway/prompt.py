@@ -28,6 +28,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from genmesh.messages import MAX_MESSAGE_CHARS, message_text
+from genmesh.tool_messages import CUT_MARK
 from genmesh.v1 import common_pb2
 
 # Characters per token assumed when budgeting the prompt without a tokenizer; byte-level BPE on English averages
@@ -35,7 +36,6 @@ from genmesh.v1 import common_pb2
 CHARS_PER_TOKEN = 3
 MIN_CONTEXT_CHARS = 200
 SEPARATOR = "\n\n"
-CUT_MARK = " [cut]"
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,7 +23,6 @@ import grpc
 
 from gateway.prompt import (
     CHARS_PER_TOKEN,
-    CUT_MARK,
     SEPARATOR,
     PromptPassage,
     PromptToolResult,
@@ -45,6 +44,7 @@ from genmesh import mesh
 from genmesh.deadlines import left_s, timeout
 from genmesh.errors import InvalidArgument
 from genmesh.status import from_rpc_error
+from genmesh.tool_messages import CUT_MARK
 from genmesh.v1 import common_pb2, inference_pb2
 
 log = logging.getLogger("genmesh.gateway")

@@ -8,12 +8,12 @@ OpenAI's shape, to continue the conversation with.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from genmesh.errors import InvalidArgument
+from genmesh.function_declarations import NAME
 from genmesh.messages import MAX_MESSAGE_CHARS, ROLE_NAMES, message_text
 from genmesh.schema import parse_object
 from genmesh.status import code_of_value
@@ -23,7 +23,6 @@ CUT_MARK = " [cut]"
 """Ends a text cut short to fit."""
 UNREADABLE_NAME = "unknown_tool"
 """The name a message gives a call whose name the parser could not read (a message needs a valid one)."""
-_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 class CallLike(Protocol):
@@ -53,7 +52,7 @@ def tool_result_content(result: common_pb2.ToolResult) -> str:
 def readable_call(call: CallLike) -> tuple[str, str]:
     """The name and arguments a message gives ``call``: an unreadable name as ``unknown_tool`` and arguments that
     are not a JSON object as ``{}``, so that the message stays one the gateway accepts and a template renders."""
-    name = call.name if _NAME.fullmatch(call.name) else UNREADABLE_NAME
+    name = call.name if NAME.fullmatch(call.name) else UNREADABLE_NAME
     try:
         parse_object(call.arguments_json, "arguments_json")
     except InvalidArgument:

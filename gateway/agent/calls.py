@@ -10,23 +10,20 @@ from __future__ import annotations
 
 import secrets
 import string
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from gateway.agent.plan import AgentTool
 from gateway.request import ToolCallPlan
 from gateway.stages.tools import failed_call
 from genmesh.errors import InvalidArgument, quote
-from genmesh.function_declarations import NAME
-from genmesh.schema import parse_object, validate_arguments
+from genmesh.schema import validate_arguments
 from genmesh.status import status_code_of, status_of
-from genmesh.tool_messages import tool_result_content as result_text
 from genmesh.v1 import common_pb2, gateway_pb2
 
 CALL_ID_PREFIX = "call_"
 CALL_ID_CHARS = 24
 _ALPHABET = string.ascii_letters + string.digits
-UNREADABLE_NAME = "unknown_tool"
 """The name an assistant message gives a call whose name the parser could not read (a message needs one)."""
 
 
@@ -81,28 +78,3 @@ def rejected(model_call: ModelCall) -> tuple[gateway_pb2.GatewayEvent, gateway_p
     reported = common_pb2.ToolError(code=status.code, message=status.message, status=status)
     plan = call_plan(0, model_call.call)
     return failed_call(plan, status_code_of(mistake), status.message, 0.0, reported)
-
-
-def assistant_message(text: str, calls: Iterable[common_pb2.ToolCall]) -> common_pb2.ChatMessage:
-    """A step's turn as the conversation keeps it: its text and its calls (an unreadable name or arguments
-    written as ``unknown_tool`` and ``{}``, so that the message stays one a chat template renders)."""
-    message = common_pb2.ChatMessage(role=common_pb2.ROLE_ASSISTANT)
-    if text:
-        message.content.add(text=text)
-    for call in calls:
-        name = call.name if NAME.fullmatch(call.name) else UNREADABLE_NAME
-        try:
-            parse_object(call.arguments_json, "arguments_json")
-            arguments = call.arguments_json or "{}"
-        except InvalidArgument:
-            arguments = "{}"
-        message.tool_calls.add(call_id=call.call_id, name=name, arguments_json=arguments)
-    return message
-
-
-def tool_message(result: common_pb2.ToolResult, text: str | None = None) -> common_pb2.ChatMessage:
-    """The ROLE_TOOL message answering ``result``'s call (``text``: its content, else result_text)."""
-    content = result_text(result) if text is None else text
-    return common_pb2.ChatMessage(
-        role=common_pb2.ROLE_TOOL, content=[common_pb2.ContentPart(text=content)], tool_call_id=result.call_id
-    )

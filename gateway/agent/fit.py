@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import json
 
-from gateway.agent.calls import tool_message
 from gateway.agent.plan import AgentPlan
-from gateway.prompt import CUT_MARK, token_room
+from gateway.prompt import token_room
 from gateway.prompt_budget import MAX_COUNTED_CHARS, MAX_COUNTED_TEXTS, RESERVE_MARGIN_TOKENS, PromptBudget
 from gateway.stages.context import StageContext
 from genmesh.messages import message_text
+from genmesh.tool_messages import CUT_MARK, tool_turn
 from genmesh.v1 import common_pb2, inference_pb2
 
 MESSAGE_OVERHEAD_TOKENS = 32
@@ -70,8 +70,7 @@ async def fit_results(
     for offset, message in enumerate(fresh):
         text = message_text(message)
         cut = text[: max(0, int(len(text) * keep) - len(CUT_MARK))] + CUT_MARK
-        result = common_pb2.ToolResult(call_id=message.tool_call_id)
-        messages[newest + offset] = tool_message(result, cut)
+        messages[newest + offset] = tool_turn(message.tool_call_id, cut)
 
 
 def _most_tokens(message: common_pb2.ChatMessage) -> int:

@@ -26,12 +26,10 @@ import grpc
 
 from gateway.agent.calls import (
     ModelCall,
-    assistant_message,
     call_plan,
     check_call,
     new_call_id,
     rejected,
-    tool_message,
 )
 from gateway.agent.fit import declarations_text, fit_results
 from gateway.agent.plan import AgentPlan
@@ -41,6 +39,7 @@ from gateway.stages.inference import InferenceStage
 from gateway.stages.tools import ToolStage
 from genmesh.errors import FailedPrecondition, FieldViolation, GenmeshError, InvalidArgument, Unavailable, quote
 from genmesh.status import code_of_value
+from genmesh.tool_messages import assistant_turn, tool_result_content, tool_turn
 from genmesh.v1 import common_pb2, gateway_pb2, inference_pb2
 
 
@@ -106,9 +105,10 @@ class AgentLoop:
                     if event.HasField("tool_result"):
                         results[event.tool_result.call_id] = event.tool_result
                     yield event
-            messages.append(assistant_message("".join(text), (c.call for c in calls)))
+            messages.append(assistant_turn("".join(text), (c.call for c in calls)))
             newest = len(messages)
-            messages.extend(tool_message(results[c.call.call_id]) for c in calls if c.call.call_id in results)
+            answered = [c.call.call_id for c in calls if c.call.call_id in results]
+            messages.extend(tool_turn(i, tool_result_content(results[i])) for i in answered)
             if any(c.by_client for c in calls):
                 break
         complete = common_pb2.Completion()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from gateway.agent.calls import assistant_message, tool_message
+from genmesh.tool_messages import assistant_turn, tool_result_content, tool_turn
 from genmesh.v1 import common_pb2, gateway_pb2, jobs_pb2
 
 
@@ -49,7 +49,7 @@ class ResultCollector:
             self._calls.append(event.tool_call.call)
         elif kind == "step_end":
             self._result.steps.append(event.step_end)
-            self._steps.append(_Step(assistant_message("".join(self._text), self._calls)))
+            self._steps.append(_Step(assistant_turn("".join(self._text), self._calls)))
             self._text, self._calls = [], []
         elif kind == "complete" and event.index != 0:
             self._other_tokens += event.complete.usage.completion_tokens
@@ -73,5 +73,7 @@ class ResultCollector:
             self._result.output_messages.append(step.message)
             for call in step.message.tool_calls:
                 if call.call_id in step.results:
-                    self._result.output_messages.append(tool_message(step.results[call.call_id]))
+                    self._result.output_messages.append(
+                        tool_turn(call.call_id, tool_result_content(step.results[call.call_id]))
+                    )
         return self._result

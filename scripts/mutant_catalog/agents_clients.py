@@ -138,7 +138,7 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "continuation-keeps-an-unreadable-name",
         "genmesh/tool_messages.py",
-        "name = call.name if _NAME.fullmatch(call.name) else UNREADABLE_NAME",
+        "name = call.name if NAME.fullmatch(call.name) else UNREADABLE_NAME",
         "name = call.name",
         (CLIENT_UNIT,),
     ),

@@ -55,7 +55,7 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "agent-results-not-fed-back",
         "gateway/agent/loop.py",
-        "messages.extend(tool_message(results[c.call.call_id]) for c in calls if c.call.call_id in results)",
+        "messages.extend(tool_turn(i, tool_result_content(results[i])) for i in answered)",
         "pass",
         ("tests/gateway/test_agent_loop.py::test_calls_run_and_their_results_feed_the_next_step",),
     ),
@@ -86,7 +86,7 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "agent-long-results-not-cut",
         "gateway/agent/fit.py",
-        "messages[newest + offset] = tool_message(result, cut)",
+        "messages[newest + offset] = tool_turn(message.tool_call_id, cut)",
         "pass",
         ("tests/e2e/test_agents_mesh.py::test_a_result_too_long_for_the_context_is_cut_and_the_prefix_kept",),
     ),

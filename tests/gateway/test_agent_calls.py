@@ -9,8 +9,6 @@ import re
 import grpc
 
 from gateway.agent.calls import (
-    UNREADABLE_NAME,
-    assistant_message,
     check_call,
     new_call_id,
     rejected,
@@ -19,6 +17,8 @@ from gateway.agent.plan import AgentTool
 from gateway.jobs.result import ResultCollector
 from genmesh.messages import MAX_MESSAGE_CHARS, message_text, message_violations
 from genmesh.status import status_message
+from genmesh.tool_messages import UNREADABLE_NAME
+from genmesh.tool_messages import assistant_turn as assistant_message
 from genmesh.tool_messages import tool_result_content as result_text
 from genmesh.v1 import common_pb2, gateway_pb2
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from gateway.prompt import (
-    CUT_MARK,
     PromptPassage,
     PromptToolResult,
     context_text,
@@ -14,6 +13,7 @@ from gateway.prompt import (
     tools_text,
 )
 from genmesh.messages import MAX_MESSAGE_CHARS, message_text
+from genmesh.tool_messages import CUT_MARK
 from genmesh.v1 import common_pb2
 
 PASSAGES = [PromptPassage("yield", "The yield expression ...  "), PromptPassage("return", "The return statement ...")]

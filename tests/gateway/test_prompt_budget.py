@@ -15,7 +15,6 @@ from support.served import served
 
 from gateway.circuit import CircuitConfig
 from gateway.prompt import (
-    CUT_MARK,
     PromptPassage,
     PromptToolResult,
     conversation,
@@ -27,6 +26,7 @@ from gateway.prompt_budget import PromptBudget
 from gateway.upstreams import Upstreams, UpstreamTargets
 from genmesh.errors import InvalidArgument
 from genmesh.messages import message_text
+from genmesh.tool_messages import CUT_MARK
 from genmesh.v1 import common_pb2, inference_pb2, inference_pb2_grpc
 from services.inference.engine import EngineConfig
 from services.inference.server import DEFAULT_MODEL, InferenceService
