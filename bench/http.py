@@ -198,11 +198,13 @@ async def disconnect_to_abort_ms(http: httpx.AsyncClient, inference: inference_p
     body = {**chat_body(ABORT_MAX_TOKENS), "ignore_eos": True}
     async with http.stream("POST", "/v1/chat/completions", json=body) as response:
         response.raise_for_status()
+        # Checked inside the loop: a line iterator left behind by ``break`` is finalized at the next await, and
+        # its close drops the connection before the check (the answer was then cancelled, not running).
         async for line in response.aiter_lines():
             if line.startswith("data: {") and json.loads(line[6:])["choices"]:
+                if await running_count(inference) != 1:
+                    raise RuntimeError("the long answer is not running on inference")
                 break
-        if await running_count(inference) != 1:
-            raise RuntimeError("the long answer is not running on inference")
         closed = time.perf_counter()
     # Leaving the block closed the connection; the front sees the disconnect and cancels its gRPC call.
     while await running_count(inference):
