@@ -107,7 +107,8 @@ async def read_gauges(upstreams: Upstreams, jobs: JobRuntime | None) -> GatewayG
 async def count_jobs(jobs: JobRuntime) -> dict[JobState, int] | None:
     """The job queue by state; None while it cannot be counted within JOBS_WAIT_S."""
     try:
-        return await asyncio.wait_for(jobs.count_by_state(), JOBS_WAIT_S)
+        async with asyncio.timeout(JOBS_WAIT_S):
+            return await jobs.count_by_state()
     except GenmeshError:  # still starting
         return None
     except TimeoutError:

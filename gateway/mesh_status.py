@@ -97,7 +97,8 @@ class MeshStatusServicer(mesh_pb2_grpc.MeshServiceServicer):
         breaker = self._upstreams.breakers[name]
         deadline = time.monotonic() + timeout_s
         try:
-            addresses = await asyncio.wait_for(resolve(spec), timeout_s)
+            async with asyncio.timeout(timeout_s):
+                addresses = await resolve(spec)
         except TimeoutError:
             return [unresolved(name, spec.text, breaker, f"resolving {spec.text} took over {timeout_s:.2f} s")]
         if not addresses:
@@ -119,7 +120,8 @@ class MeshStatusServicer(mesh_pb2_grpc.MeshServiceServicer):
         entry.last_report_time.GetCurrentTime()
         entry.gateway.max_streams = self._limiter.max_streams
         try:
-            counts = await asyncio.wait_for(self._count_jobs(), timeout_s)
+            async with asyncio.timeout(timeout_s):
+                counts = await self._count_jobs()
         except TimeoutError:
             entry.last_error.CopyFrom(
                 status_message(grpc.StatusCode.DEADLINE_EXCEEDED, f"job counts: no answer in {timeout_s:.2f} s")

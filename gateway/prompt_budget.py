@@ -9,6 +9,12 @@ CountTokens goes under the inference guard (gateway.resilience) as Generate does
 long to ever fit the system message is not sent to be counted (it could break CountTokens' bound on each text,
 a field the client never sent); a refusal naming ``texts`` anyway is the gateway's own, never the client's.
 
+The call is skipped when everything surely fits (``surely_fits``): a token holds at least one UTF-8 byte, so a
+conversation's bytes plus MESSAGE_OVERHEAD_TOKENS per message for the template's framing bound its tokens from
+above. A short question with a few passages then costs no round trip before Generate. A template that frames a
+message with more tokens than that can overrun the estimate; inference then keeps the prompt's tail
+(``truncate_prompt``), as for a guessed budget.
+
 An inference service without CountTokens (UNIMPLEMENTED: an older release) gets the character guess of
 gateway.prompt.conversation, without asking again for RECHECK_S; the gateway says so in its log once.
 """
@@ -43,6 +49,7 @@ from gateway.upstreams import METADATA_TIMEOUT_S, Upstreams
 from genmesh import mesh
 from genmesh.deadlines import left_s, timeout
 from genmesh.errors import InvalidArgument
+from genmesh.messages import message_text
 from genmesh.status import from_rpc_error
 from genmesh.tool_messages import CUT_MARK
 from genmesh.v1 import common_pb2, inference_pb2
@@ -58,6 +65,22 @@ MAX_COUNTED_CHARS = 65_536
 """CountTokensRequest.texts' bounds (docs/CONTRACTS.md): how many, and each one's characters."""
 RESERVE_MARGIN_TOKENS = 32
 """Tokens counted besides a reserved text's own: what the chat template writes around the tools' declarations."""
+MESSAGE_OVERHEAD_TOKENS = 32
+"""Tokens a chat template adds around one message, call or the generation prompt (role headers, tool-call and
+result framing, a default system text): Qwen2.5's take about 20, Llama 3's about 10, the shipped template's fewer."""
+
+
+def most_tokens(message: common_pb2.ChatMessage) -> int:
+    """The most tokens ``message`` can take in a prompt: its text's and its calls' UTF-8 bytes and the framing."""
+    calls = sum(len(c.name.encode()) + len(c.arguments_json.encode()) for c in message.tool_calls)
+    return len(message_text(message).encode()) + calls + MESSAGE_OVERHEAD_TOKENS * (1 + len(message.tool_calls))
+
+
+def surely_fits(messages: Sequence[common_pb2.ChatMessage], reserve: str, room: int) -> bool:
+    """Whether ``messages``, the generation prompt and ``reserve`` take at most ``room`` tokens by the estimate
+    from above (no tokenizer needed)."""
+    reserved = len(reserve.encode()) + RESERVE_MARGIN_TOKENS if reserve else 0
+    return sum(most_tokens(m) for m in messages) + MESSAGE_OVERHEAD_TOKENS + reserved <= room
 
 
 def fit_tools(tools: str, tokens: int, room: int) -> tuple[str, int]:
@@ -81,6 +104,8 @@ class PromptBudget:
         UNIMPLEMENTED (asked again after RECHECK_S, as replicas are upgraded)."""
         self._rule = rule or RetryRule(COUNT_ATTEMPTS)
         self._connect_wait_s = connect_wait_s
+        self._context_length: int | None = None
+        """The model's context in tokens, as the last CountTokens said (the replicas serve one model)."""
 
     async def conversation(
         self,
@@ -103,6 +128,11 @@ class PromptBudget:
         tools = tools_text(tool_results, context_room(turns))
         chars = context_room(turns) - len(tools)
         blocks = [passage_block(p) for p in passages]
+        whole = len(join_context(blocks, tools)) <= chars
+        if whole and self._context_length is not None:
+            everything = with_context(turns, join_context(blocks, tools))
+            if surely_fits(everything[0], reserve, token_room(self._context_length, max_tokens)):
+                return everything
         # A block that cannot fit the system message is never kept: it is not counted either.
         fitting = min(chars, MAX_COUNTED_CHARS) - len(SEPARATOR)
         counted_blocks = [i for i, block in enumerate(blocks) if len(block) <= fitting][:MAX_COUNTED_TEXTS]
@@ -123,6 +153,7 @@ class PromptBudget:
             else:
                 self._refused(error, not messages, shifted)  # returns only when the passages alone were refused
             return await self._guess(*guess)
+        self._context_length = counted.context_length_tokens
         room = token_room(counted.context_length_tokens, max_tokens)
         if counted.prompt_tokens > room:
             raise InvalidArgument.field(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import dataclasses
 import logging
 import signal
@@ -22,6 +21,7 @@ from genmesh.interceptor import Admission, ServiceInterceptor
 from genmesh.logs import configure_logging
 from genmesh.metrics import MetricsServer, RpcMetrics, process_metrics, restore, use
 from genmesh.reflection import enable_reflection
+from genmesh.tasks import wait_within
 from genmesh.tls import ServerTLS, is_loopback, load_server_material, server_credentials
 from genmesh.tracing import TraceSettings, installed
 from genmesh.tracing.server import TracingInterceptor
@@ -185,12 +185,10 @@ async def serve(service: Service, config: ServerConfig, stop: asyncio.Event | No
         )
         await health_servicer.enter_graceful_shutdown()  # NOT_SERVING for good, sent to every Watch stream
         service.drain()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(hurry.wait(), drain_delay_s)
+        await wait_within(hurry.wait(), drain_delay_s)
         admission.close()
         log.info("refusing new calls", extra={"service": service.service_name, "in_flight": admission.running})
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(admission.idle(), config.grace_s)
+        await wait_within(admission.idle(), config.grace_s)
         # Stopping now cancels what is left: calls past the grace, health Watch streams.
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):

@@ -1,9 +1,10 @@
-"""Stopping asyncio tasks: cancel, then wait until they have finished."""
+"""Stopping asyncio tasks (cancel, then wait until they have finished) and waiting on one for a while."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Awaitable
 from typing import Any
 
 
@@ -23,3 +24,17 @@ async def cancel_and_wait(*tasks: asyncio.Future[Any] | None) -> None:
             await task
     if current is not None and current.cancelling() > cancels:
         raise asyncio.CancelledError
+
+
+async def wait_within(awaitable: Awaitable[object], seconds: float | None) -> bool:
+    """Await ``awaitable`` for at most ``seconds`` (None: no limit); False when the time ran out (it is then
+    cancelled). Python 3.11's ``asyncio.wait_for`` can lose a cancel of the caller that arrives as the awaitable
+    ends (it returns the result instead); ``asyncio.timeout`` never does, and starts no task."""
+    try:
+        async with asyncio.timeout(seconds) as scope:
+            await awaitable
+    except TimeoutError:
+        if not scope.expired():
+            raise  # the awaitable's own TimeoutError
+        return False
+    return True

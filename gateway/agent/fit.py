@@ -6,7 +6,7 @@ cache). An inference service that cannot count leaves the cut to ``truncate_prom
 
 Counting is a CountTokens call per step, skipped when the step fits by an estimate from above: the last step's
 prompt and output tokens plus, for the turns it added, their UTF-8 bytes (a token holds at least one byte) and
-MESSAGE_OVERHEAD_TOKENS each for the template's framing.
+framing tokens per message (gateway.prompt_budget.most_tokens).
 """
 
 from __future__ import annotations
@@ -15,16 +15,18 @@ import json
 
 from gateway.agent.plan import AgentPlan
 from gateway.prompt import token_room
-from gateway.prompt_budget import MAX_COUNTED_CHARS, MAX_COUNTED_TEXTS, RESERVE_MARGIN_TOKENS, PromptBudget
+from gateway.prompt_budget import (
+    MAX_COUNTED_CHARS,
+    MAX_COUNTED_TEXTS,
+    RESERVE_MARGIN_TOKENS,
+    PromptBudget,
+    most_tokens,
+)
 from gateway.stages.context import StageContext
 from genmesh.messages import message_text
 from genmesh.tool_messages import CUT_MARK, tool_turn
 from genmesh.v1 import common_pb2, inference_pb2
 
-MESSAGE_OVERHEAD_TOKENS = 32
-"""Tokens a chat template adds around one message or call (role headers, tool-call and result framing): Qwen2.5's
-take about 20, Llama 3's about 10, the shipped template's fewer. A template that frames with more can overrun
-the estimate; inference then keeps the prompt's tail (``truncate_prompt``), as without counting."""
 SPARE = 0.9
 """The share of a cut result's estimated room it keeps: a cut's tokens per character are the whole text's."""
 
@@ -53,7 +55,7 @@ async def fit_results(
     if not fresh:
         return
     room = token_room(await context.upstreams.context_length(), context.plan.sampling.max_tokens)
-    if prior_tokens + sum(_most_tokens(m) for m in messages[newest - 1 :]) <= room:
+    if prior_tokens + sum(most_tokens(m) for m in messages[newest - 1 :]) <= room:
         return
     texts = [reserve, *(message_text(m) for m in fresh)]
     request = inference_pb2.CountTokensRequest(messages=messages, texts=texts)
@@ -71,9 +73,3 @@ async def fit_results(
         text = message_text(message)
         cut = text[: max(0, int(len(text) * keep) - len(CUT_MARK))] + CUT_MARK
         messages[newest + offset] = tool_turn(message.tool_call_id, cut)
-
-
-def _most_tokens(message: common_pb2.ChatMessage) -> int:
-    """The most tokens ``message`` can take in a prompt: its text's and its calls' UTF-8 bytes and the framing."""
-    calls = sum(len(c.name.encode()) + len(c.arguments_json.encode()) for c in message.tool_calls)
-    return len(message_text(message).encode()) + calls + MESSAGE_OVERHEAD_TOKENS * (1 + len(message.tool_calls))

@@ -8,7 +8,6 @@ watchers and workers and pass on cancels requested on other gateways.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 import uuid
@@ -22,7 +21,7 @@ from gateway.jobs.watch import JobFeed, watch
 from gateway.jobs.workers import Answer, WorkerPool
 from gateway.metrics import GatewayMetrics
 from genmesh.errors import Unavailable
-from genmesh.tasks import cancel_and_wait
+from genmesh.tasks import cancel_and_wait, wait_within
 from genmesh.tracing.stored import current_traceparent
 
 log = logging.getLogger("genmesh.gateway.jobs")
@@ -154,8 +153,7 @@ class JobRuntime:
             left = deadline - time.monotonic()
             if record.state.final or left <= 0:
                 return record
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(wakeup.wait(), min(left, POLL_S))
+            await wait_within(wakeup.wait(), min(left, POLL_S))
 
     async def list(
         self, state: JobState | None, before_seq: int | None, limit: int, owner: str | None = None

@@ -8,11 +8,11 @@ shared store the wake-up comes from another gateway's NOTIFY, and a poll every `
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator
 
 from gateway.jobs.model import JobEvent, JobRecord
 from gateway.jobs.store import JobNotFound, JobStore
+from genmesh.tasks import wait_within
 
 #: Events read from the store at a time.
 BATCH = 256
@@ -56,5 +56,4 @@ async def watch(
         if job.state.final:
             yield job
             return
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(wakeup.wait(), poll_s)
+        await wait_within(wakeup.wait(), poll_s)

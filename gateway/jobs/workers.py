@@ -21,7 +21,7 @@ from gateway.metrics import GatewayMetrics
 from genmesh.errors import GenmeshError
 from genmesh.logs import REQUEST_ID
 from genmesh.status import code_value, status_code_of
-from genmesh.tasks import cancel_and_wait
+from genmesh.tasks import cancel_and_wait, wait_within
 from genmesh.v1 import gateway_pb2
 
 log = logging.getLogger("genmesh.gateway.jobs")
@@ -98,8 +98,8 @@ class WorkerPool:
             return
         if first:  # once: a second cancel must not interrupt the run while it records its end
             task.cancel()
-        with contextlib.suppress(TimeoutError, asyncio.CancelledError):
-            await asyncio.wait_for(asyncio.shield(task), wait_s)
+        with contextlib.suppress(asyncio.CancelledError):  # the run's own cancellation
+            await wait_within(asyncio.shield(task), wait_s)
 
     def interrupt(self, job_id: str) -> None:
         """A cancel was requested on another gateway: cancel the job's run if it runs here (it records it)."""

@@ -17,7 +17,7 @@ from typing import IO
 from genmesh import mesh
 from genmesh.cli.certs import CertDir
 from genmesh.health import wait_until_serving
-from genmesh.tasks import cancel_and_wait
+from genmesh.tasks import cancel_and_wait, wait_within
 from genmesh.tls import ClientTLS
 
 LAUNCHER_PID_ENV = "GENMESH_LAUNCHER_PID"
@@ -115,9 +115,7 @@ class Mesh:
                 if proc.returncode is None:
                     proc.send_signal(signal.SIGTERM)
             for proc in procs:
-                try:
-                    await asyncio.wait_for(proc.wait(), self.drain_delay_s + grace_s + 5.0)
-                except TimeoutError:
+                if not await wait_within(proc.wait(), self.drain_delay_s + grace_s + 5.0):
                     proc.kill()
                     await proc.wait()
 

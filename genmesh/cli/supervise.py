@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import TextIO
 
 from genmesh.cli.launcher import Mesh, ServiceProcess, start_service, wait_ready
-from genmesh.tasks import cancel_and_wait
+from genmesh.tasks import cancel_and_wait, wait_within
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,8 +52,7 @@ async def supervise(
 
 
 async def _stopped_within(stop: asyncio.Event, seconds: float) -> bool:
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), seconds)
+    await wait_within(stop.wait(), seconds)
     return stop.is_set()
 
 

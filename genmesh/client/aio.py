@@ -13,15 +13,7 @@ from genmesh.channels import open_channel
 from genmesh.client.errors import client_error
 from genmesh.client.events import Answer, Event, answer_of, event_of
 from genmesh.client.jobs import AsyncJobs
-from genmesh.client.requests import (
-    GenerateOptions,
-    Message,
-    Sampling,
-    Tool,
-    ToolChoiceSpec,
-    ToolSpec,
-    gateway_request,
-)
+from genmesh.client.requests import GenerateOptions, Message, RequestOptions, gateway_request
 from genmesh.client.retry import DEFAULT_RETRY, RetryPolicy, deadline_of, left_s
 from genmesh.tls import ClientTLS
 from genmesh.v1 import gateway_pb2_grpc, jobs_pb2_grpc
@@ -64,45 +56,21 @@ class AsyncClient:
         question: str = "",
         messages: Sequence[Message] = (),
         *,
-        collection: str = "",
-        top_k: int | None = None,
-        retrieval: bool = True,
-        retrieval_timeout_ms: int | None = None,
-        tool_calls: Sequence[Tool] = (),
-        sampling: Sampling | None = None,
-        require_all_stages: bool = False,
-        request_id: str = "",
         timeout_s: float | None = None,
-        tools: Sequence[ToolSpec] = (),
-        tool_choice: ToolChoiceSpec | None = None,
-        max_steps: int | None = None,
-        parallel_tool_calls: bool | None = None,
+        **options: Unpack[RequestOptions],
     ) -> AsyncIterator[Event]:
-        """The events of answering ``question`` (or the conversation ``messages``): Sources and each ToolResult,
-        then Delta after Delta, then Complete. With ``tools`` (ToolSpec: tool names, function declarations) the
-        gateway runs the agent loop (``tool_choice``, at most ``max_steps`` generations, ``parallel_tool_calls``):
-        per step Deltas and ToolCalls, then StepEnd, then the results of the calls it ran; a step that calls client
-        functions ends the stream with finish reason ``tool_calls`` (run them, then send the messages again with
-        ``answer.continuation_messages()`` and one ``tool`` message per call). A refusal before the first event
-        (RESOURCE_EXHAUSTED, UNAVAILABLE) is retried per ``retry``, with the same request id; once an event arrived,
-        a failure is raised, never retried (the answer would repeat). Closing the stream (``aclose``, or leaving the
-        loop) cancels the call and its downstream work."""
-        request = gateway_request(
-            question,
-            messages,
-            collection=collection,
-            top_k=top_k,
-            retrieval=retrieval,
-            retrieval_timeout_ms=retrieval_timeout_ms,
-            tool_calls=tool_calls,
-            sampling=sampling,
-            require_all_stages=require_all_stages,
-            request_id=request_id or uuid.uuid4().hex,
-            tools=tools,
-            tool_choice=tool_choice,
-            max_steps=max_steps,
-            parallel_tool_calls=parallel_tool_calls,
-        )
+        """The events of answering ``question`` (or the conversation ``messages``; ``options``: RequestOptions):
+        Sources and each ToolResult, then Delta after Delta, then Complete. With ``tools`` (ToolSpec: tool names,
+        function declarations) the gateway runs the agent loop (``tool_choice``, at most ``max_steps``
+        generations, ``parallel_tool_calls``): per step Deltas and ToolCalls, then StepEnd, then the results of the
+        calls it ran; a step that calls client functions ends the stream with finish reason ``tool_calls`` (run
+        them, then send the messages again with ``answer.continuation_messages()`` and one ``tool`` message per
+        call). ``timeout_s``: this call's deadline (None: the client's). A refusal before the first event
+        (RESOURCE_EXHAUSTED, UNAVAILABLE) is retried per ``retry``, with the same request id; once an event
+        arrived, a failure is raised, never retried (the answer would repeat). Closing the stream (``aclose``, or
+        leaving the loop) cancels the call and its downstream work."""
+        request = gateway_request(question, messages, **options)
+        request.request_id = request.request_id or uuid.uuid4().hex
         deadline = deadline_of(self.timeout_s if timeout_s is None else timeout_s)
         attempt = 0
         while True:

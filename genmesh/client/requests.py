@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Required, TypedDict
+from typing import Any, Literal, Required, TypedDict, Unpack
 
 from genmesh.client.errors import FieldError
 from genmesh.client.tool_specs import tool_choice as choice_of
@@ -178,7 +178,16 @@ ToolChoiceSpec = str | Mapping[str, Any] | common_pb2.ToolChoice
 
 
 class RequestOptions(TypedDict, total=False):
-    """The keyword arguments of a generation request (gateway_request's; AsyncClient.generate says what each does)."""
+    """The keyword arguments of a generation request, all optional:
+
+    - ``collection`` (the retrieval collection; the gateway's default when empty), ``top_k`` (passages),
+      ``retrieval`` (False: none), ``retrieval_timeout_ms``;
+    - ``tool_calls``: Tools to run before generation, their results in the prompt;
+    - ``sampling``: Sampling (None: the server's defaults); ``require_all_stages``: fail instead of degrading;
+    - ``request_id``: echoed in logs and traces (a fresh one when empty), the same on every retry;
+    - ``tools`` (ToolSpec), ``tool_choice``, ``max_steps``, ``parallel_tool_calls``: the agent loop
+      (AsyncClient.generate says how it streams).
+    """
 
     collection: str
     top_k: int | None
@@ -201,40 +210,31 @@ class GenerateOptions(RequestOptions, total=False):
 
 
 def gateway_request(
-    question: str = "",
-    messages: Sequence[Message] = (),
-    *,
-    collection: str = "",
-    top_k: int | None = None,
-    retrieval: bool = True,
-    retrieval_timeout_ms: int | None = None,
-    tool_calls: Sequence[Tool] = (),
-    sampling: Sampling | None = None,
-    require_all_stages: bool = False,
-    request_id: str = "",
-    tools: Sequence[ToolSpec] = (),
-    tool_choice: ToolChoiceSpec | None = None,
-    max_steps: int | None = None,
-    parallel_tool_calls: bool | None = None,
+    question: str = "", messages: Sequence[Message] = (), **options: Unpack[RequestOptions]
 ) -> gateway_pb2.GatewayRequest:
-    """The GatewayRequest of Client.generate's arguments; FieldError naming a tool or message shape it cannot send."""
-    options = gateway_pb2.RetrievalOptions(collection=collection, disabled=not retrieval)
-    if top_k is not None:
-        options.top_k = top_k
-    if retrieval_timeout_ms is not None:
-        options.timeout_ms = retrieval_timeout_ms
+    """The GatewayRequest of a question or ``messages`` and RequestOptions; FieldError naming a tool or message
+    shape it cannot send; TypeError naming an option it does not know (a typo would otherwise be ignored)."""
+    if unknown := options.keys() - RequestOptions.__optional_keys__:
+        raise TypeError(f"unexpected keyword argument {', '.join(map(repr, sorted(unknown)))}")
+    retrieval = gateway_pb2.RetrievalOptions(
+        collection=options.get("collection", ""),
+        disabled=not options.get("retrieval", True),
+        top_k=options.get("top_k"),
+        timeout_ms=options.get("retrieval_timeout_ms"),
+    )
+    tool_choice = options.get("tool_choice")
     return gateway_pb2.GatewayRequest(
-        tools=[_tool(t, f"tools[{i}]") for i, t in enumerate(tools)],
+        tools=[_tool(t, f"tools[{i}]") for i, t in enumerate(options.get("tools", ()))],
         tool_choice=None if tool_choice is None else choice_of(tool_choice),
-        max_steps=max_steps,
-        parallel_tool_calls=parallel_tool_calls,
-        request_id=request_id,
+        max_steps=options.get("max_steps"),
+        parallel_tool_calls=options.get("parallel_tool_calls"),
+        request_id=options.get("request_id", ""),
         question=question,
         messages=[chat_message(m, f"messages[{i}]") for i, m in enumerate(messages)],
-        tool_calls=[t.proto() for t in tool_calls],
-        retrieval=options,
-        sampling=(sampling or Sampling()).proto(),
-        require_all_stages=require_all_stages,
+        tool_calls=[t.proto() for t in options.get("tool_calls", ())],
+        retrieval=retrieval,
+        sampling=(options.get("sampling") or Sampling()).proto(),
+        require_all_stages=options.get("require_all_stages", False),
     )
 
 

@@ -110,7 +110,7 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "client-parallel-tool-calls-not-sent",
         "genmesh/client/requests.py",
-        "parallel_tool_calls=parallel_tool_calls,",
+        'parallel_tool_calls=options.get("parallel_tool_calls"),',
         "parallel_tool_calls=None,",
         (f"{CLIENT_TOOLS}::test_tool_arguments_map_to_the_gateway_request",),
     ),

@@ -185,4 +185,11 @@ MUTANTS: tuple[Mutant, ...] = (
         "if await _stopped_within(asyncio.Event(), 0.1):",
         ("tests/cli/test_cli_supervise.py::test_stop_during_the_backoff_restarts_nothing",),
     ),
+    Mutant(
+        "client-misspelt-option-ignored",
+        "genmesh/client/requests.py",
+        "if unknown := options.keys() - RequestOptions.__optional_keys__:",
+        "if unknown := set():",
+        ("tests/client/test_client_messages.py::test_a_misspelt_option_is_refused_naming_it_not_ignored",),
+    ),
 )

@@ -151,8 +151,8 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "sigterm-does-not-drain",
         "genmesh/server.py",
-        "await asyncio.wait_for(admission.idle(), config.grace_s)",
-        "await asyncio.wait_for(admission.idle(), 0)",
+        "await wait_within(admission.idle(), config.grace_s)",
+        "await wait_within(admission.idle(), 0)",
         ("tests/e2e/test_lifecycle.py::test_sigterm_lets_an_inflight_stream_finish",),
     ),
     Mutant(
@@ -173,8 +173,8 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "drain-delay-skipped",
         "genmesh/server.py",
-        "await asyncio.wait_for(hurry.wait(), drain_delay_s)",
-        "await asyncio.wait_for(hurry.wait(), 0)",
+        "await wait_within(hurry.wait(), drain_delay_s)",
+        "await wait_within(hurry.wait(), 0)",
         ("tests/e2e/test_drain.py",),
     ),
     Mutant(
@@ -298,6 +298,31 @@ MUTANTS: tuple[Mutant, ...] = (
         ("tests/gateway/test_prompt_budget.py",),
     ),
     Mutant(
+        "prompt-never-skips-counting",
+        "gateway/prompt_budget.py",
+        "self._context_length = counted.context_length_tokens",
+        "pass",
+        (
+            "tests/gateway/test_prompt_budget.py::test_a_conversation_that_surely_fits_is_not_counted_once_the_context_is_known",
+        ),
+    ),
+    Mutant(
+        "prompt-skips-counting-past-the-estimate",
+        "gateway/prompt_budget.py",
+        "return sum(most_tokens(m) for m in messages) + MESSAGE_OVERHEAD_TOKENS + reserved <= room",
+        "return sum(most_tokens(m) for m in messages) + reserved <= room + 512",
+        (
+            "tests/gateway/test_prompt_budget.py::test_a_conversation_that_surely_fits_is_not_counted_once_the_context_is_known",
+        ),
+    ),
+    Mutant(
+        "estimate-without-framing",
+        "gateway/prompt_budget.py",
+        "return len(message_text(message).encode()) + calls + MESSAGE_OVERHEAD_TOKENS * (1 + len(message.tool_calls))",
+        "return len(message_text(message).encode()) + calls",
+        ("tests/gateway/test_prompt_budget.py::test_the_estimate_bounds_the_shipped_tokenizer_s_count_from_above",),
+    ),
+    Mutant(
         "texts-refusal-named-as-a-client-field",
         "gateway/prompt_budget.py",
         "if len(client) < len(failure.violations):",
@@ -331,8 +356,8 @@ MUTANTS: tuple[Mutant, ...] = (
         "if current is not None and current.cancelling() > cancels:",
         "if False:",
         (
-            "tests/genmesh/test_cancel_and_wait.py::test_a_timeout_that_expires_while_the_caller_waits_is_raised_once_the_tasks_ended",
-            "tests/genmesh/test_cancel_and_wait.py::test_a_caller_cancelled_while_it_waits_is_cancelled",
+            "tests/genmesh/test_tasks.py::test_a_timeout_that_expires_while_the_caller_waits_is_raised_once_the_tasks_ended",
+            "tests/genmesh/test_tasks.py::test_a_caller_cancelled_while_it_waits_is_cancelled",
         ),
     ),
     Mutant(
@@ -348,5 +373,12 @@ MUTANTS: tuple[Mutant, ...] = (
         "self._texts[at].append(message.delta.text)",
         "run.text += message.delta.text",
         ("tests/gateway/test_relay_stream.py",),
+    ),
+    Mutant(
+        "wait-within-by-wait-for",
+        "genmesh/tasks.py",
+        "await awaitable",
+        "await asyncio.wait_for(awaitable, 3600)",
+        ("tests/genmesh/test_tasks.py::test_a_cancel_that_arrives_as_the_awaitable_ends_is_not_lost",),
     ),
 )

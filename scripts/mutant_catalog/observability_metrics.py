@@ -259,8 +259,8 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "gateway-gauges-wait-for-the-job-store",
         "gateway/gauges.py",
-        "return await asyncio.wait_for(jobs.count_by_state(), JOBS_WAIT_S)",
-        "return await jobs.count_by_state()",
+        "async with asyncio.timeout(JOBS_WAIT_S):",
+        "async with asyncio.timeout(None):",
         ("tests/gateway/test_gateway_metrics.py::test_upstream_gauges_go_on_while_the_job_store_hangs",),
     ),
     Mutant(

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from genmesh.tasks import cancel_and_wait
+from genmesh.tasks import cancel_and_wait, wait_within
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -102,8 +101,7 @@ class MicroBatcher(Generic[T, R]):
             remaining = self._queue[0].arrived + self.window_s - time.monotonic()
             if remaining > 0 and len(self._queue) < self.max_batch:
                 self._full.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._full.wait(), remaining)
+                await wait_within(self._full.wait(), remaining)
             batch: list[_Pending[T, R]] = []
             while self._queue and len(batch) < self.max_batch:
                 pending = self._queue.popleft()

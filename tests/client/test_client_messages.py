@@ -78,3 +78,11 @@ async def test_a_job_answers_a_conversation_as_generate_does(tmp_path: Path) -> 
     rendered = template_messages(request.messages)
     assert [m["role"] for m in rendered] == ["system", "user", "assistant", "tool", "user"]
     assert rendered[-1] == {"role": "user", "content": "Thanks, and 6 * 8?"}
+
+
+async def test_a_misspelt_option_is_refused_naming_it_not_ignored() -> None:
+    async with AsyncClient("127.0.0.1:9") as client:  # refused before any call: nothing listens there
+        with pytest.raises(TypeError, match="'colection'"):
+            await client.answer("What is 6 * 7?", colection="notes")  # type: ignore[call-arg]
+        with pytest.raises(TypeError, match="'colection'"):
+            await client.jobs.submit("What is 6 * 7?", colection="notes")  # type: ignore[call-arg]

@@ -22,7 +22,7 @@ from gateway.prompt import (
     prompt_char_budget,
     token_room,
 )
-from gateway.prompt_budget import PromptBudget
+from gateway.prompt_budget import MESSAGE_OVERHEAD_TOKENS, PromptBudget, most_tokens
 from gateway.upstreams import Upstreams, UpstreamTargets
 from genmesh.errors import InvalidArgument
 from genmesh.messages import message_text
@@ -109,7 +109,8 @@ async def test_a_client_system_message_leads_and_the_fields_keep_the_client_s_na
     messages, shifted = await PromptBudget().conversation(upstreams, "", client, [PLAIN], [], MAX_TOKENS, None)
     assert not shifted and message_text(messages[0]) == f"Be brief.\n\n{passage_block(PLAIN)}"
     assert messages[1:] == client[1:]
-    bad = [_user(QUESTION), common_pb2.ChatMessage(role=common_pb2.ROLE_USER, name="not a name!")]
+    # long enough not to fit by the estimate: counted, and the counter's refusal named as the client's field
+    bad = [_user("Why? " * 80), common_pb2.ChatMessage(role=common_pb2.ROLE_USER, name="not a name!")]
     bad[1].content.add(text="x")
     with pytest.raises(InvalidArgument) as refused:
         await PromptBudget().conversation(upstreams, "", bad, [PLAIN], [], MAX_TOKENS, None)
@@ -146,6 +147,10 @@ def _user(content: str) -> common_pb2.ChatMessage:
     return common_pb2.ChatMessage(role=common_pb2.ROLE_USER, content=[common_pb2.ContentPart(text=content)])
 
 
+def _assistant(content: str) -> common_pb2.ChatMessage:
+    return common_pb2.ChatMessage(role=common_pb2.ROLE_ASSISTANT, content=[common_pb2.ContentPart(text=content)])
+
+
 async def test_tool_results_too_long_for_the_context_are_cut_to_fit_not_refused(
     upstreams: Upstreams, inference: str
 ) -> None:
@@ -155,3 +160,51 @@ async def test_tool_results_too_long_for_the_context_are_cut_to_fit_not_refused(
     assert context.startswith("Tool search_docs") and context.endswith(CUT_MARK)  # no room left for the passage
     prompt_tokens = (await count(inference, messages)).prompt_tokens
     assert token_room(CONTEXT, MAX_TOKENS) * 0.8 < prompt_tokens <= token_room(CONTEXT, MAX_TOKENS)
+
+
+async def test_a_conversation_that_surely_fits_is_not_counted_once_the_context_is_known(
+    upstreams: Upstreams, inference: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    budget = PromptBudget()
+    counted = []
+    real_count = budget._count
+
+    async def counting(*args: object) -> inference_pb2.CountTokensResponse:
+        counted.append(1)
+        return await real_count(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(budget, "_count", counting)
+
+    async def ask() -> list[common_pb2.ChatMessage]:
+        return (await budget.conversation(upstreams, QUESTION, [], [PLAIN], TOOLS, MAX_TOKENS, None))[0]
+
+    first = await ask()
+    assert len(counted) == 1, "the first request learns the context length from CountTokens"
+    second = await ask()
+    assert second == first and len(counted) == 1, "the same small request fits by the estimate: not counted"
+    # 400 bytes of question and three framings leave less than the estimate needs: counted, and it fits
+    long_question = "Why? " * 80
+    kept, _ = await budget.conversation(upstreams, long_question, [], [PLAIN], [], MAX_TOKENS, None)
+    assert len(counted) == 2 and message_text(kept[-1]) == long_question
+    with pytest.raises(InvalidArgument):
+        await budget.conversation(upstreams, "¶" * 600, [], [], [], MAX_TOKENS, None)  # counted, then refused
+    assert len(counted) == 3
+
+
+async def test_the_estimate_bounds_the_shipped_tokenizer_s_count_from_above(inference: str) -> None:
+    system = common_pb2.ChatMessage(role=common_pb2.ROLE_SYSTEM, content=[common_pb2.ContentPart(text="Be brief.")])
+    called = common_pb2.ChatMessage(role=common_pb2.ROLE_ASSISTANT)
+    called.tool_calls.add(call_id="call_1", name="calculator", arguments_json='{"expression": "6*7"}')
+    answered = common_pb2.ChatMessage(
+        role=common_pb2.ROLE_TOOL, tool_call_id="call_1", content=[common_pb2.ContentPart(text='{"value": 42}')]
+    )
+    for conversation_ in (
+        [_user("?")],
+        [_user(QUESTION)],
+        [_user(" ".join("§¶ü" for _ in range(40)))],
+        [_user("生成器は値を返す。" * 5 + "🙂🙃" * 10)],
+        [system, _user(QUESTION), called, answered],
+        [_user("?") if i % 2 == 0 else _assistant("!") for i in range(15)],  # framing outweighs the text
+    ):
+        real = (await count(inference, conversation_)).prompt_tokens
+        assert sum(most_tokens(m) for m in conversation_) + MESSAGE_OVERHEAD_TOKENS >= real
