@@ -93,8 +93,8 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "job-loop-results-not-kept",
         "gateway/jobs/result.py",
-        "if self._steps:  # a loop step's call, not one of the request's own",
-        "if False:",
+        "self._turns.result(event.tool_result.call_id, tool_result_content(event.tool_result))",
+        "pass",
         ("tests/gateway/test_agent_calls.py::test_a_job_s_result_holds_the_loop_s_messages_and_steps",),
     ),
     Mutant(
