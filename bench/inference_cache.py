@@ -8,7 +8,8 @@
   paged engine holding ``ROW_CACHE_ROWS`` rows' worth of tokens, ``max_running`` set high, the sequences holding
   cache blocks sampled through the run. Figure: their peak over the sequences the row-per-sequence cache admitted
   in that memory (``kv_cache_tokens // context_length``); their mean and the preemptions beside it. The prefix
-  cache is off there: the figure is the paging's alone. (``LoadStats.running`` is not the count: it also counts
+  cache and the decode rows (memory beside the pool) are off there: the figure is the paging's alone, at the row
+  cache's memory. (``LoadStats.running`` is not the count: it also counts
   the queued sequences a free running place awaits, all of them when ``max_running`` is high, so the benchmark
   reads ``Engine.holding_count``, the sequences prefilling or decoding.)
 """
@@ -162,6 +163,7 @@ async def kv_capacity(loaded: LoadedModel, settings: CapacitySettings) -> dict[s
         max_waiting=settings.requests,
         kv_cache_tokens=kv_tokens,
         prefix_cache=False,
+        decode_rows=False,  # the same memory as the row cache: the rows would be memory beside the pool
     )
     peak, samples, total = 0, 0, 0
     async with Engine(loaded, config) as engine:

@@ -14,9 +14,10 @@ Checks, against the float32 CPU reference (within bf16 tolerance on CUDA):
   batch equal those of the requests run alone;
 - the prefix cache: prompts sharing a ~300-token prefix give the same greedy tokens with the prefix cache on and
   off (alone and in a batch), and the cache serves their shared blocks;
+- decode rows (off by default on CUDA): a batch's greedy tokens are the same with them on and off;
 
 then measures engine tokens/s at 1 and 32 concurrent requests, and of 32 shared-prefix requests with the prefix
-cache (hits) and without. Without a CUDA device (and no ``--device``) the same checks run on the CPU in float32
+cache (hits) and without, and at 32 with decode rows and with the block gather. Without a CUDA device (and no ``--device``) the same checks run on the CPU in float32
 and the output says the CUDA path was not checked. The last line is one JSON object of the figures; the exit
 status is 1 when a check failed (``failed_checks`` names them), 0 otherwise. tests/inference/test_cuda.py
 (``pytest -m gpu``) makes the first comparisons.
@@ -185,6 +186,23 @@ async def check_prefix_cache(loaded: LoadedModel, max_tokens: int) -> PrefixFigu
     )
 
 
+async def check_decode_rows(loaded: LoadedModel, max_tokens: int) -> tuple[bool, float, float]:
+    """Greedy tokens of a batch with decode rows on and off (auto leaves them off on CUDA), and each one's tokens/s
+    at 32 streams."""
+    greedy = SamplingParams(temperature=0.0, max_tokens=32)
+    outputs: dict[bool, list[list[int]]] = {}
+    rates: dict[bool, float] = {}
+    for rows in (True, False):
+        config = EngineConfig(max_running=32, block_size=BLOCK_SIZE, decode_rows=rows)
+        async with Engine(loaded, config) as engine:
+            outputs[rows] = list(
+                await asyncio.gather(*(_tokens(engine, f"{rows}-{i}", p, greedy) for i, p in enumerate(PROMPTS)))
+            )
+            await _throughput(engine, PROMPTS, f"{rows}-warm", 8)
+            rates[rows] = await _throughput(engine, [PROMPTS[i % 4] for i in range(32)], f"{rows}-c32", max_tokens)
+    return outputs[True] == outputs[False], rates[True], rates[False]
+
+
 async def check(model_dir: Path, device: str, max_tokens: int) -> dict[str, object]:
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit("no CUDA device here; run with --device cpu (or no --device) or on a GPU machine")
@@ -206,6 +224,7 @@ async def check(model_dir: Path, device: str, max_tokens: int) -> dict[str, obje
 
     engine = await check_engine(loaded, reference, max_tokens)
     prefix = await check_prefix_cache(loaded, max_tokens)
+    rows_equal, rows_rate, gather_rate = await check_decode_rows(loaded, max_tokens)
     tol = tolerance(loaded.dtype)
     checks = {
         "logits_within_tolerance": max_abs_diff <= tol,
@@ -217,6 +236,7 @@ async def check(model_dir: Path, device: str, max_tokens: int) -> dict[str, obje
         "batch_equals_alone": engine.together == engine.alone,
         "prefix_cache_on_off_equal": prefix.equal,
         "prefix_cache_hits": prefix.cached_per_hit >= SHARED_PREFIX_TOKENS // 2 and prefix.cached_when_off == 0,
+        "decode_rows_on_off_equal": rows_equal,
     }
     cuda = loaded.device.type == "cuda"
     return {
@@ -238,6 +258,9 @@ async def check(model_dir: Path, device: str, max_tokens: int) -> dict[str, obje
         "prefix_cached_tokens_per_hit": prefix.cached_per_hit,
         "tokens_per_s_prefix_hits": round(prefix.tokens_per_s_hits, 1),
         "tokens_per_s_no_prefix_cache": round(prefix.tokens_per_s_off, 1),
+        "decode_rows_on_off_equal": rows_equal,
+        "tokens_per_s_c32_decode_rows": round(rows_rate, 1),
+        "tokens_per_s_c32_block_gather": round(gather_rate, 1),
         "failed_checks": [name for name, ok in checks.items() if not ok],
     }
 

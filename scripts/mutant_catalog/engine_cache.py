@@ -12,6 +12,10 @@ PS = "tests/inference/test_paged_server.py"
 SA = "tests/inference/test_scheduler_admission.py"
 SI = "tests/inference/test_stream_interval.py"
 
+_DECODE_ROWS = "tests/inference/test_decode_rows.py"
+_ROWS_ENGINE = f"{_DECODE_ROWS}::test_decode_rows_give_the_tokens_and_logprobs_of_the_block_gather"
+_ROWS_UNIT = f"{_DECODE_ROWS}::test_a_sequence_is_loaded_when_it_joins_or_moves_and_its_row_then_holds_its_blocks"
+
 MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "prefix-key-python-hash",
@@ -214,5 +218,47 @@ MUTANTS: tuple[Mutant, ...] = (
         "token = out.sampler.sample(logits[i], seq.token_ids, seq.num_prompt_tokens, unmasked.get(i))",
         "token = out.sampler.sample(logits[i], seq.token_ids, seq.num_prompt_tokens)",
         ("tests/inference/test_structured_output.py::test_logprobs_under_a_format_are_the_models_raw_ones",),
+    ),
+    Mutant(
+        "decode-row-moved-into-a-hole-is-not-reloaded",
+        "services/inference/engine/decode_rows.py",
+        "self._seated[row], self._held[row] = last, -1  # moved: loaded again below",
+        "self._seated[row] = last",
+        (_ROWS_ENGINE, _ROWS_UNIT),
+    ),
+    Mutant(
+        "decode-rows-never-take-the-new-token",
+        "services/inference/models/kv_cache.py",
+        "mirror_keys.view(-1, dim).index_copy_(0, index, keys.reshape(-1, dim).to(mirror_keys.dtype))",
+        "pass",
+        (_ROWS_ENGINE,),
+    ),
+    Mutant(
+        "decode-rows-loaded-every-step",
+        "services/inference/engine/decode_rows.py",
+        "if self._held[row] != position:",
+        "if True:",
+        (_ROWS_UNIT,),
+    ),
+    Mutant(
+        "decode-row-loads-one-block-short",
+        "services/inference/engine/decode_rows.py",
+        "self.rows.load(row, seq.block_table[: -(-position // self.rows.cache.block_size)])",
+        "self.rows.load(row, seq.block_table[: position // self.rows.cache.block_size])",
+        (_ROWS_ENGINE, _ROWS_UNIT),
+    ),
+    Mutant(
+        "decode-rows-logits-not-put-back-in-batch-order",
+        "services/inference/engine/runner.py",
+        "if seated == seqs:  # sequences compare by identity",
+        "if True:",
+        (_ROWS_ENGINE,),
+    ),
+    Mutant(
+        "decode-rows-on-every-device-by-default",
+        "services/inference/engine/config.py",
+        'return self.decode_rows if self.decode_rows is not None else device == "cpu"',
+        "return self.decode_rows if self.decode_rows is not None else True",
+        ("tests/inference/test_decode_rows.py::test_decode_rows_are_kept_by_default_on_the_cpu_only",),
     ),
 )

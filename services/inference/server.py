@@ -346,6 +346,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         action="store_false",
         help="do not reuse the cached KV blocks of a prompt prefix seen before",
     )
+    flags.add(
+        "--decode-rows",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="keep the decode batch's keys and values also in rows of their own, read as views instead of "
+        "gathering its KV blocks every layer (faster decode, up to max-running x context positions more memory, "
+        "never more than the pool); auto: on the CPU only",
+    )
     flags.add("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     flags.add(
         "--tool-call-parser",
@@ -371,6 +379,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             kv_cache_tokens=args.kv_cache_tokens,
             block_size=args.kv_block_size,
             prefix_cache=args.prefix_cache,
+            decode_rows={"auto": None, "on": True, "off": False}[args.decode_rows],
         )
     except ValueError as error:
         parser.error(str(error))

@@ -20,7 +20,13 @@ class EngineConfig:
     - ``kv_cache_tokens``: KV-cache positions in all, rounded up to whole blocks (None: ``max_running`` times
       the context length, room for every running sequence's full context);
     - ``block_size``: positions per cache block (the unit of allocation and of prefix sharing);
-    - ``prefix_cache``: reuse the cached blocks of a prompt's longest cached prefix.
+    - ``prefix_cache``: reuse the cached blocks of a prompt's longest cached prefix;
+    - ``decode_rows``: keep the decode batch's keys and values also in rows of the context of their own, up to
+      ``max_running`` of them and never more positions than the cache (with the default cache: as much memory
+      again), so that a decode step reads them as views instead of gathering every row's blocks in every
+      layer; a batch larger than the rows gathers (``engine.decode_rows``). None: on when the model runs on
+      the CPU, where the gather costs a fifth of a decode step and memory is plentiful; off on an accelerator,
+      whose memory the rows would take from the pool's sequences.
     """
 
     max_running: int = 32
@@ -32,13 +38,14 @@ class EngineConfig:
     kv_cache_tokens: int | None = None
     block_size: int = 16
     prefix_cache: bool = True
+    decode_rows: bool | None = None
 
     def __post_init__(self) -> None:
         for spec in fields(self):
             value = getattr(self, spec.name)
-            if spec.name == "prefix_cache":
-                if not isinstance(value, bool):
-                    raise ValueError(f"prefix_cache must be a bool, got {value!r}")
+            if spec.name in ("prefix_cache", "decode_rows"):
+                if not isinstance(value, bool) and not (spec.name == "decode_rows" and value is None):
+                    raise ValueError(f"{spec.name} must be a bool, got {value!r}")
             elif spec.name == "kv_cache_tokens" and value is None:
                 continue
             elif isinstance(value, bool) or not isinstance(value, int):
@@ -56,6 +63,10 @@ class EngineConfig:
             )
         if self.kv_cache_tokens is not None and self.kv_cache_tokens < 2 * self.block_size:
             raise ValueError(f"kv_cache_tokens must hold at least two blocks, got {self.kv_cache_tokens}")
+
+    def uses_decode_rows(self, device: str) -> bool:
+        """Whether decode rows are kept for a model on a ``device`` of this type (``cpu``, ``cuda``)."""
+        return self.decode_rows if self.decode_rows is not None else device == "cpu"
 
     def num_blocks(self, context_length: int) -> int:
         """Blocks of the KV cache for a model of ``context_length`` positions."""

@@ -96,7 +96,8 @@ class Engine:
         storage = loaded.model.new_paged_cache(cfg.num_blocks(loaded.context_length), cfg.block_size)
         self._cache = PagedKVCache(storage, cfg.prefix_cache)
         self._scheduler = Scheduler(self.config, self._cache)
-        self._runner = ModelRunner(loaded.model, self._cache, loaded.device)
+        rows = cfg.max_running if cfg.uses_decode_rows(loaded.device.type) else 0
+        self._runner = ModelRunner(loaded.model, self._cache, loaded.device, rows)
         self._outputs = OutputProcessor(metrics)
         self._grammars = GrammarCompiler(loaded.tokenizer, loaded.eos_token_ids)
         self._metrics = metrics

@@ -13,12 +13,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from services.inference.models.config import LlamaConfig
-from services.inference.models.kv_cache import CacheStep, KVCache
+from services.inference.models.kv_cache import CacheStep, DecodeRows, KVCache
 
 __all__ = [
     "MLP",
     "Attention",
     "CacheStep",
+    "DecodeRows",
     "DecoderLayer",
     "KVCache",
     "LlamaConfig",
@@ -131,16 +132,12 @@ class Attention(nn.Module):
         if step is None:
             out = F.scaled_dot_product_attention(q, k, v, is_causal=t > 1, enable_gqa=self.kv_heads != self.heads)
         else:
-            keys, values = step.store(self.layer, k, v)  # [kv_heads, B, L, head_dim]
+            keys, values = step.store(self.layer, k, v)  # [B, kv_heads, L, head_dim]
             if t == 1:
                 out = self._decode_attention(q, keys, values, step.mask)
             else:
                 out = F.scaled_dot_product_attention(
-                    q,
-                    keys.transpose(0, 1),
-                    values.transpose(0, 1),
-                    attn_mask=step.mask,
-                    enable_gqa=self.kv_heads != self.heads,
+                    q, keys, values, attn_mask=step.mask, enable_gqa=self.kv_heads != self.heads
                 )
         projected: torch.Tensor = self.o_proj(out.transpose(1, 2).reshape(b, t, self.heads * self.head_dim))
         return projected
@@ -150,15 +147,21 @@ class Attention(nn.Module):
     ) -> torch.Tensor:
         """One query token per row: each kv head's group of query heads in one small matmul, no kv copies.
 
-        q [B, heads, 1, head_dim], keys/values [kv_heads, B, end, head_dim] (heads first, as the paged cache
-        gathers them), mask [B, 1, 1, end].
+        q [B, heads, 1, head_dim], keys/values [B, kv_heads, end, head_dim], mask [B, 1, 1, end]. The matmuls
+        batch over (B, kv_heads) in the order the keys lie in memory (rows outermost for decode rows, heads
+        outermost for a gather of blocks), so that neither needs a copy to flatten its batch dimensions.
         """
         b = q.shape[0]
-        grouped = q.reshape(b, self.kv_heads, self.heads // self.kv_heads, self.head_dim).transpose(0, 1)
+        grouped = q.reshape(b, self.kv_heads, self.heads // self.kv_heads, self.head_dim)
+        heads_outer = keys.stride(1) > keys.stride(0)
+        if heads_outer:
+            grouped, keys, values, mask = (x.transpose(0, 1) for x in (grouped, keys, values, mask))
         scores = torch.matmul(grouped, keys.transpose(-1, -2)).mul_(self.scale)
-        scores.masked_fill_(~mask.transpose(0, 1), float("-inf"))
+        scores.masked_fill_(~mask, float("-inf"))
         out = torch.matmul(torch.softmax(scores, dim=-1), values)
-        return out.transpose(0, 1).reshape(b, self.heads, 1, self.head_dim)
+        if heads_outer:
+            out = out.transpose(0, 1)
+        return out.reshape(b, self.heads, 1, self.head_dim)
 
 
 class MLP(nn.Module):
@@ -205,12 +208,19 @@ class LlamaModel(nn.Module):
         self.rotary_emb = RotaryEmbedding(config)
 
     def forward(
-        self, input_ids: torch.Tensor, positions: torch.Tensor, cache: KVCache | None, tables: torch.Tensor | None
+        self,
+        input_ids: torch.Tensor,
+        positions: torch.Tensor,
+        cache: KVCache | None,
+        tables: torch.Tensor | None,
+        step: CacheStep | None = None,
     ) -> torch.Tensor:
-        """Final hidden states [B, T, hidden] of ``input_ids`` at ``positions`` (``tables``: with ``cache``)."""
+        """Final hidden states [B, T, hidden] of ``input_ids`` at ``positions`` (``tables``: with ``cache``;
+        ``step``: a cache addressing built by the caller instead)."""
         x = self.embed_tokens(input_ids)
         rope = self.rotary_emb(positions, x.dtype)
-        step = None if cache is None or tables is None else CacheStep.build(cache, positions, tables)
+        if step is None and cache is not None and tables is not None:
+            step = CacheStep.build(cache, positions, tables)
         for layer in self.layers:
             x = layer(x, rope, step)
         out: torch.Tensor = self.norm(x)
@@ -274,6 +284,7 @@ class LlamaForCausalLM(nn.Module):
         cache: KVCache | None = None,
         last_only: bool = False,
         tables: torch.Tensor | None = None,
+        step: CacheStep | None = None,
     ) -> torch.Tensor:
         """Logits [B, T, vocab] (or [B, 1, vocab] with ``last_only``) for ``input_ids`` at ``positions`` [B, T].
 
@@ -282,14 +293,15 @@ class LlamaForCausalLM(nn.Module):
         every cached position up to its own, so a prompt can be fed once and then one token per step.
         ``tables`` [B, blocks] name each batch row's cache blocks and must cover its largest position (the
         engine's runner sizes them; not checked, to keep the pass free of device syncs); without them row i
-        uses the cache's default contiguous rows.
+        uses the cache's default contiguous rows. ``step`` (the engine's decode rows, ``CacheStep.decode``)
+        replaces ``cache`` and ``tables``.
         """
         if input_ids.shape != positions.shape or input_ids.dim() != 2:
             raise ValueError(
                 f"input_ids {tuple(input_ids.shape)} and positions {tuple(positions.shape)} "
                 "must both be [batch, tokens]"
             )
-        if cache is not None and tables is None:
+        if cache is not None and tables is None and step is None:
             end = int(positions.max().item()) + 1
             if end > cache.max_len:
                 raise ValueError(f"position {end - 1} is beyond the cache length {cache.max_len}")
@@ -298,7 +310,7 @@ class LlamaForCausalLM(nn.Module):
                     f"a batch of {input_ids.shape[0]} rows exceeds the cache's {cache.default_tables.shape[0]}"
                 )
             tables = cache.default_tables[: input_ids.shape[0], : -(-end // cache.block_size)]
-        hidden = self.model(input_ids, positions, cache, tables)
+        hidden = self.model(input_ids, positions, cache, tables, step)
         if last_only:
             hidden = hidden[:, -1:]
         logits: torch.Tensor = self.lm_head(hidden)
