@@ -11,7 +11,8 @@ from pathlib import Path
 from gateway.http.healthcheck import answers
 from genmesh import mesh
 from genmesh.cli.certs import CLIENT
-from genmesh.cli.launcher import Mesh, ServiceProcess, start_service
+from genmesh.cli.launcher import Mesh, ServiceProcess, free_port, start_service
+from genmesh.tasks import wait_within
 
 HTTP = mesh.ServiceSpec("http", "gateway.http.server", 8080, "")
 """The HTTP front: not a gRPC service of the mesh (no grpc.health.v1), a client of the gateway."""
@@ -30,11 +31,19 @@ def http_args(running: Mesh, host: str, port: int, tools: bool = True) -> list[s
     return args
 
 
-async def start_http(running: Mesh, host: str, port: int, log_dir: Path | None, timeout_s: float) -> ServiceProcess:
+async def start_http(
+    running: Mesh, host: str, port: int, log_dir: Path | None, timeout_s: float, metrics: bool = False
+) -> ServiceProcess:
     """Start the HTTP front and wait until ``http://host:port/healthz`` answers; RuntimeError (with its log) when it
-    exits first or is not ready in ``timeout_s``."""
+    exits first or is not ready in ``timeout_s``. With ``metrics``, it serves /metrics on a free port
+    (``ServiceProcess.metrics_url``)."""
     address = f"{host}:{port}"
-    service = await start_service(HTTP, http_args(running, host, port), address, log_dir)
+    args, metrics_url = http_args(running, host, port), ""
+    if metrics:
+        metrics_port = free_port(host)
+        args += ["--metrics-port", str(metrics_port)]
+        metrics_url = f"http://{host}:{metrics_port}/metrics"
+    service = await start_service(HTTP, args, address, log_dir, metrics_url=metrics_url)
     loop = asyncio.get_running_loop()
     until = loop.time() + timeout_s
     while loop.time() < until:
@@ -51,9 +60,7 @@ async def stop_http(service: ServiceProcess, grace_s: float) -> None:
     """SIGTERM (running answers get ``grace_s``), then SIGKILL."""
     if service.process.returncode is None:
         service.process.send_signal(signal.SIGTERM)
-    try:
-        await asyncio.wait_for(service.process.wait(), grace_s + 5.0)
-    except TimeoutError:
+    if not await wait_within(service.process.wait(), grace_s + 5.0):
         with contextlib.suppress(ProcessLookupError):
             service.process.kill()
         await service.process.wait()

@@ -17,7 +17,6 @@ instead of waiting for the batch to drain.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 import threading
@@ -30,6 +29,7 @@ from tokenizers import Tokenizer
 
 from genmesh import tracing
 from genmesh.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument, quote
+from genmesh.tasks import wait_within
 from services.inference.constraints import GrammarCompiler
 from services.inference.engine.config import EngineConfig
 from services.inference.engine.kv_cache import PagedKVCache
@@ -297,8 +297,7 @@ class Engine:
             timeout = None if deadline is None else deadline - time.monotonic()
             if timeout is not None and timeout <= 0:
                 raise DeadlineExceeded(f"request {seq.request_id} exceeded its deadline")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stream.ready.wait(), timeout)
+            await wait_within(stream.ready.wait(), timeout)  # no task per wait, as wait_for's
         item = stream.pending.popleft()
         if isinstance(item, Finished):
             self._service_s = 0.8 * self._service_s + 0.2 * item.total_ms / 1000.0
