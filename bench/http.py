@@ -7,10 +7,13 @@ trials interleaved:
 
 - sse_ttft_overhead_ms: time to the first content chunk over SSE (``POST /v1/chat/completions``, ``stream: true``)
   minus time to the first delta over gRPC, one stream at a time, the same question with retrieval off (the median
-  of back-to-back pairs; target ≤ 2 ms). It contains the front's extra hop (HTTP in, gRPC out), the figure the
-  decision to run the front as its own process rests on;
+  of back-to-back differences; target ≤ 2 ms). It contains the front's extra hop (HTTP in, gRPC out), the figure
+  the decision to run the front as its own process rests on. The SSE side is read by a lean client
+  (bench/sse_client.py), as the gRPC side by C core; sse_ttft_overhead_httpx_ms is the same read by httpx, the
+  ``openai`` package's transport, whose own Python work per request it adds;
 - sse_relay_ratio_c32: completion tokens/s received over SSE over tokens/s over gRPC, 32 streams at once (the
-  median of the trials' back-to-back ratios; target ≥ 0.9); ws_relay_ratio_c32: the same over the WebSocket
+  median of the trials' back-to-back ratios; target ≥ 0.9; sse_httpx_relay_ratio_c32 read by httpx: on two cores
+  the client's own work takes CPU from the mesh); ws_relay_ratio_c32: the same over the WebSocket
   ``/v1/ws``, one socket per stream;
 - disconnect_to_abort_ms: a client closes its SSE connection after the first chunk of a long answer; the time until
   the inference service's GetLoad shows no running sequence (polled every millisecond or so; median; target ≤ 100).
@@ -39,6 +42,7 @@ import websockets
 
 from bench import harness
 from bench.gateway import QUESTION, sampling
+from bench.sse_client import LeanSseClient
 from genmesh import mesh as topology
 from genmesh.channels import open_channel
 from genmesh.cli.launcher import Mesh, free_port
@@ -118,9 +122,19 @@ async def running_front(gateway: str, log_dir: Path) -> AsyncIterator[str]:
 class Paths:
     """One answer through each path: gRPC to the gateway, SSE and WebSocket through the front."""
 
-    def __init__(self, gateway: gateway_pb2_grpc.GatewayServiceStub, http: httpx.AsyncClient, ws_url: str) -> None:
-        self.gateway, self.http, self.ws_url = gateway, http, ws_url
-        self.by_name: dict[str, Stream] = {"grpc": self.grpc, "sse": self.sse, "ws": self.ws}
+    def __init__(
+        self, gateway: gateway_pb2_grpc.GatewayServiceStub, http: httpx.AsyncClient, ws_url: str, lean: LeanSseClient
+    ) -> None:
+        self.gateway, self.http, self.ws_url, self.lean = gateway, http, ws_url, lean
+        self.by_name: dict[str, Stream] = {
+            "grpc": self.grpc,
+            "sse": self.sse,
+            "sse_httpx": self.sse_httpx,
+            "ws": self.ws,
+        }
+
+    async def sse(self, max_tokens: int) -> tuple[int, float]:
+        return await self.lean.answer("/v1/chat/completions", chat_body(max_tokens))
 
     async def grpc(self, max_tokens: int) -> tuple[int, float]:
         start, first, tokens = time.perf_counter(), 0.0, 0
@@ -131,7 +145,7 @@ class Paths:
                 tokens = event.complete.usage.completion_tokens
         return tokens, first
 
-    async def sse(self, max_tokens: int) -> tuple[int, float]:
+    async def sse_httpx(self, max_tokens: int) -> tuple[int, float]:
         start, first, tokens = time.perf_counter(), 0.0, 0
         async with self.http.stream("POST", "/v1/chat/completions", json=chat_body(max_tokens)) as response:
             response.raise_for_status()
@@ -177,15 +191,23 @@ async def relay_ratio(paths: Paths, name: str, settings: Settings) -> float:
     return statistics.median(ratios)
 
 
-async def ttft_overhead_ms(paths: Paths, samples: int) -> tuple[float, float, float]:
-    """(median SSE TTFT, median gRPC TTFT, median of the back-to-back differences), in milliseconds."""
-    ttfts: dict[str, list[float]] = {"sse": [], "grpc": []}
+async def ttft_overhead_ms(paths: Paths, samples: int) -> dict[str, float]:
+    """Median TTFT of each side and the medians of SSE's back-to-back differences to gRPC, in milliseconds; the
+    three sides' order rotates from trial to trial."""
+    names = ["grpc", "sse", "sse_httpx"]
+    ttfts: dict[str, list[float]] = {name: [] for name in names}
     for trial in range(samples):
-        for side in harness.alternate(trial, "sse", "grpc"):
-            _, first = await paths.by_name[side](1)
-            ttfts[side].append(first * 1000)
-    paired = [a - b for a, b in zip(ttfts["sse"], ttfts["grpc"], strict=True)]
-    return statistics.median(ttfts["sse"]), statistics.median(ttfts["grpc"]), statistics.median(paired)
+        for name in names[trial % 3 :] + names[: trial % 3]:
+            _, first = await paths.by_name[name](1)
+            ttfts[name].append(first * 1000)
+
+    def paired(name: str) -> float:
+        return statistics.median(a - b for a, b in zip(ttfts[name], ttfts["grpc"], strict=True))
+
+    figures = {f"{name}_ttft_ms": statistics.median(values) for name, values in ttfts.items()}
+    figures["sse_ttft_overhead_ms"] = paired("sse")
+    figures["sse_ttft_overhead_httpx_ms"] = paired("sse_httpx")
+    return figures
 
 
 async def running_count(inference: inference_pb2_grpc.InferenceServiceStub) -> int:
@@ -220,17 +242,21 @@ async def measure(mesh: Mesh, base: str, settings: Settings) -> harness.Figures:
         open_channel(mesh.address("gateway")) as gateway_channel,
         open_channel(mesh.address("inference")) as inference_channel,
         httpx.AsyncClient(base_url=base, limits=limits, timeout=600) as http,
+        contextlib.aclosing(LeanSseClient(base)) as lean,
     ):
-        paths = Paths(gateway_pb2_grpc.GatewayServiceStub(gateway_channel), http, ws_url)
+        paths = Paths(gateway_pb2_grpc.GatewayServiceStub(gateway_channel), http, ws_url, lean)
         inference = inference_pb2_grpc.InferenceServiceStub(inference_channel)
         for name in paths.by_name:  # connections and the model's first step on every path
             await paths.rate(name, 2, 4)
-        sse_ttft, grpc_ttft, overhead = await ttft_overhead_ms(paths, settings.ttft_samples)
-        print(f"TTFT: SSE {sse_ttft:.2f} ms, gRPC {grpc_ttft:.2f} ms; SSE - gRPC (paired median) {overhead:.2f} ms "
-              f"(target ≤ {TTFT_TARGET_MS})")  # fmt: skip
+        ttft = await ttft_overhead_ms(paths, settings.ttft_samples)
+        print(f"TTFT: SSE {ttft['sse_ttft_ms']:.2f} ms (httpx {ttft['sse_httpx_ttft_ms']:.2f}), gRPC "
+              f"{ttft['grpc_ttft_ms']:.2f} ms; SSE - gRPC (paired median) {ttft['sse_ttft_overhead_ms']:.2f} ms "
+              f"(target ≤ {TTFT_TARGET_MS}; httpx {ttft['sse_ttft_overhead_httpx_ms']:.2f} ms)")  # fmt: skip
         sse_ratio = await relay_ratio(paths, "sse", settings)
+        httpx_ratio = await relay_ratio(paths, "sse_httpx", settings)
         ws_ratio = await relay_ratio(paths, "ws", settings)
-        print(f"tokens/s at {settings.concurrency} streams over gRPC's: SSE {sse_ratio:.3f}, WebSocket {ws_ratio:.3f} "
+        print(f"tokens/s at {settings.concurrency} streams over gRPC's: SSE {sse_ratio:.3f} (httpx {httpx_ratio:.3f}), "
+              f"WebSocket {ws_ratio:.3f} "
               f"(target ≥ {RELAY_TARGET})")  # fmt: skip
         aborts = [await disconnect_to_abort_ms(http, inference) for _ in range(settings.disconnects)]
         abort_ms = statistics.median(aborts)
@@ -238,10 +264,9 @@ async def measure(mesh: Mesh, base: str, settings: Settings) -> harness.Figures:
               f"over {len(aborts)} (target ≤ {ABORT_TARGET_MS:.0f})")  # fmt: skip
     c = settings.concurrency
     return {
-        "sse_ttft_overhead_ms": round(overhead, 3),
-        "sse_ttft_ms": round(sse_ttft, 3),
-        "grpc_ttft_ms": round(grpc_ttft, 3),
+        **{name: round(value, 3) for name, value in ttft.items()},
         f"sse_relay_ratio_c{c}": round(sse_ratio, 3),
+        f"sse_httpx_relay_ratio_c{c}": round(httpx_ratio, 3),
         f"ws_relay_ratio_c{c}": round(ws_ratio, 3),
         "disconnect_to_abort_ms": round(abort_ms, 1),
         "disconnect_to_abort_max_ms": round(max(aborts), 1),
