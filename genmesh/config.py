@@ -78,11 +78,8 @@ class _ReplaceDefaultAppend(argparse.Action):
         setattr(namespace, seen, True)
 
 
-def add_server_flags(parser: argparse.ArgumentParser, service: str, default_port: int) -> Flags:
-    """The flags every service has: where to listen, draining and shutdown grace, logging, fault injection."""
-    flags = Flags(parser, f"GENMESH_{service.upper()}")
-    flags.add("--host", default="127.0.0.1", help="address to listen on")
-    flags.add("--port", type=int, default=default_port, help="port to listen on (0 picks a free one)")
+def add_metrics_port_flag(flags: Flags) -> None:
+    """``--metrics-port``: where the process serves Prometheus metrics (-1 off, 0 a free port)."""
     flags.add(
         "--metrics-port",
         type=metrics_port,
@@ -90,6 +87,14 @@ def add_server_flags(parser: argparse.ArgumentParser, service: str, default_port
         help="serve Prometheus metrics at http://HOST:PORT/metrics on --host (docs/OBSERVABILITY.md); -1: off, "
         "0: a free port (logged)",
     )
+
+
+def add_server_flags(parser: argparse.ArgumentParser, service: str, default_port: int) -> Flags:
+    """The flags every service has: where to listen, draining and shutdown grace, logging, fault injection."""
+    flags = Flags(parser, f"GENMESH_{service.upper()}")
+    flags.add("--host", default="127.0.0.1", help="address to listen on")
+    flags.add("--port", type=int, default=default_port, help="port to listen on (0 picks a free one)")
+    add_metrics_port_flag(flags)
     flags.add(
         "--drain-delay",
         type=float,

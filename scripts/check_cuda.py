@@ -17,10 +17,10 @@ Checks, against the float32 CPU reference (within bf16 tolerance on CUDA):
 - decode rows (off by default on CUDA): a batch's greedy tokens are the same with them on and off;
 
 then measures engine tokens/s at 1 and 32 concurrent requests, and of 32 shared-prefix requests with the prefix
-cache (hits) and without, and at 32 with decode rows and with the block gather. Without a CUDA device (and no ``--device``) the same checks run on the CPU in float32
-and the output says the CUDA path was not checked. The last line is one JSON object of the figures; the exit
-status is 1 when a check failed (``failed_checks`` names them), 0 otherwise. tests/inference/test_cuda.py
-(``pytest -m gpu``) makes the first comparisons.
+cache (hits) and without, and at 32 with decode rows and with the block gather. Without a CUDA device (and no
+``--device``) the same checks run on the CPU in float32 and the output says the CUDA path was not checked. The last
+line is one JSON object of the figures; the exit status is 1 when a check failed (``failed_checks`` names them), 0
+otherwise. tests/inference/test_cuda.py (``pytest -m gpu``) makes the first comparisons.
 """
 
 from __future__ import annotations

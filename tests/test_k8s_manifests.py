@@ -139,14 +139,15 @@ def security_problems(objs: list[Obj]) -> list[str]:
 
 
 def metrics_problems(objs: list[Obj]) -> list[str]:
-    """Every service serves /metrics on a container port named metrics, which Prometheus finds both ways: the
-    pod's prometheus.io annotations (deploy/prometheus/prometheus-k8s.yml) and a port named metrics on its Service
-    (deploy/k8s/monitoring's ServiceMonitor); each NetworkPolicy guarding the pod lets another namespace's pods
-    (Prometheus's) in on that port."""
+    """Every service, and the HTTP front, serves /metrics on a container port named metrics, which Prometheus finds
+    both ways: the pod's prometheus.io annotations (deploy/prometheus/prometheus-k8s.yml) and a port named metrics on
+    its Service (deploy/k8s/monitoring's ServiceMonitor); each NetworkPolicy guarding the pod lets another
+    namespace's pods (Prometheus's) in on that port."""
     services = {o["metadata"]["name"]: o["spec"] for o in objs if o["kind"] == "Service"}
     policies = [o["spec"] for o in objs if o["kind"] == "NetworkPolicy"]
     problems = []
-    for name, container in genmesh_containers(objs).items():
+    front = {name: c for _, c in validator.containers(objs) if (name := validator.serve_target(c)) == "http"}
+    for name, container in (genmesh_containers(objs) | front).items():
         port = service_env(container, name, "METRICS_PORT")
         if port is None or int(port) <= 0:
             problems.append(f"{name}: serves no metrics (METRICS_PORT {port})")
@@ -319,6 +320,7 @@ MUTATIONS: list[tuple[str, str, str, str, Callable[[list[Obj]], list[str]]]] = [
     ),
     ("base/inference.yaml", 'prometheus.io/port: "9464"', 'prometheus.io/port: "9465"', "base", metrics_problems),
     ("base/gateway.yaml", 'value: "9464"', 'value: "-1"', "base", metrics_problems),
+    ("base/http.yaml", 'prometheus.io/port: "9464"', 'prometheus.io/port: "9465"', "base", metrics_problems),
     ("base/retrieval.yaml", "targetPort: metrics", "targetPort: grpc", "base", metrics_problems),
     ("base/network-policies.yaml", f"{_FROM_TOOLS}metrics", f"{_FROM_TOOLS}grpc", "base", metrics_problems),
     # What only the validator catches: a misspelt field (strict schema), a selector that selects nothing, a probe
@@ -389,7 +391,10 @@ def test_the_http_front_reaches_the_gateway_and_is_probed_over_http(rendered: di
     for probe in ("readinessProbe", "livenessProbe"):
         assert container[probe]["httpGet"] == {"path": "/healthz", "port": "http"}
     assert {"name": "http", "containerPort": 8080} in container["ports"]
-    assert services["http"]["ports"] == [{"name": "http", "port": 8080, "targetPort": "http"}]
+    assert services["http"]["ports"] == [
+        {"name": "http", "port": 8080, "targetPort": "http"},
+        {"name": "metrics", "port": 9464, "targetPort": "metrics"},  # metrics_problems checks the rest
+    ]
     tools = next(o["spec"] for o in objs if o["kind"] == "NetworkPolicy" and o["metadata"]["name"] == "tools")
     allowed = [p["podSelector"]["matchLabels"] for r in tools["ingress"] for p in r["from"] if "podSelector" in p]
     assert {"app.kubernetes.io/name": "http"} in allowed

@@ -53,6 +53,7 @@ CATALOG = {
 NOT_ON_DASHBOARD = {
     "genmesh_build_info": "a version label, not a quantity",
     "genmesh_rpc_started_total": "handled_total and in_flight say it",
+    "genmesh_http_requests_started_total": "handled_total and in_flight say it",
     "genmesh_inference_request_prompt_tokens": "prompt sizes: the prompt tokens rate suffices",
     "genmesh_inference_request_generation_tokens": "answer sizes: the token rates suffice",
     "genmesh_inference_num_preemptions_total": "always 0",
@@ -110,7 +111,7 @@ def test_the_kubernetes_configuration_scrapes_the_annotated_pods(promtool: str, 
     ]
     for path in (ROOT / "deploy" / "k8s" / "base").glob("*.yaml"):
         deployments = (o for o in yaml.safe_load_all(path.read_text()) if o and o["kind"] == "Deployment")
-        for obj in (o for o in deployments if o["metadata"]["name"] != "http"):  # the HTTP front serves no metrics
+        for obj in deployments:
             annotations = obj["spec"]["template"]["metadata"]["annotations"]
             assert annotations["prometheus.io/scrape"] == "true", path.name
             for name in annotations:
@@ -189,10 +190,11 @@ def test_compose_serves_metrics_where_prometheus_looks_and_the_services_read_the
     services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
     [job] = yaml.safe_load((PROMETHEUS / "prometheus.yml").read_text())["scrape_configs"]
     [discovery] = job["dns_sd_configs"]
-    assert sorted(discovery["names"]) == sorted(s.name for s in mesh.SERVICES) == sorted(set(services) - {"http"})
-    for spec in mesh.SERVICES:
-        port = services[spec.name]["environment"][f"GENMESH_{spec.name.upper()}_METRICS_PORT"]
-        assert int(port) == discovery["port"], spec.name
+    names = [s.name for s in mesh.SERVICES] + ["http"]  # the four services and the HTTP front
+    assert sorted(discovery["names"]) == sorted(names) == sorted(services)
+    for name in names:
+        port = services[name]["environment"][f"GENMESH_{name.upper()}_METRICS_PORT"]
+        assert int(port) == discovery["port"], name
     assert {"source_labels": ["__meta_dns_name"], "target_label": "service"} in job["relabel_configs"]
     help_text = subprocess.run(
         [sys.executable, "-m", "genmesh.cli", "serve", "gateway", "--help"],

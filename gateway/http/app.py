@@ -19,6 +19,8 @@ from starlette.staticfiles import StaticFiles
 from gateway.http import openai_embeddings, openai_models, openai_routes, tools_route, websocket
 from gateway.http.context import HttpContext, ToolsTarget
 from gateway.http.errors import HttpError
+from gateway.http.metrics import HttpMetrics, instrument
+from genmesh.metrics import Metrics
 
 STATIC_DIR = Path(__file__).with_name("static")
 
@@ -73,15 +75,20 @@ def build_app(
     tools: ToolsTarget | None = None,
     static_dir: Path | None = STATIC_DIR,
     allowed_origins: frozenset[str] = frozenset(),
+    metrics: Metrics | None = None,
 ) -> Starlette:
     """The HTTP front answering through the gateway at ``channel``; ``model`` is the served model's name,
     ``tools`` the tools service GET /v1/genmesh/tools lists (None: not served), ``allowed_origins`` the browser
-    origins allowed on the WebSocket besides the front's own."""
-    ctx = HttpContext(channel, model=model, tools=tools, allowed_origins=allowed_origins)
+    origins allowed on the WebSocket besides the front's own, ``metrics`` where its requests are recorded (None:
+    nothing recorded; gateway/http/metrics.py)."""
+    http_metrics = None if metrics is None else HttpMetrics(metrics)
+    ctx = HttpContext(channel, model=model, tools=tools, allowed_origins=allowed_origins, metrics=http_metrics)
     routes: list[BaseRoute] = [route for module in ROUTE_MODULES for route in module(ctx)]
     routes.append(_v1_fallback(list(routes)))
     if static_dir is not None and static_dir.is_dir():
         routes.append(Mount("/", app=StaticFiles(directory=static_dir, html=True), name="static"))
+    if http_metrics is not None:
+        instrument(routes, http_metrics)
     app = Starlette(routes=routes)
     app.state.ctx = ctx
     return app

@@ -27,6 +27,10 @@ from genmesh.tasks import cancel_and_wait
 T = TypeVar("T")
 
 
+CHAT_PATH = "/v1/chat/completions"
+COMPLETIONS_PATH = "/v1/completions"
+
+
 class Disconnected(Exception):
     """The HTTP client went away."""
 
@@ -51,9 +55,14 @@ async def _disconnect(receive: Receive) -> None:
 
 class EventStream(Response):
     """``text/event-stream`` of ``chunks``; cancels ``generation`` (the gRPC call) when the stream ends, the client
-    disconnects, or the response fails before the first chunk."""
+    disconnects (then calls ``on_disconnect``), or the response fails before the first chunk."""
 
-    def __init__(self, generation: gateway_call.Generation, chunks: AsyncGenerator[bytes, None]) -> None:
+    def __init__(
+        self,
+        generation: gateway_call.Generation,
+        chunks: AsyncGenerator[bytes, None],
+        on_disconnect: Callable[[], None] = lambda: None,
+    ) -> None:
         self.status_code = 200
         self.background = None
         self.raw_headers = [
@@ -61,14 +70,14 @@ class EventStream(Response):
             (b"cache-control", b"no-cache"),
             (b"x-accel-buffering", b"no"),
         ]
-        self.generation, self.chunks = generation, chunks
+        self.generation, self.chunks, self.on_disconnect = generation, chunks, on_disconnect
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
             await until_disconnect(receive, self._pump(send))
         except (Disconnected, OSError):
-            pass
+            self.on_disconnect()
         finally:
             self.generation.cancel()
             await self.chunks.aclose()
@@ -104,6 +113,11 @@ async def _whole(generation: gateway_call.Generation, parsed: ParsedRequest) -> 
 
 
 def _handler(ctx: HttpContext, chat: bool) -> Callable[[Request], Awaitable[Response]]:
+    route = CHAT_PATH if chat else COMPLETIONS_PATH
+
+    def disconnected() -> None:
+        ctx.disconnected(route)
+
     async def endpoint(request: Request) -> Response:
         try:
             body = await read_json(request)
@@ -117,13 +131,14 @@ def _handler(ctx: HttpContext, chat: bool) -> Callable[[Request], Awaitable[Resp
                     request.receive, gateway_call.start(ctx, parsed.request, request.headers)
                 )
                 if parsed.stream:
-                    return EventStream(generation, _sse(generation, parsed))
+                    return EventStream(generation, _sse(generation, parsed), disconnected)
                 return JSONResponse(await until_disconnect(request.receive, _whole(generation, parsed)))
             except grpc.aio.AioRpcError as error:
                 raise http_error(error, parsed.names) from None
         except HttpError as error:
             return error.response()
         except Disconnected:
+            disconnected()
             return Response(status_code=499)
 
     return endpoint
@@ -131,6 +146,6 @@ def _handler(ctx: HttpContext, chat: bool) -> Callable[[Request], Awaitable[Resp
 
 def routes(ctx: HttpContext) -> list[BaseRoute]:
     return [
-        Route("/v1/chat/completions", _handler(ctx, chat=True), methods=["POST"]),
-        Route("/v1/completions", _handler(ctx, chat=False), methods=["POST"]),
+        Route(CHAT_PATH, _handler(ctx, chat=True), methods=["POST"]),
+        Route(COMPLETIONS_PATH, _handler(ctx, chat=False), methods=["POST"]),
     ]

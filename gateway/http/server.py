@@ -24,11 +24,13 @@ from gateway.http.app import build_app
 from gateway.http.tools_route import tools_target
 from genmesh import mesh
 from genmesh.channels import open_channel
-from genmesh.config import Flags, add_upstream_tls_flags, parse
+from genmesh.config import Flags, add_metrics_port_flag, add_upstream_tls_flags, parse
+from genmesh.metrics import MetricsServer, process_metrics
 from genmesh.tls import ClientTLS
 
 if TYPE_CHECKING:
     from gateway.http.context import HttpContext, ToolsTarget
+    from genmesh.metrics import Metrics
 
 DEFAULT_PORT = 8080
 log = logging.getLogger("genmesh.http")
@@ -58,6 +60,7 @@ def parser() -> argparse.ArgumentParser:
         help="comma-separated browser origins (https://app.example) whose pages may open the WebSocket besides the "
         "front's own",
     )
+    add_metrics_port_flag(flags)
     flags.add("--log-level", default="info", help="log level", choices=["debug", "info", "warning", "error"])
     add_upstream_tls_flags(flags)
     return parser
@@ -95,11 +98,31 @@ class _Server(uvicorn.Server):
 
 
 async def serve(args: argparse.Namespace, tls: ClientTLS | None, tools: ToolsTarget | None) -> None:
-    """Serve until SIGTERM/SIGINT (uvicorn's handlers), then close the gateway channel."""
+    """Serve until SIGTERM/SIGINT (uvicorn's handlers), then close the gateway channel (and the metrics server)."""
 
+    metrics = process_metrics() if args.metrics_port >= 0 else None
+    exporter = None
+    if metrics is not None:
+        try:
+            exporter = MetricsServer(metrics, args.host, args.metrics_port)
+        except OSError as error:  # the port is taken, or the address is not this host's
+            why = error.strerror or str(error)
+            raise SystemExit(f"genmesh serve http: cannot serve metrics on {args.host}:{args.metrics_port} "
+                             f"(--metrics-port): {why}") from None  # fmt: skip
+        log.info("metrics on %s", exporter.url)
+    try:
+        await _serve(args, tls, tools, metrics)
+    finally:
+        if exporter is not None:
+            await exporter.close()
+
+
+async def _serve(
+    args: argparse.Namespace, tls: ClientTLS | None, tools: ToolsTarget | None, metrics: Metrics | None
+) -> None:
     async with open_channel(args.gateway, tls=tls) as channel:
         origins = frozenset(o.strip() for o in args.allowed_origins.split(",") if o.strip())
-        app = build_app(channel, model=args.model_name, tools=tools, allowed_origins=origins)
+        app = build_app(channel, model=args.model_name, tools=tools, allowed_origins=origins, metrics=metrics)
         config = uvicorn.Config(
             app,
             host=args.host,

@@ -39,6 +39,7 @@ from genmesh.interceptor import MAX_REQUEST_ID_CHARS
 from genmesh.tasks import cancel_and_wait
 
 log = logging.getLogger("genmesh.http")
+PATH = "/v1/ws"
 
 
 class _Socket:
@@ -80,6 +81,8 @@ class _Socket:
             pass
         finally:
             if self.running is not None:
+                if not self.running[1].done():
+                    self.ctx.disconnected(PATH)
                 with contextlib.suppress(Exception):  # generate() logged it; the socket is closing anyway
                     await cancel_and_wait(self.running[1])
 
@@ -169,4 +172,4 @@ def routes(ctx: HttpContext) -> list[BaseRoute]:
     async def endpoint(ws: WebSocket) -> None:
         await _endpoint(ctx, ws)
 
-    return [WebSocketRoute("/v1/ws", endpoint)]
+    return [WebSocketRoute(PATH, endpoint)]

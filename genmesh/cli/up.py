@@ -240,8 +240,9 @@ async def _up(args: argparse.Namespace, ports: dict[str, int]) -> int:
             print(f"  {name:<12} {service.address:<22} pid {service.process.pid}{metrics}", flush=True)
         print(f"gateway ready at {running.address('gateway')}", flush=True)
         if args.http_port:
-            http = await start_http(running, args.host, args.http_port, log_dir, args.ready_timeout)
-            print(f"OpenAI-compatible API and web page at http://{http.address}", flush=True)
+            http = await start_http(running, args.host, args.http_port, log_dir, args.ready_timeout, args.metrics)
+            metrics = f"  metrics {http.metrics_url}" if http.metrics_url else ""
+            print(f"OpenAI-compatible API and web page at http://{http.address}{metrics}", flush=True)
         if args.demo and not await ask_demo(running.address("gateway"), args, running.client_tls()):
             return 1
         if args.exit:

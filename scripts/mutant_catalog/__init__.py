@@ -12,6 +12,7 @@ from mutant_catalog import (
     engine_cache,
     gateway,
     http,
+    http_metrics,
     observability_metrics,
     observability_traces,
     prompt_layout,
@@ -25,6 +26,7 @@ from mutant_catalog.mutant import Mutant
 MUTANTS: tuple[Mutant, ...] = (
     *clients.MUTANTS,
     *http.MUTANTS,
+    *http_metrics.MUTANTS,
     *gateway.MUTANTS,
     *services.MUTANTS,
     *engine_cache.MUTANTS,

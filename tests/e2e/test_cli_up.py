@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import httpx
+from support.scrape import scrape_async, value
 from support.streams import collect
 
 from genmesh import mesh
@@ -68,6 +69,10 @@ async def test_up_demo_then_ctrl_c(tmp_path: Path) -> None:
         answered_over_http = await http.post("/v1/chat/completions", json=chat)
     assert answered_over_http.status_code == 200, answered_over_http.text
     assert answered_over_http.json()["usage"]["completion_tokens"] >= 1
+    front_metrics = re.search(rf"web page at http://127\.0\.0\.1:{http_port}  metrics (\S+)$", output, re.MULTILINE)
+    assert front_metrics, output  # `genmesh up` turns the front's metrics on like the services'
+    scraped = await scrape_async(front_metrics.group(1))
+    assert value(scraped, "genmesh_http_requests_handled_total", route="/v1/chat/completions", code="200") == 1
     async with open_channel(gateway.group(1)) as channel:
         request = gateway_pb2.GatewayRequest(request_id="in-flight-at-ctrl-c", question="What does yield do?")
         request.tool_calls.add(name="calculator", arguments_json='{"expression": "6*7"}')

@@ -12,6 +12,7 @@ import pytest
 from prometheus_client.registry import CollectorRegistry
 
 from gateway.gauges import NAMES as GATEWAY_GAUGES
+from gateway.http.metrics import HttpMetrics
 from gateway.metrics import GatewayMetrics
 from genmesh import mesh
 from genmesh.cli.launcher import plan_mesh
@@ -67,6 +68,7 @@ def test_every_metric_is_documented() -> None:
     RetrievalMetrics(metrics).watch_store(Path("/nonexistent/retrieval.sqlite3"))  # the gauge, without samples
     ToolsMetrics(metrics, lambda name: True).watch_mcp([])
     GatewayMetrics(metrics)
+    HttpMetrics(metrics)
     metrics.histogram("genmesh_unrelated_seconds", "Not documented: the check must see it", LATENCY_BUCKETS)
     defined = {family.name for family in metrics.registry.collect()} | set(GATEWAY_GAUGES)  # read from a loop
     defined |= {family.name for family in process_metrics().registry.collect() if family.name.startswith("genmesh_")}

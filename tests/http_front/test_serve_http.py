@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -19,7 +18,7 @@ from served import served_gateway
 
 from genmesh.channels import open_channel
 from genmesh.cli.launcher import free_port
-from http_front.front import served_front
+from http_front.front import served_front, spawned_front
 
 ROOT = Path(__file__).resolve().parents[2]
 CHAT = {"messages": [{"role": "user", "content": "What does yield do?"}], "stream": True}
@@ -54,28 +53,9 @@ async def ws_answer(url: str, process: asyncio.subprocess.Process) -> list[str]:
 async def test_serve_http_answers_and_finishes_a_running_answer_on_sigterm(tmp_path: Path, answer: Any) -> None:
     async with served_gateway(tmp_path, metrics=False) as served:
         served.replicas.replicas[0].servicer.delta_delay_s = 0.3  # about a second per answer
-        port = free_port()
-        log = (tmp_path / "http.log").open("wb")
-        process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "genmesh.cli", "serve", "http", "--port", str(port), "--gateway", served.address,
-            "--log-level", "warning", env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=log, stderr=log,
-        )  # fmt: skip
-        url = f"http://127.0.0.1:{port}"
-        try:
-            async with httpx.AsyncClient(base_url=url, timeout=20) as http:
-                for _ in range(200):
-                    try:
-                        if (await http.get("/healthz")).status_code == 200:
-                            break
-                    except httpx.TransportError:
-                        await asyncio.sleep(0.05)
+        async with spawned_front(served.address, tmp_path / "http.log", "--log-level", "warning") as (process, url):
             first, *rest = await answer(url, process)
             code = await asyncio.wait_for(process.wait(), 15)
-        finally:
-            if process.returncode is None:
-                process.kill()
-                await process.wait()
-            log.close()
     assert first.startswith("data: ") and "Generators " in first, rest
     assert rest[-2:] == ["data: [DONE]", ""] or rest[-1] == "data: [DONE]"
     assert code == 0, (tmp_path / "http.log").read_text()
