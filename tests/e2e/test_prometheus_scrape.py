@@ -1,4 +1,5 @@
-"""A real Prometheus server scrapes a running mesh (`genmesh up`'s processes with metrics) every second, and what
+"""A real Prometheus server scrapes a running mesh (`genmesh up`'s processes with metrics, the HTTP front too) every
+second, and what
 an operator asks it agrees with what a client saw: every target up, the gateway's token counter equal to the
 tokens the client received (its increase and rate over the traffic too), time-to-first-token quantiles
 consistent with the client's own timings within the histogram's buckets; and every metric the dashboard and the
@@ -18,7 +19,8 @@ from support.promql import definitions, expressions, metric_names, resolve
 
 from genmesh import mesh
 from genmesh.channels import open_channel
-from genmesh.cli.launcher import start_mesh
+from genmesh.cli.http_front import HTTP, start_http, stop_http
+from genmesh.cli.launcher import free_port, start_mesh
 from genmesh.metrics import LATENCY_BUCKETS
 from genmesh.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
 
@@ -66,11 +68,14 @@ async def test_prometheus_scrapes_the_mesh_and_agrees_with_the_client(tmp_path: 
     if binary() is None:
         pytest.skip("the prometheus binary is not installed (Debian: apt-get install prometheus; CI installs it)")
     running = await start_mesh(log_dir=tmp_path / "logs", extra_args={"inference": ["--threads", "1"]}, metrics=True)
+    http = None
     try:
+        http = await start_http(running, "127.0.0.1", free_port(), tmp_path / "logs", 60, metrics=True)
         targets = {name: service.metrics_url for name, service in running.services.items()}
+        targets[HTTP.name] = http.metrics_url
         with running_prometheus(tmp_path / "prometheus", targets) as prometheus:
-            up = await asyncio.to_thread(prometheus.wait, "every target up", lambda: _all_up(prometheus, 4))
-            assert {dict(labels)["service"] for labels in up} == {s.name for s in mesh.SERVICES}
+            up = await asyncio.to_thread(prometheus.wait, "every target up", lambda: _all_up(prometheus, 5))
+            assert {dict(labels)["service"] for labels in up} == {s.name for s in mesh.SERVICES} | {HTTP.name}
             before = time.time()
             async with open_channel(running.address("gateway")) as channel:
                 stub = gateway_pb2_grpc.GatewayServiceStub(channel)
@@ -78,6 +83,8 @@ async def test_prometheus_scrapes_the_mesh_and_agrees_with_the_client(tmp_path: 
             await asyncio.to_thread(_check_the_counters_and_quantiles, prometheus, answers, before)
             await asyncio.to_thread(_check_the_operator_files_metrics, prometheus)
     finally:
+        if http is not None:
+            await stop_http(http, grace_s=2.0)
         await running.stop(grace_s=2.0)
 
 
