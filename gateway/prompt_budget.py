@@ -128,9 +128,8 @@ class PromptBudget:
         tools = tools_text(tool_results, context_room(turns))
         chars = context_room(turns) - len(tools)
         blocks = [passage_block(p) for p in passages]
-        whole = len(join_context(blocks, tools)) <= chars
-        if whole and self._context_length is not None:
-            everything = with_context(turns, join_context(blocks, tools))
+        if self._context_length is not None and len(context := join_context(blocks, tools)) <= chars:
+            everything = with_context(turns, context)
             if surely_fits(everything[0], reserve, token_room(self._context_length, max_tokens)):
                 return everything
         # A block that cannot fit the system message is never kept: it is not counted either.
